@@ -1,0 +1,74 @@
+# splitinfer — operator entry points. Every target works on a fresh Debian machine as root.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard proto/splitinfer/v1/*.proto)
+PROTO_STAMP := splitinfer/v1/.generated
+DEBIAN_PACKAGES := etcd-server
+
+.PHONY: install proto test test-unit test-integration lint buf-lint demo bench bench-quick clean help
+
+help:
+	@echo "make demo   - install if needed, then run the split-inference demo"
+	@echo "make test   - install if needed, then run unit and integration tests"
+	@echo "make lint   - ruff (lint + format check), mypy, and buf lint when npx is available"
+	@echo "make proto  - regenerate Python code from proto/"
+	@echo "make bench-quick / make bench - benchmarks (tiny / full)"
+
+install: $(STAMP) $(PROTO_STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Generated code is written into splitinfer/v1/ (git-ignored) and never edited by hand.
+proto: $(STAMP)
+	rm -f $(PROTO_STAMP)
+	$(MAKE) $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+	rm -f splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	touch $(PROTO_STAMP)
+
+test: install
+	$(PY) -m pytest tests
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install
+	$(PY) -m pytest tests/integration
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	@$(MAKE) --no-print-directory buf-lint
+
+# buf is fetched from the npm registry; skipped with a notice where npx is not installed.
+buf-lint:
+	@if command -v npx >/dev/null 2>&1; then \
+	  (cd proto && npx --yes @bufbuild/buf lint) && echo "buf lint: clean"; \
+	else echo "buf lint: skipped (npx not found)"; fi
+
+demo: install
+	$(PY) -m splitinfer.cli demo
+
+bench-quick: install
+	$(PY) benchmarks/codecs.py --quick --out benchmarks/results/codecs-quick.json
+
+bench: install
+	$(PY) benchmarks/codecs.py --out benchmarks/results/codecs.json
+
+clean:
+	rm -rf $(VENV) splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi $(PROTO_STAMP) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Python code generated from ``proto/splitinfer/v1`` by ``make proto`` (git-ignored; never edit)."""

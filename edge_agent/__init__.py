@@ -1,0 +1,1 @@
+"""On-device agent: runs head/tail partitions and streams the rest to servers (``splitinfer-agent``)."""

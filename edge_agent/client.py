@@ -1,0 +1,164 @@
+"""Client side of the data plane: call a node's Process, and run a head locally with the rest remote."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+
+from splitinfer.codecs import DEFAULT_CHUNK_BYTES, CodecSpec, TensorAssembler, decode_tensor, encode_tensor
+from splitinfer.program import CompiledProgram, Program
+from splitinfer.runtime import PartitionKey
+from splitinfer.transport.channel import MAX_MESSAGE_BYTES, insecure_channel
+from splitinfer.transport.status import error_from_rpc
+from splitinfer.transport.stream import tensor_items, wrap_items
+from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
+
+__all__ = ["NodeClient", "SplitResult", "SplitRunner", "partition_ref"]
+
+
+def partition_ref(key: PartitionKey) -> route_pb2.PartitionRef:
+    return route_pb2.PartitionRef(model=key.model, variant=key.variant, partition=key.partition)
+
+
+class NodeClient:
+    """A connection to one server node."""
+
+    def __init__(
+        self, address: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
+        self.address = address
+        self._chunk_bytes = chunk_bytes
+        self._channel = insecure_channel(address, max_message_bytes)
+        self._stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def process(
+        self,
+        header: model_server_pb2.RequestHeader,
+        tensors: list[tensor_pb2.Tensor],
+        timeout_s: float | None = None,
+    ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
+        """Runs one request; returns the delivered tensors (still encoded) and the step timings.
+
+        Raises the domain error matching the node's status code (InvalidArgument, NotFound, ...).
+        """
+        if timeout_s is not None:
+            header.timeout_ms = max(1, int(timeout_s * 1e3))
+
+        def requests() -> Iterator[model_server_pb2.ProcessRequest]:
+            yield model_server_pb2.ProcessRequest(header=header)
+            yield from wrap_items(model_server_pb2.ProcessRequest, tensor_items(tensors, self._chunk_bytes))
+
+        assembler = TensorAssembler()
+        outputs: dict[str, tensor_pb2.Tensor] = {}
+        timings: list[model_server_pb2.StepTiming] = []
+        try:
+            for response in self._stub.Process(requests(), timeout=timeout_s):
+                kind = response.WhichOneof("kind")
+                if kind == "done":
+                    timings.extend(response.done.timings)
+                elif kind is not None:
+                    complete = assembler.add(getattr(response, kind))
+                    if complete is not None:
+                        outputs[complete.name] = complete
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {self.address}") from None
+        assembler.finish()
+        return outputs, timings
+
+    def load_partition(
+        self, source: str, key: PartitionKey | None = None, manifest_sha256: str = "", timeout_s: float = 60.0
+    ) -> model_server_pb2.LoadPartitionResponse:
+        request = model_server_pb2.LoadPartitionRequest(source=source, manifest_sha256=manifest_sha256)
+        if key is not None:
+            request.partition.CopyFrom(partition_ref(key))
+        try:
+            response: model_server_pb2.LoadPartitionResponse = self._stub.LoadPartition(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {self.address}") from None
+        return response
+
+    def status(self, timeout_s: float = 10.0) -> model_server_pb2.GetStatusResponse:
+        try:
+            response: model_server_pb2.GetStatusResponse = self._stub.GetStatus(
+                model_server_pb2.GetStatusRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {self.address}") from None
+        return response
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """Outputs of a split run and where its time and bytes went."""
+
+    outputs: dict[str, torch.Tensor]
+    codec: CodecSpec
+    bytes_sent: int
+    bytes_received: int
+    head_ms: float
+    encode_ms: float
+    remote_ms: float
+    total_ms: float
+    timings: list[model_server_pb2.StepTiming] = field(default_factory=list)
+
+
+class SplitRunner:
+    """Runs a head program on this device and the rest of the model on a server node.
+
+    ``tail`` names the partition the node hosts; the head's outputs are its inputs.
+    """
+
+    def __init__(self, head: Program, tail: PartitionKey, tail_outputs: list[str], client: NodeClient) -> None:
+        self._head = CompiledProgram(head)
+        self._head_outputs = head.output_names
+        self._tail = tail
+        self._tail_outputs = tail_outputs
+        self._client = client
+
+    def _route(self, codec: CodecSpec) -> route_pb2.Route:
+        step = route_pb2.RouteStep(
+            partition=partition_ref(self._tail),
+            addresses=[self._client.address],
+            input_names=self._head_outputs,
+            outputs=[route_pb2.TensorRoute(tensor_name=name, deliver=True) for name in self._tail_outputs],
+        )
+        return route_pb2.Route(steps=[step])
+
+    def infer(
+        self, inputs: Mapping[str, torch.Tensor], codec: CodecSpec = CodecSpec(), timeout_s: float | None = 30.0
+    ) -> SplitResult:
+        start = time.perf_counter()
+        head_out = self._head(inputs)
+        head_done = time.perf_counter()
+        messages = [encode_tensor(head_out[name], name, codec) for name in self._head_outputs]
+        encoded = time.perf_counter()
+        header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=self._route(codec))
+        delivered, timings = self._client.process(header, messages, timeout_s)
+        remote_done = time.perf_counter()
+        outputs = {name: decode_tensor(message) for name, message in delivered.items()}
+        end = time.perf_counter()
+        return SplitResult(
+            outputs=outputs,
+            codec=codec,
+            bytes_sent=sum(len(m.payload) for m in messages),
+            bytes_received=sum(len(m.payload) for m in delivered.values()),
+            head_ms=(head_done - start) * 1e3,
+            encode_ms=(encoded - head_done) * 1e3,
+            remote_ms=(remote_done - encoded) * 1e3,
+            total_ms=(end - start) * 1e3,
+            timings=timings,
+        )

@@ -1,0 +1,1 @@
+"""Server node daemon: hosts partitions and runs them (``splitinfer-server``)."""

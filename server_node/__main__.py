@@ -1,0 +1,71 @@
+"""``splitinfer-server``: run a server node.
+
+    splitinfer-server --port 0 --port-file /tmp/port --load /pool/tiny_cnn/tail
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from splitinfer.errors import SplitInferError
+
+from server_node.config import NodeConfig
+from server_node.server import start_node
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splitinfer-server", description="Run a splitinfer server node.")
+    parser.add_argument("--config", type=Path, help="JSON file with NodeConfig fields")
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 0)")
+    parser.add_argument("--advertise-address", help="address peers use to reach this node")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    parser.add_argument(
+        "--load", type=Path, action="append", default=[], help="partition artifact directory to load at start"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    config = NodeConfig.from_file(args.config) if args.config else NodeConfig()
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "advertise_address": args.advertise_address,
+        "torch_threads": args.torch_threads,
+    }
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    node = start_node(config)
+    try:
+        for source in args.load:
+            node.host.load(source, None)
+    except SplitInferError as exc:
+        logging.getLogger("splitinfer.server").error("cannot load %s: %s", source, exc)
+        node.stop(0)
+        return 2
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(str(node.port))
+        tmp.replace(args.port_file)  # atomic: readers never see a half-written port
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Server node configuration: one frozen dataclass, units in names, every limit explicit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NodeConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    #: Interface to bind.
+    host: str = "127.0.0.1"
+    #: Port to bind; 0 picks a free one (read it back from the started server or --port-file).
+    port: int = 0
+    #: Address other nodes and clients use to reach this one; defaults to host:bound-port.
+    advertise_address: str = ""
+    #: gRPC worker threads (concurrent calls).
+    grpc_workers: int = 16
+    #: Partitions run at once on this node; more requests wait in the queue.
+    compute_slots: int = 1
+    #: Requests admitted at once (running or queued); beyond that the node answers RESOURCE_EXHAUSTED.
+    max_in_flight: int = 64
+    #: torch intra-op threads; 0 leaves torch's default.
+    torch_threads: int = 0
+    #: Largest single gRPC message, in bytes.
+    max_message_bytes: int = 64 << 20
+    #: Largest decoded tensor accepted from a peer, in bytes.
+    max_tensor_bytes: int = 1 << 30
+    #: Payload bytes per chunk when sending large tensors.
+    chunk_bytes: int = 1 << 20
+    #: Seconds that shutdown waits for in-flight requests.
+    shutdown_grace_s: float = 10.0
+    #: Seconds of the start-up compute microbenchmark (0 skips it and reports 0 FLOP/s).
+    benchmark_s: float = 0.2
+
+    @classmethod
+    def from_file(cls, path: Path) -> NodeConfig:
+        """Reads a JSON object whose keys are field names; unknown keys are an error."""
+        data: dict[str, Any] = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown node config keys {unknown}; known: {sorted(known)}")
+        return replace(cls(), **data)

@@ -1,0 +1,196 @@
+"""The ModelServerService servicer: decode, check, apply the deadline, call the executor, map errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+
+from splitinfer.codecs import DecodeLimits, TensorAssembler
+from splitinfer.codecs.dtypes import from_torch
+from splitinfer.errors import InvalidArgument, SplitInferError
+from splitinfer.program import ValueSpec
+from splitinfer.runtime import LoadedPartition
+from splitinfer.transport.channel import insecure_channel
+from splitinfer.transport.status import abort, error_from_rpc
+from splitinfer.transport.stream import tensor_items, wrap_items
+from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
+
+from server_node.config import NodeConfig
+from server_node.executor import Delivered, RequestExecutor, key_of
+from server_node.host import PartitionHost
+
+__all__ = ["GrpcForwarder", "ModelServerServicer"]
+
+log = logging.getLogger("splitinfer.server")
+
+
+class GrpcForwarder:
+    """Calls the next node's Process and relays what it delivers, chunks and all, without decoding."""
+
+    def __init__(self, chunk_bytes: int, max_message_bytes: int) -> None:
+        self._chunk_bytes = chunk_bytes
+        self._max_message_bytes = max_message_bytes
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def _stub(self, address: str) -> model_server_pb2_grpc.ModelServerServiceStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = insecure_channel(address, self._max_message_bytes)
+        return model_server_pb2_grpc.ModelServerServiceStub(channel)
+
+    def forward(
+        self,
+        header: model_server_pb2.RequestHeader,
+        step: route_pb2.RouteStep,
+        tensors: list[tensor_pb2.Tensor],
+        timeout_s: float | None,
+    ) -> Iterator[Delivered]:
+        address = step.addresses[0]
+        if timeout_s is not None:
+            header.timeout_ms = max(1, int(timeout_s * 1e3))
+
+        def requests() -> Iterator[model_server_pb2.ProcessRequest]:
+            yield model_server_pb2.ProcessRequest(header=header)
+            yield from wrap_items(model_server_pb2.ProcessRequest, tensor_items(tensors, self._chunk_bytes))
+
+        assembler = TensorAssembler()
+        try:
+            for response in self._stub(address).Process(requests(), timeout=timeout_s):
+                kind = response.WhichOneof("kind")
+                if kind == "done":
+                    yield from response.done.timings
+                else:
+                    complete = assembler.add(getattr(response, kind))
+                    if complete is not None:
+                        yield complete
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"next hop {address} ({key_of(step.partition)})") from None
+        assembler.finish()
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+
+class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
+    def __init__(self, config: NodeConfig, host: PartitionHost, address: str, compute_flops: float) -> None:
+        self._config = config
+        self._host = host
+        self.address = address
+        self._flops = compute_flops
+        self._started = time.monotonic()
+        self._limits = DecodeLimits(max_tensor_bytes=config.max_tensor_bytes)
+        self.forwarder = GrpcForwarder(config.chunk_bytes, config.max_message_bytes)
+        self._executor = RequestExecutor(host, address, self.forwarder, self._limits)
+
+    def Process(
+        self, request_iterator: Iterator[model_server_pb2.ProcessRequest], context: grpc.ServicerContext
+    ) -> Iterator[model_server_pb2.ProcessResponse]:
+        request_id = "?"
+        try:
+            with self._host.admit():
+                header, received = self._read_request(request_iterator)
+                request_id = header.request_id
+                timeout_s = _remaining_s(header.timeout_ms, context.time_remaining())
+                timings = []
+                for item in self._executor.execute(header, received, timeout_s):
+                    if not context.is_active():
+                        log.info("request %s cancelled by the caller; dropping it", request_id)
+                        return
+                    if isinstance(item, model_server_pb2.StepTiming):
+                        timings.append(item)
+                    else:
+                        yield from wrap_items(
+                            model_server_pb2.ProcessResponse, tensor_items([item], self._config.chunk_bytes)
+                        )
+                yield model_server_pb2.ProcessResponse(done=model_server_pb2.ProcessDone(timings=timings))
+        except SplitInferError as exc:
+            log.info("request %s refused: %s", request_id, exc)
+            abort(context, exc)
+
+    def _read_request(
+        self, request_iterator: Iterator[model_server_pb2.ProcessRequest]
+    ) -> tuple[model_server_pb2.RequestHeader, dict[str, tensor_pb2.Tensor]]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise InvalidArgument("a Process stream must start with a header")
+        assembler = TensorAssembler(self._limits)
+        received: dict[str, tensor_pb2.Tensor] = {}
+        for message in request_iterator:
+            kind = message.WhichOneof("kind")
+            if kind == "header" or kind is None:
+                raise InvalidArgument("a Process stream carries one header, first, and then only tensors")
+            complete = assembler.add(getattr(message, kind))
+            if complete is not None:
+                received[complete.name] = complete
+        assembler.finish()
+        return first.header, received
+
+    def GetStatus(
+        self, request: model_server_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> model_server_pb2.GetStatusResponse:
+        memory = psutil.virtual_memory()
+        return model_server_pb2.GetStatusResponse(
+            address=self.address,
+            in_flight=self._host.in_flight,
+            partitions=[_hosted(p, queued) for p, queued in self._host.hosted()],
+            process_memory_bytes=psutil.Process().memory_info().rss,
+            machine_memory_bytes=memory.total,
+            machine_available_bytes=memory.available,
+            compute_flops=self._flops,
+            cpu_cores=len(os.sched_getaffinity(0)),
+            device="cpu",
+            uptime_s=time.monotonic() - self._started,
+        )
+
+    def LoadPartition(
+        self, request: model_server_pb2.LoadPartitionRequest, context: grpc.ServicerContext
+    ) -> model_server_pb2.LoadPartitionResponse:
+        try:
+            if not request.source:
+                raise InvalidArgument("LoadPartition needs a source (the artifact's directory)")
+            expected = key_of(request.partition) if request.partition.model else None
+            loaded = self._host.load(Path(request.source), expected, request.manifest_sha256)
+        except SplitInferError as exc:
+            abort(context, exc)
+        log.info("loaded partition %s from %s", loaded.key, request.source)
+        return model_server_pb2.LoadPartitionResponse(
+            hosted=_hosted(loaded, 0),
+            inputs=[_spec(s) for s in loaded.inputs],
+            outputs=[_spec(s) for s in loaded.outputs],
+        )
+
+    def UnloadPartition(
+        self, request: model_server_pb2.UnloadPartitionRequest, context: grpc.ServicerContext
+    ) -> model_server_pb2.UnloadPartitionResponse:
+        was_loaded = self._host.unload(key_of(request.partition))
+        log.info("unloaded partition %s (was loaded: %s)", key_of(request.partition), was_loaded)
+        return model_server_pb2.UnloadPartitionResponse(was_loaded=was_loaded)
+
+
+def _remaining_s(header_timeout_ms: int, grpc_remaining: float | None) -> float | None:
+    """The tighter of the deadline the header carries and the one gRPC enforces on this call."""
+    candidates = [t for t in (header_timeout_ms / 1e3 if header_timeout_ms else None, grpc_remaining) if t]
+    return min(candidates) if candidates else None
+
+
+def _spec(spec: ValueSpec) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(name=spec.name, dtype=from_torch(spec.dtype), shape=list(spec.shape))
+
+
+def _hosted(partition: LoadedPartition, queued: int) -> model_server_pb2.HostedPartition:
+    key = partition.key
+    return model_server_pb2.HostedPartition(
+        partition=route_pb2.PartitionRef(model=key.model, variant=key.variant, partition=key.partition),
+        ready=True,
+        queue_length=queued,
+        parameter_bytes=partition.program.param_bytes,
+        completed=partition.completed,
+        mean_compute_ms=partition.mean_compute_ms,
+    )

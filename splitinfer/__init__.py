@@ -1,0 +1,1 @@
+"""splitinfer: deep-learning inference split across devices, edge servers and cloud servers."""

@@ -1,0 +1,30 @@
+"""The tensor wire format: torch tensors to ``splitinfer.v1.Tensor`` messages and back, with codecs.
+
+Public surface::
+
+    from splitinfer.codecs import CodecSpec, encode_tensor, decode_tensor
+    msg = encode_tensor(x, "features", CodecSpec.parse("int8+zstd"))
+    y = decode_tensor(msg)
+
+Pure: no gRPC here. Decoding untrusted messages raises :class:`DecodeError` and nothing else.
+"""
+
+from splitinfer.codecs.chunks import DEFAULT_CHUNK_BYTES, TensorAssembler, split_tensor
+from splitinfer.codecs.errors import DecodeError, EncodeError
+from splitinfer.codecs.spec import CODEC_EXAMPLES, CodecSpec
+from splitinfer.codecs.wire import DEFAULT_LIMITS, DecodeLimits, decode_tensor, encode_tensor, tensor_nbytes
+
+__all__ = [
+    "CODEC_EXAMPLES",
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_LIMITS",
+    "CodecSpec",
+    "DecodeError",
+    "DecodeLimits",
+    "EncodeError",
+    "TensorAssembler",
+    "decode_tensor",
+    "encode_tensor",
+    "split_tensor",
+    "tensor_nbytes",
+]

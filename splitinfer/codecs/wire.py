@@ -1,0 +1,134 @@
+"""torch tensors to and from the ``splitinfer.v1.Tensor`` wire message.
+
+Encoding: make contiguous on the CPU, apply the lossy step (floating-point tensors only), then the lossless
+step. Decoding validates everything it reads from the peer before it allocates: dtype, codec, shape, the
+element count against :class:`DecodeLimits`, the declared payload size, and the exact decompressed size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from splitinfer.codecs import dtypes
+from splitinfer.codecs.errors import DecodeError
+from splitinfer.codecs.lossless import LOSSLESS_STEPS
+from splitinfer.codecs.lossy import LOSSY_STEPS
+from splitinfer.codecs.spec import CodecSpec
+from splitinfer.v1 import tensor_pb2
+
+__all__ = ["DecodeLimits", "decode_tensor", "encode_tensor", "tensor_nbytes"]
+
+_NO_CODEC = CodecSpec()
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds on what a decoder accepts from a peer."""
+
+    #: Largest decoded tensor, in bytes.
+    max_tensor_bytes: int = 1 << 30
+    #: Largest rank.
+    max_rank: int = 16
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def tensor_nbytes(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> int:
+    """Bytes of a dense tensor of this shape and dtype."""
+    return math.prod(shape) * dtypes.itemsize(dtype)
+
+
+def _to_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    return flat.numpy().tobytes()
+
+
+def _from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+
+
+def encode_tensor(tensor: torch.Tensor, name: str = "", codec: CodecSpec = _NO_CODEC) -> tensor_pb2.Tensor:
+    """The wire message for ``tensor`` encoded with ``codec``.
+
+    A lossy step only applies to floating-point tensors; for others the message records LOSSY_CODEC_NONE and
+    the values travel exactly. Non-contiguous, non-CPU and grad-requiring tensors are accepted.
+    """
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    wire_dtype = dtypes.from_torch(tensor.dtype)
+    lossy = codec.lossy if wire_dtype in dtypes.FLOATING else tensor_pb2.LOSSY_CODEC_NONE
+    encoding = tensor_pb2.Encoding(lossy=lossy, lossless=codec.lossless, level=codec.level)
+    stored = LOSSY_STEPS[lossy].encode(tensor, encoding).contiguous()
+    raw = _to_bytes(stored)
+    if not raw:
+        encoding.lossless = tensor_pb2.LOSSLESS_CODEC_NONE
+        encoding.level = 0
+    payload = LOSSLESS_STEPS[encoding.lossless].compress(raw, encoding.level)
+    return tensor_pb2.Tensor(
+        name=name,
+        dtype=wire_dtype,
+        shape=list(tensor.shape),
+        encoding=encoding,
+        payload_size_bytes=len(payload),
+        payload=payload,
+    )
+
+
+def decode_shape(message: tensor_pb2.Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[int, ...]:
+    """The message's shape, checked: rank, non-negative dimensions, element count within the limits."""
+    shape = tuple(message.shape)
+    if len(shape) > limits.max_rank:
+        raise DecodeError(f"tensor {message.name!r}: rank {len(shape)} exceeds the limit {limits.max_rank}")
+    if any(d < 0 for d in shape):
+        raise DecodeError(f"tensor {message.name!r}: shape {list(shape)} has a negative dimension")
+    dtype = dtypes.to_torch(message.dtype)
+    # Python ints do not overflow, so the product is exact however large the claimed dimensions are.
+    nbytes = math.prod(shape) * dtypes.itemsize(dtype)
+    if nbytes > limits.max_tensor_bytes:
+        raise DecodeError(
+            f"tensor {message.name!r}: shape {list(shape)} of {dtype} is {nbytes} bytes, "
+            f"over the limit of {limits.max_tensor_bytes}"
+        )
+    return shape
+
+
+def decode_tensor(message: tensor_pb2.Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """The tensor a complete wire message carries; DecodeError (INVALID_ARGUMENT) for anything malformed."""
+    dtype = dtypes.to_torch(message.dtype)
+    shape = decode_shape(message, limits)
+    encoding = message.encoding
+    lossy = encoding.lossy or tensor_pb2.LOSSY_CODEC_NONE
+    lossless = encoding.lossless or tensor_pb2.LOSSLESS_CODEC_NONE
+    if lossy not in LOSSY_STEPS:
+        raise DecodeError(f"tensor {message.name!r}: unknown lossy codec value {lossy}")
+    if lossless not in LOSSLESS_STEPS:
+        raise DecodeError(f"tensor {message.name!r}: unknown lossless codec value {lossless}")
+    if lossy != tensor_pb2.LOSSY_CODEC_NONE and message.dtype not in dtypes.FLOATING:
+        raise DecodeError(
+            f"tensor {message.name!r}: lossy codec {tensor_pb2.LossyCodec.Name(lossy)} "
+            f"applies to floating-point tensors, not {dtype}"
+        )
+    if len(message.payload) != message.payload_size_bytes:
+        raise DecodeError(
+            f"tensor {message.name!r}: payload is {len(message.payload)} bytes but "
+            f"payload_size_bytes declares {message.payload_size_bytes}"
+        )
+    step = LOSSY_STEPS[lossy]
+    stored_dtype = step.stored_dtype(dtype)
+    raw = LOSSLESS_STEPS[lossless].decompress(message.payload, tensor_nbytes(shape, stored_dtype))
+    stored = _from_bytes(raw, stored_dtype, shape)
+    try:
+        return step.decode(stored, dtype, encoding)
+    except DecodeError as exc:
+        raise DecodeError(f"tensor {message.name!r}: {exc}") from None

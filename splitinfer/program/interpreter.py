@@ -1,0 +1,102 @@
+"""Runs a :class:`~splitinfer.program.model.Program`: its nodes resolved once to ATen callables."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from splitinfer.errors import InvalidArgument
+from splitinfer.program.model import Program, Ref
+
+__all__ = ["CompiledProgram", "resolve_op"]
+
+
+def resolve_op(name: str) -> Callable[..., Any]:
+    """The callable for an operator name; only ``aten.*`` overloads and ``getitem`` resolve."""
+    if name == "getitem":
+        return operator.getitem
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] != "aten":
+        raise InvalidArgument(f"operator {name!r} is not an aten operator overload")
+    packet = getattr(torch.ops.aten, parts[1], None)
+    overload = getattr(packet, parts[2], None) if packet is not None else None
+    if not isinstance(overload, torch._ops.OpOverload):
+        raise InvalidArgument(f"unknown aten operator {name!r} in this torch build")
+    return overload
+
+
+def _bind(value: Any, slots: dict[str, int]) -> Any:
+    """Replaces each Ref with the index of its slot in the environment list."""
+    if isinstance(value, Ref):
+        return _Slot(slots[value.name])
+    if isinstance(value, tuple):
+        return tuple(_bind(v, slots) for v in value)
+    if isinstance(value, list):
+        return [_bind(v, slots) for v in value]
+    return value
+
+
+class _Slot:
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _load(value: Any, env: list[Any]) -> Any:
+    if isinstance(value, _Slot):
+        return env[value.index]
+    if isinstance(value, tuple):
+        return tuple(_load(v, env) for v in value)
+    if isinstance(value, list):
+        return [_load(v, env) for v in value]
+    return value
+
+
+def _needs_load(value: Any) -> bool:
+    if isinstance(value, _Slot):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_needs_load(v) for v in value)
+    return False
+
+
+class CompiledProgram:
+    """A program ready to run: operators resolved and value names replaced by slot indexes."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        slots: dict[str, int] = {}
+        for name in [*program.input_names, *program.params, *(n.name for n in program.nodes)]:
+            slots.setdefault(name, len(slots))
+        self._size = len(slots)
+        self._input_slots = [slots[n] for n in program.input_names]
+        self._params = [(slots[k], v) for k, v in program.params.items()]
+        self._steps: list[tuple[int, Callable[..., Any], Any, Any, bool]] = []
+        for node in program.nodes:
+            missing = [r for r in node.refs() if r not in slots]
+            if missing:
+                raise InvalidArgument(f"node {node.name!r} reads undefined values {missing}")
+            args = _bind(node.args, slots)
+            kwargs = {k: _bind(v, slots) for k, v in node.kwargs.items()}
+            dynamic = _needs_load(args) or _needs_load(tuple(kwargs.values()))
+            self._steps.append((slots[node.name], resolve_op(node.op), args, kwargs, dynamic))
+        self._output_slots = [(s.name, slots[s.name]) for s in program.outputs]
+
+    def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Runs the program on named inputs (checked by the caller) and returns its named outputs."""
+        env: list[Any] = [None] * self._size
+        for name, slot in zip(self.program.input_names, self._input_slots, strict=True):
+            env[slot] = feeds[name]
+        for slot, tensor in self._params:
+            env[slot] = tensor
+        with torch.inference_mode():
+            for slot, fn, args, kwargs, dynamic in self._steps:
+                if dynamic:
+                    env[slot] = fn(*_load(args, env), **{k: _load(v, env) for k, v in kwargs.items()})
+                else:
+                    env[slot] = fn(*args, **kwargs)
+        return {name: env[slot] for name, slot in self._output_slots}

@@ -8,7 +8,7 @@ PROTO_SRC := $(wildcard proto/splitinfer/v1/*.proto)
 PROTO_STAMP := splitinfer/v1/.generated
 DEBIAN_PACKAGES := etcd-server
 
-.PHONY: install proto test test-unit test-integration lint buf-lint demo bench bench-quick clean help
+.PHONY: install proto docs test test-unit test-integration lint buf-lint demo bench bench-quick clean help
 
 help:
 	@echo "make demo   - install if needed, then run the split-inference demo"
@@ -39,6 +39,10 @@ $(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
 	rm -f splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
 	touch $(PROTO_STAMP)
+
+# docs/api.md is generated from the proto comments; a unit test fails when it is stale.
+docs: install
+	$(PY) scripts/gen_api_docs.py
 
 test: install
 	$(PY) -m pytest tests

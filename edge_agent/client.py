@@ -20,6 +20,8 @@ from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, te
 
 __all__ = ["NodeClient", "SplitResult", "SplitRunner", "partition_ref"]
 
+_NO_CODEC = CodecSpec()
+
 
 def partition_ref(key: PartitionKey) -> route_pb2.PartitionRef:
     return route_pb2.PartitionRef(model=key.model, variant=key.variant, partition=key.partition)
@@ -139,7 +141,10 @@ class SplitRunner:
         return route_pb2.Route(steps=[step])
 
     def infer(
-        self, inputs: Mapping[str, torch.Tensor], codec: CodecSpec = CodecSpec(), timeout_s: float | None = 30.0
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        codec: CodecSpec = _NO_CODEC,
+        timeout_s: float | None = 30.0,
     ) -> SplitResult:
         start = time.perf_counter()
         head_out = self._head(inputs)

@@ -1,6 +1,6 @@
 """``splitinfer-server``: run a server node.
 
-    splitinfer-server --port 0 --port-file /tmp/port --load /pool/tiny_cnn/tail
+splitinfer-server --port 0 --port-file /tmp/port --load /pool/tiny_cnn/tail
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from splitinfer.errors import SplitInferError
-
 from server_node.config import NodeConfig
 from server_node.server import start_node
+from splitinfer.errors import SplitInferError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     config = NodeConfig.from_file(args.config) if args.config else NodeConfig()
     overrides = {

@@ -15,12 +15,11 @@ from typing import Protocol
 
 import torch
 
+from server_node.host import PartitionHost
 from splitinfer.codecs import CodecSpec, DecodeLimits, decode_tensor, encode_tensor
 from splitinfer.errors import DeadlineExceeded, InvalidArgument
 from splitinfer.runtime import PartitionKey
 from splitinfer.v1 import model_server_pb2, route_pb2, tensor_pb2
-
-from server_node.host import PartitionHost
 
 __all__ = ["Forwarder", "RequestExecutor", "key_of", "validate_route"]
 

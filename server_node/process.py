@@ -42,14 +42,25 @@ class NodeProcess:
         self.process.wait()
 
 
-def spawn_node(extra_args: list[str] | None = None, timeout_s: float = 60.0, log_dir: Path | None = None) -> NodeProcess:
+def spawn_node(
+    extra_args: list[str] | None = None, timeout_s: float = 60.0, log_dir: Path | None = None
+) -> NodeProcess:
     """Runs ``python -m server_node --port 0`` and returns once its health check answers SERVING."""
     work = Path(tempfile.mkdtemp(prefix="splitinfer-node-", dir=log_dir))
     port_file = work / "port"
     log_path = work / "node.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server_node", "--port", "0", "--port-file", str(port_file), *(extra_args or [])],
+            [
+                sys.executable,
+                "-m",
+                "server_node",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                *(extra_args or []),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

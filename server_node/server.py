@@ -10,13 +10,12 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from splitinfer.runtime.compute import measure_flops
-from splitinfer.transport.channel import new_server
-from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc
-
 from server_node.config import NodeConfig
 from server_node.host import PartitionHost
 from server_node.servicer import ModelServerServicer
+from splitinfer.runtime.compute import measure_flops
+from splitinfer.transport.channel import new_server
+from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc
 
 __all__ = ["RunningNode", "start_node"]
 
@@ -59,7 +58,8 @@ def start_node(config: NodeConfig) -> RunningNode:
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
     )
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

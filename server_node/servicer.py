@@ -11,6 +11,9 @@ from pathlib import Path
 import grpc
 import psutil
 
+from server_node.config import NodeConfig
+from server_node.executor import Delivered, RequestExecutor, key_of
+from server_node.host import PartitionHost
 from splitinfer.codecs import DecodeLimits, TensorAssembler
 from splitinfer.codecs.dtypes import from_torch
 from splitinfer.errors import InvalidArgument, SplitInferError
@@ -20,10 +23,6 @@ from splitinfer.transport.channel import insecure_channel
 from splitinfer.transport.status import abort, error_from_rpc
 from splitinfer.transport.stream import tensor_items, wrap_items
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
-
-from server_node.config import NodeConfig
-from server_node.executor import Delivered, RequestExecutor, key_of
-from server_node.host import PartitionHost
 
 __all__ = ["GrpcForwarder", "ModelServerServicer"]
 

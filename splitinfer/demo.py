@@ -15,13 +15,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from edge_agent.client import NodeClient, SplitRunner
+from server_node.process import spawn_node
 from splitinfer.codecs import CodecSpec
 from splitinfer.program import CompiledProgram, Program, export_program
 from splitinfer.runtime import PartitionKey, save_partition_artifact
 from splitinfer.zoo import build
-
-from edge_agent.client import NodeClient, SplitRunner
-from server_node.process import spawn_node
 
 __all__ = ["DEMO_CODECS", "LOSSY_TOLERANCE", "hand_split", "run_demo"]
 
@@ -77,7 +76,16 @@ def run_demo(console: Console | None = None, work_dir: Path | None = None) -> bo
                 raise AssertionError("the exported program differs from the torch model")
             runner.infer(x)  # warm-up: first calls pay for connection set-up and lazy initialisation
             table = Table(title="split inference: head on device, tail on server node")
-            for column in ("codec", "bytes sent", "head ms", "encode ms", "remote ms", "total ms", "max |err|", "ok"):
+            for column in (
+                "codec",
+                "bytes sent",
+                "head ms",
+                "encode ms",
+                "remote ms",
+                "total ms",
+                "max |err|",
+                "ok",
+            ):
                 table.add_column(column, justify="right")
             for text in DEMO_CODECS:
                 codec = CodecSpec.parse(text)

@@ -11,7 +11,7 @@ __all__ = ["FLOATING", "from_torch", "itemsize", "to_torch"]
 
 DataType = tensor_pb2.DataType
 
-_TO_TORCH: dict[int, torch.dtype] = {
+_TO_TORCH: dict[DataType, torch.dtype] = {
     tensor_pb2.DATA_TYPE_FLOAT32: torch.float32,
     tensor_pb2.DATA_TYPE_FLOAT16: torch.float16,
     tensor_pb2.DATA_TYPE_BFLOAT16: torch.bfloat16,
@@ -23,7 +23,7 @@ _TO_TORCH: dict[int, torch.dtype] = {
     tensor_pb2.DATA_TYPE_UINT8: torch.uint8,
     tensor_pb2.DATA_TYPE_BOOL: torch.bool,
 }
-_FROM_TORCH: dict[torch.dtype, int] = {v: k for k, v in _TO_TORCH.items()}
+_FROM_TORCH: dict[torch.dtype, DataType] = {v: k for k, v in _TO_TORCH.items()}
 
 #: Wire types a lossy codec may change.
 FLOATING = frozenset(
@@ -41,7 +41,7 @@ if _missing:  # pragma: no cover - guards against a proto change without a code 
     raise ImportError(f"DataType values without a torch dtype: {sorted(DataType.Name(v) for v in _missing)}")
 
 
-def to_torch(dtype: int) -> torch.dtype:
+def to_torch(dtype: DataType) -> torch.dtype:
     """The torch dtype of a wire type; DecodeError for UNSPECIFIED or unknown values."""
     try:
         return _TO_TORCH[dtype]
@@ -49,7 +49,7 @@ def to_torch(dtype: int) -> torch.dtype:
         raise DecodeError(f"unsupported tensor dtype {_enum_name(dtype)}") from None
 
 
-def from_torch(dtype: torch.dtype) -> int:
+def from_torch(dtype: torch.dtype) -> DataType:
     """The wire type of a torch dtype; EncodeError for types the wire cannot carry (complex, float8...)."""
     try:
         return _FROM_TORCH[dtype]

@@ -86,13 +86,15 @@ class _Zstd:
         try:
             out = dctx.decompress(data, max_output_size=expected_size, allow_extra_data=False)
         except zstandard.ZstdError as exc:
-            raise DecodeError(f"zstd payload is corrupt, truncated or larger than {expected_size} bytes: {exc}") from None
+            raise DecodeError(
+                f"zstd payload is corrupt, truncated or larger than {expected_size} bytes: {exc}"
+            ) from None
         if len(out) != expected_size:
             raise DecodeError(f"zstd payload decompressed to {len(out)} bytes, dtype and shape imply {expected_size}")
         return out
 
 
-LOSSLESS_STEPS: dict[int, LosslessStep] = {
+LOSSLESS_STEPS: dict[tensor_pb2.LosslessCodec, LosslessStep] = {
     tensor_pb2.LOSSLESS_CODEC_NONE: _Store(),
     tensor_pb2.LOSSLESS_CODEC_LZ4: _Lz4(),
     tensor_pb2.LOSSLESS_CODEC_ZSTD: _Zstd(),

@@ -119,7 +119,8 @@ class _Int8PerChannel:
 
     @staticmethod
     def _by_channel(x: torch.Tensor, axis: int) -> torch.Tensor:
-        return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+        channels = x.shape[axis]
+        return x.movedim(axis, 0).reshape(channels, x.numel() // channels if channels else 0)
 
     def encode(self, tensor: torch.Tensor, encoding: tensor_pb2.Encoding) -> torch.Tensor:
         x = tensor.to(torch.float32)
@@ -155,7 +156,7 @@ class _Int8PerChannel:
         return ((x.to(torch.float32) - zero_points.view(view)) * scales.view(view)).to(dtype).reshape(shape)
 
 
-LOSSY_STEPS: dict[int, LossyStep] = {
+LOSSY_STEPS: dict[tensor_pb2.LossyCodec, LossyStep] = {
     tensor_pb2.LOSSY_CODEC_NONE: _Identity(),
     tensor_pb2.LOSSY_CODEC_FP16: _Cast(torch.float16),
     tensor_pb2.LOSSY_CODEC_BF16: _Cast(torch.bfloat16),

@@ -12,14 +12,14 @@ __all__ = ["CodecSpec"]
 LossyCodec = tensor_pb2.LossyCodec
 LosslessCodec = tensor_pb2.LosslessCodec
 
-_LOSSY_NAMES: dict[str, int] = {
+_LOSSY_NAMES: dict[str, LossyCodec] = {
     "none": tensor_pb2.LOSSY_CODEC_NONE,
     "fp16": tensor_pb2.LOSSY_CODEC_FP16,
     "bf16": tensor_pb2.LOSSY_CODEC_BF16,
     "int8": tensor_pb2.LOSSY_CODEC_INT8_AFFINE,
     "int8c": tensor_pb2.LOSSY_CODEC_INT8_PER_CHANNEL,
 }
-_LOSSLESS_NAMES: dict[str, int] = {
+_LOSSLESS_NAMES: dict[str, LosslessCodec] = {
     "none": tensor_pb2.LOSSLESS_CODEC_NONE,
     "lz4": tensor_pb2.LOSSLESS_CODEC_LZ4,
     "zstd": tensor_pb2.LOSSLESS_CODEC_ZSTD,
@@ -37,8 +37,8 @@ class CodecSpec:
     ``"bf16+zstd:9"``, ``"int8c+zstd"`` (per-channel int8), ``"zstd"`` (lossless only).
     """
 
-    lossy: int = tensor_pb2.LOSSY_CODEC_NONE
-    lossless: int = tensor_pb2.LOSSLESS_CODEC_NONE
+    lossy: LossyCodec = tensor_pb2.LOSSY_CODEC_NONE
+    lossless: LosslessCodec = tensor_pb2.LOSSLESS_CODEC_NONE
     level: int = 0
 
     def __post_init__(self) -> None:

@@ -19,16 +19,28 @@ from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitinfer.program.interpreter import resolve_op
 from splitinfer.program.model import Node, Program, Ref, ValueSpec
 
-__all__ = ["FORMAT", "program_from_json", "program_to_json", "load_program", "save_program", "sha256_file"]
+__all__ = ["FORMAT", "load_program", "program_from_json", "program_to_json", "save_program", "sha256_file"]
 
 FORMAT = "splitinfer.program/1"
 GRAPH_FILE = "program.json"
 WEIGHTS_FILE = "weights.safetensors"
 
-_DTYPES = {str(t).removeprefix("torch."): t for t in (
-    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.int16, torch.int32,
-    torch.int64, torch.uint8, torch.bool, torch.complex64,
-)}
+_DTYPES = {
+    str(t).removeprefix("torch."): t
+    for t in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+    )
+}
 _LAYOUTS = {"strided": torch.strided}
 _FORMATS = {
     "contiguous_format": torch.contiguous_format,

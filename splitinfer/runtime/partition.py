@@ -75,6 +75,8 @@ class LoadedPartition:
         with self._lock:
             self.completed += 1
             self.mean_compute_ms = (
-                elapsed_ms if self.completed == 1 else (1 - self._alpha) * self.mean_compute_ms + self._alpha * elapsed_ms
+                elapsed_ms
+                if self.completed == 1
+                else (1 - self._alpha) * self.mean_compute_ms + self._alpha * elapsed_ms
             )
         return outputs

@@ -23,7 +23,9 @@ STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
-_ERROR_FOR = {code: cls for cls, code in STATUS_FOR}
+_ERROR_FOR: dict[grpc.StatusCode, type[errors.SplitInferError]] = {
+    code: cls for cls, code in STATUS_FOR if issubclass(cls, errors.SplitInferError)
+}
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:

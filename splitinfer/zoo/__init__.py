@@ -41,6 +41,7 @@ def _randomise_norms(model: nn.Module) -> None:
     """Gives batch norms non-trivial statistics so that tests see them applied."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 1.5)
 

@@ -11,7 +11,7 @@ from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitinfer.program import Program, load_program, save_program
 from splitinfer.runtime.partition import PartitionKey
 
-__all__ = ["MANIFEST_FILE", "load_partition_artifact", "save_partition_artifact"]
+__all__ = ["MANIFEST_FILE", "load_partition_artifact", "save_partition_artifact", "write_manifest"]
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "splitinfer.partition/1"
@@ -20,13 +20,20 @@ FORMAT = "splitinfer.partition/1"
 def save_partition_artifact(program: Program, key: PartitionKey, directory: Path) -> str:
     """Writes the partition into ``directory``; returns the sha256 of its manifest."""
     files = save_program(program, directory)
+    return write_manifest(directory, key, [str(s) for s in program.inputs], [str(s) for s in program.outputs], files)
+
+
+def write_manifest(
+    directory: Path, key: PartitionKey, inputs: list[str], outputs: list[str], files: dict[str, str]
+) -> str:
+    """Writes the partition manifest for files already in ``directory``; returns its sha256."""
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "model": key.model,
         "variant": key.variant,
         "partition": key.partition,
-        "inputs": [str(s) for s in program.inputs],
-        "outputs": [str(s) for s in program.outputs],
+        "inputs": inputs,
+        "outputs": outputs,
         "files": files,
     }
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()

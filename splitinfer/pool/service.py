@@ -1,0 +1,132 @@
+"""The ModelPoolService servicer and its client: artifacts streamed in chunks, verified by sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
+from splitinfer.pool.pool import ModelPool
+from splitinfer.pool.store import BlobStore, check_sha
+from splitinfer.transport.channel import insecure_channel
+from splitinfer.transport.status import abort, error_from_rpc
+from splitinfer.v1 import model_pool_pb2, model_pool_pb2_grpc
+
+__all__ = ["ModelPoolServicer", "PoolClient"]
+
+CHUNK_BYTES = 1 << 20
+
+
+class ModelPoolServicer(model_pool_pb2_grpc.ModelPoolServiceServicer):
+    def __init__(self, pool: ModelPool) -> None:
+        self._pool = pool
+
+    def ListModels(
+        self, request: model_pool_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> model_pool_pb2.ListModelsResponse:
+        models: dict[str, model_pool_pb2.ModelInfo] = {}
+        for entry in self._pool.variants(request.name_prefix):
+            info = models.setdefault(entry.model, model_pool_pb2.ModelInfo(name=entry.model, task=entry.task))
+            info.variants.append(
+                model_pool_pb2.VariantInfo(
+                    name=entry.variant,
+                    accuracy=entry.accuracy,
+                    accuracy_measured=entry.accuracy_measured,
+                    division_manifests=entry.divisions,
+                )
+            )
+        return model_pool_pb2.ListModelsResponse(models=list(models.values()))
+
+    def FetchArtifact(
+        self, request: model_pool_pb2.FetchArtifactRequest, context: grpc.ServicerContext
+    ) -> Iterator[model_pool_pb2.FetchArtifactResponse]:
+        try:
+            sha = check_sha(request.sha256)
+            chunks = self._pool.store.stream(sha)  # verifies the blob before the first byte goes out
+            first = next(chunks, b"")
+            size = self._pool.store.path(sha).stat().st_size
+        except SplitInferError as exc:
+            abort(context, exc)
+        yield model_pool_pb2.FetchArtifactResponse(size_bytes=size, sha256=sha, data=first)
+        for chunk in chunks:
+            yield model_pool_pb2.FetchArtifactResponse(data=chunk)
+
+    def PutArtifact(
+        self, request_iterator: Iterator[model_pool_pb2.PutArtifactRequest], context: grpc.ServicerContext
+    ) -> model_pool_pb2.PutArtifactResponse:
+        try:
+            first = next(request_iterator, None)
+            if first is None:
+                raise InvalidArgument("PutArtifact stream is empty")
+            if not first.sha256:
+                raise InvalidArgument("the first PutArtifact message must declare sha256 and size_bytes")
+
+            def chunks() -> Iterator[bytes]:
+                yield first.data
+                for message in request_iterator:
+                    yield message.data
+
+            sha, present = self._pool.store.put(chunks(), first.sha256, first.size_bytes)
+        except SplitInferError as exc:
+            abort(context, exc)
+        return model_pool_pb2.PutArtifactResponse(sha256=sha, already_present=present)
+
+
+class PoolClient:
+    """Fetches artifacts from a remote pool into a local store, verifying each one."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = insecure_channel(address)
+        self._stub = model_pool_pb2_grpc.ModelPoolServiceStub(self._channel)
+        self.address = address
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def list_models(self, prefix: str = "") -> list[model_pool_pb2.ModelInfo]:
+        try:
+            return list(self._stub.ListModels(model_pool_pb2.ListModelsRequest(name_prefix=prefix), timeout=30).models)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"pool {self.address}") from None
+
+    def fetch(self, sha256: str, into: BlobStore, timeout_s: float = 300.0) -> Path:
+        """Copies one artifact into ``into`` (skipped when present); FailedPrecondition if the bytes that
+        arrive do not hash to ``sha256``."""
+        if into.has(sha256):
+            return into.path(sha256)
+        try:
+            stream = self._stub.FetchArtifact(model_pool_pb2.FetchArtifactRequest(sha256=sha256), timeout=timeout_s)
+            first = next(stream)
+            if first.sha256 != sha256:
+                raise FailedPrecondition(f"pool answered artifact {first.sha256!r} for {sha256}")
+
+            def chunks() -> Iterator[bytes]:
+                yield first.data
+                for message in stream:
+                    yield message.data
+
+            try:
+                into.put(chunks(), sha256, first.size_bytes)
+            except InvalidArgument as exc:
+                raise FailedPrecondition(f"artifact {sha256} from {self.address} failed verification: {exc}") from None
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"pool {self.address}") from None
+        return into.path(sha256)
+
+    def put(self, data: bytes, timeout_s: float = 300.0) -> model_pool_pb2.PutArtifactResponse:
+        sha = hashlib.sha256(data).hexdigest()
+
+        def requests() -> Iterator[model_pool_pb2.PutArtifactRequest]:
+            view = memoryview(data)
+            yield model_pool_pb2.PutArtifactRequest(sha256=sha, size_bytes=len(data), data=bytes(view[:CHUNK_BYTES]))
+            for offset in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
+                yield model_pool_pb2.PutArtifactRequest(data=bytes(view[offset : offset + CHUNK_BYTES]))
+
+        try:
+            response: model_pool_pb2.PutArtifactResponse = self._stub.PutArtifact(requests(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"pool {self.address}") from None
+        return response

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard proto/splitinfer/v1/*.proto)
 PROTO_STAMP := splitinfer/v1/.generated
-DEBIAN_PACKAGES := etcd-server
+DEBIAN_PACKAGES := etcd-server graphviz
 
 .PHONY: install proto docs test test-unit test-integration lint buf-lint demo bench bench-quick clean help
 
@@ -68,11 +68,16 @@ buf-lint:
 demo: install
 	$(PY) -m splitinfer.cli demo
 
+# Smoke run at tiny sizes (CI): the scripts must not rot. Results go to *-quick.json (git-ignored).
 bench-quick: install
 	$(PY) benchmarks/codecs.py --quick --out benchmarks/results/codecs-quick.json
+	$(PY) benchmarks/divider.py --quick --out benchmarks/results/divider-quick.json
 
+# Full run on this machine; docs/benchmarks.md is rewritten from the results.
 bench: install
 	$(PY) benchmarks/codecs.py --out benchmarks/results/codecs.json
+	$(PY) benchmarks/divider.py --out benchmarks/results/divider.json
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi $(PROTO_STAMP) .pytest_cache .mypy_cache .ruff_cache

@@ -6,18 +6,34 @@ import argparse
 import logging
 import sys
 
+from rich.console import Console
+
+from splitinfer.commands import divide, pool
+from splitinfer.errors import SplitInferError
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="splitinfer", description="Split inference across devices and servers.")
     parser.add_argument("--log-level", default="WARNING")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the split-inference demo on this machine")
+    divide.add_parser(commands)
+    pool.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "demo":
-        from splitinfer.demo import run_demo
+    console = Console(width=140)
+    try:
+        if args.command == "demo":
+            from splitinfer.demo import run_demo
 
-        return 0 if run_demo() else 1
+            return 0 if run_demo(console) else 1
+        if args.command == "divide":
+            return divide.run(args, console)
+        if args.command == "pool":
+            return pool.run(args, console)
+    except SplitInferError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -22,7 +22,9 @@ __all__ = ["LOSSLESS_STEPS", "LosslessStep"]
 class LosslessStep(Protocol):
     """One lossless codec."""
 
-    def compress(self, data: bytes, level: int) -> bytes: ...
+    def compress(self, data: memoryview, level: int) -> bytes:
+        """Compressed bytes of ``data`` (any contiguous buffer)."""
+        ...
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
         """Exactly ``expected_size`` bytes, or DecodeError."""
@@ -30,8 +32,8 @@ class LosslessStep(Protocol):
 
 
 class _Store:
-    def compress(self, data: bytes, level: int) -> bytes:
-        return data
+    def compress(self, data: memoryview, level: int) -> bytes:
+        return bytes(data)
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
         if len(data) != expected_size:
@@ -40,7 +42,7 @@ class _Store:
 
 
 class _Lz4:
-    def compress(self, data: bytes, level: int) -> bytes:
+    def compress(self, data: memoryview, level: int) -> bytes:
         if level > 0:
             return lz4.block.compress(data, mode="high_compression", compression=level, store_size=False)
         return lz4.block.compress(data, store_size=False)
@@ -69,7 +71,7 @@ class _Zstd:
             cache[level] = zstandard.ZstdCompressor(level=level)
         return cache[level]
 
-    def compress(self, data: bytes, level: int) -> bytes:
+    def compress(self, data: memoryview, level: int) -> bytes:
         return self._compressor(level).compress(data)
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:

@@ -42,13 +42,14 @@ def tensor_nbytes(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> int
     return math.prod(shape) * dtypes.itemsize(dtype)
 
 
-def _to_bytes(tensor: torch.Tensor) -> bytes:
+def _as_buffer(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes without a copy (the tensor must be contiguous and stay alive while in use)."""
     flat = tensor.reshape(-1)
     if flat.numel() == 0:
-        return b""
+        return memoryview(b"")
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
-    return flat.numpy().tobytes()
+    return memoryview(flat.numpy())  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
 
 
 def _from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
@@ -70,8 +71,8 @@ def encode_tensor(tensor: torch.Tensor, name: str = "", codec: CodecSpec = _NO_C
     lossy = codec.lossy if wire_dtype in dtypes.FLOATING else tensor_pb2.LOSSY_CODEC_NONE
     encoding = tensor_pb2.Encoding(lossy=lossy, lossless=codec.lossless, level=codec.level)
     stored = LOSSY_STEPS[lossy].encode(tensor, encoding).contiguous()
-    raw = _to_bytes(stored)
-    if not raw:
+    raw = _as_buffer(stored)
+    if not raw.nbytes:
         encoding.lossless = tensor_pb2.LOSSLESS_CODEC_NONE
         encoding.level = 0
     payload = LOSSLESS_STEPS[encoding.lossless].compress(raw, encoding.level)

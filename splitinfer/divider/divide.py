@@ -85,40 +85,42 @@ def divide(
     bytes_per_s = options.link_mbps * 1e6 / 8
     k, s_count = len(cuts), len(servers)
     inf = (float("inf"), float("inf"))
-    # best[j][s] = (bottleneck, total) covering cuts[0]..cuts[j] with servers[0..s) all used in order
+    # best[j][s]: (bottleneck, total) of the best division of cuts[0]..cuts[j] over servers[0..s), in order,
+    # each server hosting one segment or none. back[(j, s)] is the segment start, or -1 when server s is skipped.
     best = [[inf] * (s_count + 1) for _ in range(k)]
     back: dict[tuple[int, int], int] = {}
-    best[0][0] = (0.0, 0.0)
-    for j in range(1, k):
-        for i in range(j):
-            if any(cuts[i].position < p < cuts[j].position for p in required_set):
-                continue
-            flops = prefix[cuts[j].position] - prefix[cuts[i].position]
-            send_s = 0.0 if j == k - 1 else cuts[j].crossing_bytes / bytes_per_s
-            for s in range(1, s_count + 1):
+    for s in range(s_count + 1):
+        best[0][s] = (0.0, 0.0)
+    for s in range(1, s_count + 1):
+        server = servers[s - 1]
+        for j in range(1, k):
+            best[j][s], back[(j, s)] = best[j][s - 1], -1
+            for i in range(j):
                 prev = best[i][s - 1]
-                server = servers[s - 1]
                 if prev == inf or memory[i][j] > server.memory_bytes:
                     continue
+                if any(cuts[i].position < p < cuts[j].position for p in required_set):
+                    continue
+                flops = prefix[cuts[j].position] - prefix[cuts[i].position]
+                send_s = 0.0 if j == k - 1 else cuts[j].crossing_bytes / bytes_per_s
                 stage = flops / server.flops + send_s
                 cand = (max(prev[0], stage), prev[1] + stage)
                 if cand < best[j][s]:
-                    best[j][s] = cand
-                    back[(j, s)] = i
-    finals = [(best[k - 1][s], s) for s in range(1, s_count + 1) if best[k - 1][s] != inf]
-    if not finals:
+                    best[j][s], back[(j, s)] = cand, i
+    if best[k - 1][s_count] == inf:
         need = graph.param_bytes({p for node in graph.nodes[start:end] for p in node.param_names})
         raise FailedPrecondition(
             f"{model}: no division of nodes {start}..{end} fits the servers' memory "
             f"(parameters alone are {need} bytes; servers offer {[s.memory_bytes for s in servers]})"
         )
-    _, s = min(finals)
-    chosen, hosts, j = [], [], k - 1
+    chosen, hosts, j, s = [], [], k - 1, s_count
     while j > 0:
         i = back[(j, s)]
-        chosen.append(cuts[j].position)
-        hosts.append(servers[s - 1].name)
-        j, s = i, s - 1
+        if i >= 0:
+            chosen.append(cuts[j].position)
+            hosts.append(servers[s - 1].name)
+            j = i
+        s -= 1
     chosen.reverse()
     hosts.reverse()
     boundaries = sorted({start, *chosen} - {0, n})

@@ -86,7 +86,7 @@ class ModelPool:
         accuracy_measured: bool = False,
     ) -> str:
         """Stores every partition of ``division`` and its manifest; returns the manifest's sha256."""
-        partitions = []
+        partitions: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             for spec in division.partitions:
                 out = Path(tmp) / spec.name
@@ -104,6 +104,10 @@ class ModelPool:
                         "files": files,
                     }
                 )
+        known = self._partitions_by_files(exclude_model=division.model)
+        for entry in partitions:
+            fingerprint = tuple(sorted(entry["files"].values()))
+            entry["shared_with"] = sorted(known.get(fingerprint, []))
         manifest = {
             "format": DIVISION_FORMAT,
             "model": division.model,
@@ -125,6 +129,23 @@ class ModelPool:
             entry["divisions"][division_name] = sha
             self._write_catalog(catalog)
         return sha
+
+    def _partitions_by_files(self, exclude_model: str = "") -> dict[tuple[str, ...], list[str]]:
+        """Every stored partition by the hashes of its files: identical partitions of different models."""
+        found: dict[tuple[str, ...], list[str]] = {}
+        for entry in self.variants():
+            if entry.model == exclude_model:
+                continue
+            for division, sha in entry.divisions.items():
+                for part in self.manifest(sha)["partitions"]:
+                    fingerprint = tuple(sorted(part["files"].values()))
+                    found.setdefault(fingerprint, []).append(f"{entry.model}@{entry.variant}/{division}/{part['name']}")
+        return found
+
+    def shared_partitions(self) -> list[list[str]]:
+        """Groups of partitions, from different models, that are the same artifact (one copy serves all)."""
+        groups = [sorted(set(names)) for names in self._partitions_by_files().values()]
+        return sorted(g for g in groups if len({n.split("@", 1)[0] for n in g}) > 1)
 
     def manifest(self, sha256: str) -> dict[str, Any]:
         """A division manifest, verified against its sha256."""

@@ -78,6 +78,8 @@ def from_exported(exported: ExportedProgram) -> Program:
                 inputs.append(_spec(fx_node.name, fx_node.meta.get("val")))
         elif fx_node.op == "call_function":
             val = fx_node.meta.get("val")
+            if val is None and not fx_node.users:
+                continue  # a metadata assertion (e.g. aten._assert_tensor_metadata): shapes are checked at inputs
             if isinstance(val, list | tuple):
                 node_outputs = tuple(
                     _spec(f"{fx_node.name}[{i}]", v) for i, v in enumerate(val) if isinstance(v, torch.Tensor)

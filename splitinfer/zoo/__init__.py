@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "build", "tiny_cnn"]  # and the other factories registered in ZOO
+__all__ = ["BENCHMARK_MODELS", "SHARED_BACKBONE_MODELS", "TASKS", "ZOO", "build"]
 
 Factory = Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]
 
@@ -162,6 +162,121 @@ def two_in_two_out() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return _TwoInTwoOut().eval(), (torch.randn(1, 3, 16, 16), torch.randn(1, 6))
 
 
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.downsample: nn.Module = (
+            nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+            if stride != 1 or inplanes != out
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        return torch.relu(self.bn3(self.conv3(y)) + self.downsample(x))
+
+
+class _Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module = (
+            nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            if stride != 1 or inplanes != planes
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.downsample(x))
+
+
+def _resnet(
+    block: type[_Basic] | type[_Bottleneck], layers: list[int], resolution: int, classes: int = 1000
+) -> nn.Module:
+    """The ResNet architecture of He et al. (torchvision's layout), without torchvision."""
+    modules: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    ]
+    inplanes = 64
+    for i, count in enumerate(layers):
+        planes = 64 * 2**i
+        for j in range(count):
+            modules.append(block(inplanes, planes, stride=2 if (j == 0 and i > 0) else 1))
+            inplanes = planes * block.expansion
+    modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inplanes, classes)]
+    model = nn.Sequential(*modules)
+    _randomise_norms(model)
+    return model.eval()
+
+
+def resnet18(resolution: int = 224) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """ResNet-18-shaped (11.7 M parameters, about 1.8 G multiply-adds at 224x224)."""
+    torch.manual_seed(6)
+    return _resnet(_Basic, [2, 2, 2, 2], resolution), (torch.randn(1, 3, resolution, resolution),)
+
+
+def resnet50(resolution: int = 224) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """ResNet-50-shaped (25.6 M parameters, about 4.1 G multiply-adds at 224x224; 175 operations exported)."""
+    torch.manual_seed(7)
+    return _resnet(_Bottleneck, [3, 4, 6, 3], resolution), (torch.randn(1, 3, resolution, resolution),)
+
+
+def bert_like() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A transformer encoder of similar graph size to ResNet-50: 6 layers, width 256, 64 tokens."""
+    torch.manual_seed(8)
+    layer = nn.TransformerEncoderLayer(d_model=256, nhead=4, dim_feedforward=1024, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=6, enable_nested_tensor=False)
+    return model.eval(), (torch.randn(1, 64, 256),)
+
+
+def _shared_backbone() -> nn.Module:
+    torch.manual_seed(9)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU()
+    )
+
+
+class _TaskModel(nn.Module):
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = _shared_backbone()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def shared_classifier() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Classification on the shared feature extractor (same weights as ``shared_segmenter``'s backbone)."""
+    model = _TaskModel(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)))
+    return model.eval(), (torch.randn(1, 3, 32, 32),)
+
+
+def shared_segmenter() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Dense prediction on the shared feature extractor (same weights as ``shared_classifier``'s backbone)."""
+    model = _TaskModel(nn.Sequential(nn.Conv2d(32, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1)))
+    return model.eval(), (torch.randn(1, 3, 32, 32),)
+
+
 ZOO: dict[str, Factory] = {
     "tiny_cnn": tiny_cnn,
     "residual_cnn": residual_cnn,
@@ -171,9 +286,22 @@ ZOO: dict[str, Factory] = {
     "two_in_two_out": two_in_two_out,
 }
 
+#: Larger models for benchmarks; not in ZOO so that the test matrix stays fast.
+BENCHMARK_MODELS: dict[str, Factory] = {"resnet18": resnet18, "resnet50": resnet50, "bert_like": bert_like}
+
+#: Task models that share one feature extractor (identical weights), for cross-model fan-out.
+SHARED_BACKBONE_MODELS: dict[str, Factory] = {
+    "shared_classifier": shared_classifier,
+    "shared_segmenter": shared_segmenter,
+}
+
+#: Models that solve the same task (3x32x32 images, 10 classes): a small and a large choice.
+TASKS: dict[str, tuple[str, ...]] = {"image-classification-32": ("tiny_cnn", "residual_cnn")}
+
 
 def build(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    factories = {**ZOO, **BENCHMARK_MODELS, **SHARED_BACKBONE_MODELS}
     try:
-        return ZOO[name]()
+        return factories[name]()
     except KeyError:
-        raise KeyError(f"no model {name!r} in the zoo; known: {sorted(ZOO)}") from None
+        raise KeyError(f"no model {name!r} in the zoo; known: {sorted(factories)}") from None

@@ -1,0 +1,72 @@
+"""Variants: fp16, bf16 and int8 programs stay close to fp32, shrink, and divide like any program."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splitinfer.divider import LocalDivisionRunner, partition_at
+from splitinfer.errors import InvalidArgument
+from splitinfer.graph import ModelGraph, cut_points
+from splitinfer.program import CompiledProgram, load_program, save_program
+from splitinfer.variants import VARIANT_KINDS, make_variant, measure_top1
+from splitinfer.zoo import ZOO, build
+
+# Largest |variant - fp32| relative to the largest |fp32 output|.
+TOLERANCE = {"fp32": 1e-6, "fp16": 5e-3, "bf16": 4e-2, "int8": 4e-2}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("kind", VARIANT_KINDS)
+def test_variant_is_close_to_fp32(name: str, kind: str) -> None:
+    model, example = build(name)
+    with torch.no_grad():
+        expected = model(*example)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    program = make_variant(model, example, kind)
+    out = CompiledProgram(program)(dict(zip(program.input_names, example, strict=True)))
+    for value, ref in zip(program.output_names, expected, strict=True):
+        assert out[value].dtype == ref.dtype  # variants keep float32 at their edges
+        assert float((out[value] - ref).abs().max()) <= TOLERANCE[kind] * float(ref.abs().max())
+
+
+def test_variants_shrink_parameters_and_keep_flops() -> None:
+    model, example = build("residual_cnn")
+    sizes = {k: make_variant(model, example, k).param_bytes for k in VARIANT_KINDS}
+    assert sizes["fp16"] < 0.55 * sizes["fp32"] and sizes["bf16"] < 0.55 * sizes["fp32"]
+    assert sizes["int8"] < 0.3 * sizes["fp32"]
+    flops = {k: ModelGraph.build(make_variant(model, example, k), example).total_flops for k in ("fp32", "int8")}
+    assert flops["int8"] == pytest.approx(flops["fp32"], rel=0.05)
+
+
+def test_int8_variant_divides_saves_and_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, example = build("transformer")
+    program = make_variant(model, example, "int8")
+    save_program(program, tmp_path)
+    loaded = load_program(tmp_path)
+    graph = ModelGraph.build(loaded, example)
+    positions = [c.position for c in cut_points(graph)][1:-1]
+    division = partition_at(graph, "transformer", positions[:: max(1, len(positions) // 4)])
+    out = LocalDivisionRunner(division).run({loaded.input_names[0]: example[0]})
+    whole = CompiledProgram(loaded)({loaded.input_names[0]: example[0]})
+    assert torch.allclose(out[loaded.output_names[0]], whole[loaded.output_names[0]], atol=1e-5)
+
+
+def test_unknown_variant_kind() -> None:
+    model, example = build("tiny_cnn")
+    with pytest.raises(InvalidArgument, match="unknown variant"):
+        make_variant(model, example, "int4")
+
+
+def test_measured_accuracy_counts_agreement_with_labels() -> None:
+    model, example = build("tiny_cnn")
+    program = make_variant(model, example, "fp32")
+    inputs = torch.randn(10, 3, 32, 32)
+    with torch.no_grad():
+        labels = model(inputs).argmax(dim=1)
+    exact = measure_top1(program, (inputs,), labels, source="10 random images labelled by fp32")
+    assert exact.value == 1.0 and exact.measured and "measured" in str(exact)
+    wrong = measure_top1(program, (inputs,), (labels + 1) % 10, source="shifted labels")
+    assert wrong.value == 0.0
+    int8 = measure_top1(make_variant(model, example, "int8"), (inputs,), labels, source="same set")
+    assert 0.5 <= int8.value <= 1.0

@@ -34,6 +34,8 @@ class NodeConfig:
     chunk_bytes: int = 1 << 20
     #: Seconds that shutdown waits for in-flight requests.
     shutdown_grace_s: float = 10.0
+    #: Where partitions pulled from a remote pool are cached (a temporary directory when empty).
+    cache_dir: str = ""
     #: Seconds of the start-up compute microbenchmark (0 skips it and reports 0 FLOP/s).
     benchmark_s: float = 0.2
 

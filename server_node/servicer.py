@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from server_node.executor import Delivered, RequestExecutor, key_of
 from server_node.host import PartitionHost
 from splitinfer.codecs import DecodeLimits, TensorAssembler
 from splitinfer.codecs.dtypes import from_torch
-from splitinfer.errors import InvalidArgument, SplitInferError
+from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
+from splitinfer.pool.service import POOL_SCHEME, pull_partition
 from splitinfer.program import ValueSpec
 from splitinfer.runtime import LoadedPartition
 from splitinfer.transport.channel import insecure_channel
@@ -87,6 +89,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         self._limits = DecodeLimits(max_tensor_bytes=config.max_tensor_bytes)
         self.forwarder = GrpcForwarder(config.chunk_bytes, config.max_message_bytes)
         self._executor = RequestExecutor(host, address, self.forwarder, self._limits)
+        self._cache_dir = Path(config.cache_dir or tempfile.mkdtemp(prefix="splitinfer-node-cache-"))
 
     def Process(
         self, request_iterator: Iterator[model_server_pb2.ProcessRequest], context: grpc.ServicerContext
@@ -153,9 +156,19 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
     ) -> model_server_pb2.LoadPartitionResponse:
         try:
             if not request.source:
-                raise InvalidArgument("LoadPartition needs a source (the artifact's directory)")
+                raise InvalidArgument(
+                    "LoadPartition needs a source: an artifact directory or pool://HOST:PORT/SHA/PART"
+                )
             expected = key_of(request.partition) if request.partition.model else None
-            loaded = self._host.load(Path(request.source), expected, request.manifest_sha256)
+            source, manifest_sha = Path(request.source), request.manifest_sha256
+            if request.source.startswith(POOL_SCHEME):
+                source, pulled_sha = pull_partition(request.source, self._cache_dir)
+                if manifest_sha and manifest_sha != pulled_sha:
+                    raise FailedPrecondition(
+                        f"partition from {request.source} has manifest {pulled_sha}, not {manifest_sha}"
+                    )
+                manifest_sha = pulled_sha
+            loaded = self._host.load(source, expected, manifest_sha)
         except SplitInferError as exc:
             abort(context, exc)
         log.info("loaded partition %s from %s", loaded.key, request.source)

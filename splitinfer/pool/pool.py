@@ -73,6 +73,10 @@ class ModelPool:
                 )
         return entries
 
+    def alternatives(self, task: str) -> list[VariantEntry]:
+        """Every variant of every model that solves ``task``: the choices a planner has for a request."""
+        return [e for e in self.variants() if e.task == task]
+
     # --- divisions -----------------------------------------------------------------------------------------
 
     def add_division(

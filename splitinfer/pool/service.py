@@ -8,14 +8,14 @@ from pathlib import Path
 
 import grpc
 
-from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
+from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError
 from splitinfer.pool.pool import ModelPool
 from splitinfer.pool.store import BlobStore, check_sha
 from splitinfer.transport.channel import insecure_channel
 from splitinfer.transport.status import abort, error_from_rpc
 from splitinfer.v1 import model_pool_pb2, model_pool_pb2_grpc
 
-__all__ = ["ModelPoolServicer", "PoolClient"]
+__all__ = ["ModelPoolServicer", "PoolClient", "parse_pool_uri", "pull_partition"]
 
 CHUNK_BYTES = 1 << 20
 
@@ -130,3 +130,37 @@ class PoolClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"pool {self.address}") from None
         return response
+
+
+POOL_SCHEME = "pool://"
+
+
+def parse_pool_uri(uri: str) -> tuple[str, str, str]:
+    """``pool://HOST:PORT/DIVISION_MANIFEST_SHA256/PARTITION`` -> (address, manifest sha256, partition)."""
+    if not uri.startswith(POOL_SCHEME):
+        raise InvalidArgument(f"{uri!r} is not a pool URI (pool://HOST:PORT/MANIFEST_SHA256/PARTITION)")
+    parts = uri[len(POOL_SCHEME) :].split("/")
+    if len(parts) != 3 or not all(parts):
+        raise InvalidArgument(f"{uri!r}: expected pool://HOST:PORT/MANIFEST_SHA256/PARTITION")
+    address, manifest_sha, partition = parts
+    return address, check_sha(manifest_sha), partition
+
+
+def pull_partition(uri: str, cache: Path) -> tuple[Path, str]:
+    """Fetches only the named partition's files (and its division manifest) from a remote pool into the
+    local cache, verifying each; returns the artifact directory and its partition manifest sha256."""
+    address, manifest_sha, partition = parse_pool_uri(uri)
+    local = ModelPool(cache)
+    client = PoolClient(address)
+    try:
+        client.fetch(manifest_sha, local.store)
+        manifest = local.manifest(manifest_sha)
+        entry = next((p for p in manifest["partitions"] if p["name"] == partition), None)
+        if entry is None:
+            raise NotFound(f"division {manifest_sha[:12]} in pool {address} has no partition {partition!r}")
+        for file_sha in entry["files"].values():
+            client.fetch(file_sha, local.store)
+    finally:
+        client.close()
+    target = cache / "partitions" / manifest_sha[:16] / partition
+    return target, local.export_partition(manifest_sha, partition, target)

@@ -131,3 +131,45 @@ def test_partitions_from_the_pool_run_on_a_node(pool_server, tmp_path: Path) -> 
             assert torch.allclose(decode_tensor(out["linear"]), model(example[0]).detach(), atol=1e-5)
     finally:
         node.stop()
+
+
+def test_node_pulls_only_its_partition_from_the_pool(pool_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pool, address, sha = pool_server
+    manifest = pool.manifest(sha)
+    cache = tmp_path / "node-cache"
+    config = tmp_path / "node.json"
+    config.write_text(f'{{"cache_dir": "{cache}"}}')
+    node = spawn_node(["--config", str(config)])
+    try:
+        with NodeClient(node.address) as client:
+            key = PartitionKey("tiny_cnn", "fp32", "p1")
+            client.load_partition(f"pool://{address}/{sha}/p1", key)
+            assert any(p.partition.partition == "p1" for p in client.status().partitions)
+            with pytest.raises(NotFound):
+                client.load_partition(f"pool://{address}/{sha}/p7", PartitionKey("tiny_cnn", "fp32", "p7"))
+            with pytest.raises(InvalidArgument):
+                client.load_partition("pool://nonsense", key)
+        stored = {p.name for p in (cache / "blobs").rglob("*") if p.is_file()}
+        wanted = set(next(p for p in manifest["partitions"] if p["name"] == "p1")["files"].values()) | {sha}
+        assert stored == wanted  # the other partition's files were never fetched
+    finally:
+        node.stop()
+
+
+def test_divide_with_live_capacities_from_nodes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    nodes = [spawn_node(), spawn_node()]
+    try:
+        addresses = ",".join(n.address for n in nodes)
+        result = subprocess.run(
+            [sys.executable, "-m", "splitinfer.cli", "divide", "splitinfer.zoo:residual_cnn", "--pool",
+             str(tmp_path / "pool"), "--nodes", addresses],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert any(n.address in result.stdout for n in nodes)  # partitions sized to, and named by, live nodes
+    finally:
+        for n in nodes:
+            n.stop()

@@ -75,3 +75,20 @@ def test_exported_partition_loads_as_a_verified_artifact(tmp_path: Path) -> None
     assert key.partition == "p1" and program.nodes
     with pytest.raises(NotFound):
         pool.export_partition(sha, "p9", tmp_path / "p9")
+
+
+def test_several_models_for_one_task_are_alternatives(tmp_path: Path) -> None:
+    from splitinfer.variants import make_variant
+    from splitinfer.zoo import TASKS
+
+    pool = ModelPool(tmp_path)
+    task = "image-classification-32"
+    for name in TASKS[task]:
+        model, example = build(name)
+        for kind in ("fp32", "int8"):
+            program = make_variant(model, example, kind)
+            graph = ModelGraph.build(program, example)
+            pool.add_division(partition_at(graph, name, []), variant=kind, division_name="whole", task=task)
+    choices = {(e.model, e.variant) for e in pool.alternatives(task)}
+    assert choices == {(m, v) for m in TASKS[task] for v in ("fp32", "int8")}
+    assert pool.alternatives("other") == []

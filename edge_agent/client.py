@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
 import torch
 
 from splitinfer.codecs import DEFAULT_CHUNK_BYTES, CodecSpec, TensorAssembler, decode_tensor, encode_tensor
+from splitinfer.errors import InvalidArgument, ResourceExhausted, Unavailable
 from splitinfer.program import CompiledProgram, Program
+from splitinfer.routing import ReplicaBalancer, entry_steps
 from splitinfer.runtime import PartitionKey
 from splitinfer.transport.channel import MAX_MESSAGE_BYTES, insecure_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.transport.stream import tensor_items, wrap_items
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
-__all__ = ["NodeClient", "SplitResult", "SplitRunner", "partition_ref"]
+__all__ = ["NodeClient", "RouteClient", "SplitResult", "SplitRunner", "partition_ref"]
 
 _NO_CODEC = CodecSpec()
 
@@ -167,3 +171,78 @@ class SplitRunner:
             total_ms=(end - start) * 1e3,
             timings=timings,
         )
+
+
+class RouteClient:
+    """Sends requests into a route: each entry step gets the inputs it names, on a replica chosen by load;
+    entries run in parallel and what they deliver is merged.
+
+    A refused call (unreachable or overloaded replica) before any answer is retried on another replica.
+    """
+
+    def __init__(self, balancer: ReplicaBalancer | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        self.balancer = balancer or ReplicaBalancer()
+        self._chunk_bytes = chunk_bytes
+        self._lock = threading.Lock()
+        self._clients: dict[str, NodeClient] = {}
+
+    def _client(self, address: str) -> NodeClient:
+        with self._lock:
+            if address not in self._clients:
+                self._clients[address] = NodeClient(address, self._chunk_bytes)
+            return self._clients[address]
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    def _run_entry(
+        self, route: route_pb2.Route, step: int, request_id: str, tensors: list[tensor_pb2.Tensor], timeout_s: float
+    ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
+        addresses = list(route.steps[step].addresses)
+        tried: set[str] = set()
+        while True:
+            address = self.balancer.choose(addresses, frozenset(tried))
+            tried.add(address)
+            header = model_server_pb2.RequestHeader(request_id=request_id, route=route, entry_step=step)
+            try:
+                with self.balancer.track(address):
+                    result = self._client(address).process(header, tensors, timeout_s)
+                self.balancer.succeeded(address)
+                return result
+            except (Unavailable, ResourceExhausted):
+                self.balancer.failed(address)
+                if len(tried) >= len(set(addresses)):
+                    raise
+
+    def run(
+        self,
+        route: route_pb2.Route,
+        inputs: Mapping[str, tensor_pb2.Tensor],
+        *,
+        request_id: str = "",
+        timeout_s: float = 30.0,
+    ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
+        """Runs one request; returns the delivered tensors (encoded) and every step's timing."""
+        request_id = request_id or uuid.uuid4().hex
+        entries = entry_steps(route)
+        jobs = []
+        for step in entries:
+            names = list(route.steps[step].input_names)
+            missing = [n for n in names if n not in inputs]
+            if missing:
+                raise InvalidArgument(f"route step {step} needs inputs {missing}")
+            jobs.append((step, [inputs[n] for n in names]))
+        if len(jobs) == 1:
+            return self._run_entry(route, jobs[0][0], request_id, jobs[0][1], timeout_s)
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            futures = [pool.submit(self._run_entry, route, s, request_id, t, timeout_s) for s, t in jobs]
+            outputs: dict[str, tensor_pb2.Tensor] = {}
+            timings: list[model_server_pb2.StepTiming] = []
+            for future in futures:
+                out, steps = future.result()
+                outputs.update(out)
+                timings.extend(steps)
+        return outputs, timings

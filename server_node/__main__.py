@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--advertise-address", help="address peers use to reach this node")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--registry", help="registry endpoint, etcd://host:port")
     parser.add_argument(
         "--load", type=Path, action="append", default=[], help="partition artifact directory to load at start"
     )
@@ -46,12 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         "port": args.port,
         "advertise_address": args.advertise_address,
         "torch_threads": args.torch_threads,
+        "registry": args.registry,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     node = start_node(config)
     try:
         for source in args.load:
             node.host.load(source, None)
+        node.publish()
     except SplitInferError as exc:
         logging.getLogger("splitinfer.server").error("cannot load %s: %s", source, exc)
         node.stop(0)

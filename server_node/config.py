@@ -34,8 +34,21 @@ class NodeConfig:
     chunk_bytes: int = 1 << 20
     #: Seconds that shutdown waits for in-flight requests.
     shutdown_grace_s: float = 10.0
+    #: Longest a join waits for the inputs of a step that arrive from other nodes, seconds.
+    join_timeout_s: float = 30.0
+    #: Seconds a replica that refused a call is avoided.
+    replica_cooldown_s: float = 5.0
+    #: Registry endpoint ("etcd://host:port[,host:port]"); empty: do not register.
+    registry: str = ""
+    #: Lease time-to-live in the registry, seconds: a dead node disappears within it.
+    registry_ttl_s: float = 5.0
+    #: How often the node refreshes its status in the registry, seconds.
+    status_interval_s: float = 1.0
     #: Where partitions pulled from a remote pool are cached (a temporary directory when empty).
     cache_dir: str = ""
+    #: Emulated slowness: each partition run is stretched to this many times its real duration (>= 1).
+    #: For demos and tests of heterogeneous clusters on one machine; reported compute_flops is divided by it.
+    slowdown_factor: float = 1.0
     #: Seconds of the start-up compute microbenchmark (0 skips it and reports 0 FLOP/s).
     benchmark_s: float = 0.2
 

@@ -37,13 +37,28 @@ class PartitionHost:
 
     def load(self, source: Path, expected: PartitionKey | None, manifest_sha256: str = "") -> LoadedPartition:
         """Loads an artifact; the artifact must be the partition ``expected`` names when given."""
-        key, program = load_partition_artifact(source, manifest_sha256)
-        if expected is not None and key != expected:
-            raise InvalidArgument(f"artifact at {source} holds partition {key}, not {expected}")
-        loaded = LoadedPartition(key, program)
+        placeholder = expected is not None and self._mark_loading(expected)
+        try:
+            key, program = load_partition_artifact(source, manifest_sha256)
+            if expected is not None and key != expected:
+                raise InvalidArgument(f"artifact at {source} holds partition {key}, not {expected}")
+            loaded = LoadedPartition(key, program)
+        except BaseException:
+            if placeholder and expected is not None:
+                with self._lock:
+                    self._slots.pop(expected, None)
+            raise
         with self._lock:
             self._slots[key] = _Slot(loaded)
         return loaded
+
+    def _mark_loading(self, key: PartitionKey) -> bool:
+        """Marks ``key`` as loading (requests get UNAVAILABLE) unless a ready copy is already hosted."""
+        with self._lock:
+            if key in self._slots:
+                return False
+            self._slots[key] = _Slot(None)
+            return True
 
     def unload(self, key: PartitionKey) -> bool:
         with self._lock:

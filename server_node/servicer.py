@@ -6,89 +6,58 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import psutil
 
 from server_node.config import NodeConfig
-from server_node.executor import Delivered, RequestExecutor, key_of
+from server_node.executor import CallScope, RequestExecutor, key_of
+from server_node.forwarder import GrpcForwarder
 from server_node.host import PartitionHost
 from splitinfer.codecs import DecodeLimits, TensorAssembler
 from splitinfer.codecs.dtypes import from_torch
 from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
 from splitinfer.pool.service import POOL_SCHEME, pull_partition
 from splitinfer.program import ValueSpec
+from splitinfer.routing import ReplicaBalancer
 from splitinfer.runtime import LoadedPartition
-from splitinfer.transport.channel import insecure_channel
-from splitinfer.transport.status import abort, error_from_rpc
+from splitinfer.transport.status import abort
 from splitinfer.transport.stream import tensor_items, wrap_items
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
-__all__ = ["GrpcForwarder", "ModelServerServicer"]
+__all__ = ["ModelServerServicer"]
 
 log = logging.getLogger("splitinfer.server")
 
 
-class GrpcForwarder:
-    """Calls the next node's Process and relays what it delivers, chunks and all, without decoding."""
-
-    def __init__(self, chunk_bytes: int, max_message_bytes: int) -> None:
-        self._chunk_bytes = chunk_bytes
-        self._max_message_bytes = max_message_bytes
-        self._channels: dict[str, grpc.Channel] = {}
-
-    def _stub(self, address: str) -> model_server_pb2_grpc.ModelServerServiceStub:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = insecure_channel(address, self._max_message_bytes)
-        return model_server_pb2_grpc.ModelServerServiceStub(channel)
-
-    def forward(
-        self,
-        header: model_server_pb2.RequestHeader,
-        step: route_pb2.RouteStep,
-        tensors: list[tensor_pb2.Tensor],
-        timeout_s: float | None,
-    ) -> Iterator[Delivered]:
-        address = step.addresses[0]
-        if timeout_s is not None:
-            header.timeout_ms = max(1, int(timeout_s * 1e3))
-
-        def requests() -> Iterator[model_server_pb2.ProcessRequest]:
-            yield model_server_pb2.ProcessRequest(header=header)
-            yield from wrap_items(model_server_pb2.ProcessRequest, tensor_items(tensors, self._chunk_bytes))
-
-        assembler = TensorAssembler()
-        try:
-            for response in self._stub(address).Process(requests(), timeout=timeout_s):
-                kind = response.WhichOneof("kind")
-                if kind == "done":
-                    yield from response.done.timings
-                else:
-                    complete = assembler.add(getattr(response, kind))
-                    if complete is not None:
-                        yield complete
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"next hop {address} ({key_of(step.partition)})") from None
-        assembler.finish()
-
-    def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-
-
 class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
-    def __init__(self, config: NodeConfig, host: PartitionHost, address: str, compute_flops: float) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        host: PartitionHost,
+        address: str,
+        compute_flops: float,
+        balancer: ReplicaBalancer,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._on_change = on_change
         self._config = config
         self._host = host
         self.address = address
         self._flops = compute_flops
         self._started = time.monotonic()
         self._limits = DecodeLimits(max_tensor_bytes=config.max_tensor_bytes)
-        self.forwarder = GrpcForwarder(config.chunk_bytes, config.max_message_bytes)
-        self._executor = RequestExecutor(host, address, self.forwarder, self._limits)
+        self.forwarder = GrpcForwarder(config.chunk_bytes, config.max_message_bytes, balancer)
+        self.executor = RequestExecutor(
+            host,
+            address,
+            self.forwarder,
+            self._limits,
+            join_timeout_s=config.join_timeout_s,
+            slowdown_factor=config.slowdown_factor,
+        )
         self._cache_dir = Path(config.cache_dir or tempfile.mkdtemp(prefix="splitinfer-node-cache-"))
 
     def Process(
@@ -101,9 +70,12 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                 request_id = header.request_id
                 timeout_s = _remaining_s(header.timeout_ms, context.time_remaining())
                 timings = []
-                for item in self._executor.execute(header, received, timeout_s):
+                scope = CallScope()
+                context.add_callback(scope.cancel)  # caller gone: cancel what this request sent downstream
+                for item in self.executor.execute(header, received, timeout_s, scope):
                     if not context.is_active():
                         log.info("request %s cancelled by the caller; dropping it", request_id)
+                        scope.cancel()
                         return
                     if isinstance(item, model_server_pb2.StepTiming):
                         timings.append(item)
@@ -172,6 +144,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         except SplitInferError as exc:
             abort(context, exc)
         log.info("loaded partition %s from %s", loaded.key, request.source)
+        self._on_change()
         return model_server_pb2.LoadPartitionResponse(
             hosted=_hosted(loaded, 0),
             inputs=[_spec(s) for s in loaded.inputs],
@@ -182,6 +155,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         self, request: model_server_pb2.UnloadPartitionRequest, context: grpc.ServicerContext
     ) -> model_server_pb2.UnloadPartitionResponse:
         was_loaded = self._host.unload(key_of(request.partition))
+        self._on_change()
         log.info("unloaded partition %s (was loaded: %s)", key_of(request.partition), was_loaded)
         return model_server_pb2.UnloadPartitionResponse(was_loaded=was_loaded)
 

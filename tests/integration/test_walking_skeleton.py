@@ -149,4 +149,8 @@ def test_status_and_health(setup, client: NodeClient) -> None:  # type: ignore[n
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="splitinfer.v1.ModelServerService"), timeout=5
         )
-    assert response.status == health_pb2.HealthCheckResponse.SERVING
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        partition = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=f"splitinfer.partition/{KEY}"), timeout=5
+        )
+        assert partition.status == health_pb2.HealthCheckResponse.SERVING

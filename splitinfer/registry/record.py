@@ -1,0 +1,41 @@
+"""What the registry knows about a server: a small, typed, JSON-serialisable record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from splitinfer.errors import InvalidArgument
+
+__all__ = ["ServerRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    """A live server and its load, as last reported."""
+
+    address: str
+    #: Hosted, ready partitions as "model@variant/partition".
+    partitions: tuple[str, ...] = ()
+    in_flight: int = 0
+    #: Requests waiting or running per partition.
+    queue_lengths: dict[str, int] = field(default_factory=dict)
+    compute_flops: float = 0.0
+    memory_available_bytes: int = 0
+    device: str = "cpu"
+    #: Unix time of the report.
+    updated_unix_s: float = 0.0
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["partitions"] = list(self.partitions)
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ServerRecord:
+        try:
+            data = json.loads(raw)
+            data["partitions"] = tuple(data.get("partitions", ()))
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"malformed server record: {exc}") from None

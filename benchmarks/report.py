@@ -66,7 +66,43 @@ def divider_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-SECTIONS = {"codecs": codecs_section, "divider": divider_section}
+def _median(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def pipeline_section(data: dict[str, Any]) -> list[str]:
+    e2e, summary = data["end_to_end"], data["summary"]
+    met = "met" if summary["target_met"] else "**not met**"
+    lines = [
+        "## Pipeline (`benchmarks/pipeline.py`)",
+        "",
+        f"{e2e['model']}, batch 1, one torch thread in every process, split in two at its narrowest",
+        f"mid-network cut ({e2e['cut']}); client -> A -> B on loopback, codec none, median of",
+        f"{data['parameters']['repeats']} after warm-up. The raw gRPC chain is the floor: separate processes",
+        "passing float32 bytes in unary calls, no protobuf tensors, same partitions.",
+        "",
+        f"Machine: {_machine(data)}.",
+        "",
+        "| path | median ms | x local torch |",
+        "| --- | ---: | ---: |",
+        f"| local torch (whole model, one process) | {summary['local_ms']:.1f} | 1.000 |",
+        f"| raw gRPC chain (floor) | {summary['raw_chain_ms']:.1f} | {summary['raw_ratio']:.3f} |",
+        f"| splitinfer chain | {summary['splitinfer_ms']:.1f} | {summary['splitinfer_ratio']:.3f} |",
+        "",
+        f"Target: splitinfer <= {summary['target_ratio']}x local torch: {summary['splitinfer_ratio']:.3f}x, {met}.",
+        "",
+        "| per hop, one node | raw gRPC echo ms | splitinfer hop ms | added ms |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for row in data["per_hop"]:
+        raw, ours = _median(row["raw_echo_ms"]), _median(row["splitinfer_hop_ms"])
+        lines.append(f"| {row['bytes']:,} bytes | {raw:.3f} | {ours:.3f} | {ours - raw:.3f} |")
+    return [*lines, ""]
+
+
+SECTIONS = {"codecs": codecs_section, "divider": divider_section, "pipeline": pipeline_section}
 
 
 def render(results: Path) -> str:

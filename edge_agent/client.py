@@ -19,7 +19,7 @@ from splitinfer.routing import ReplicaBalancer, entry_steps
 from splitinfer.runtime import PartitionKey
 from splitinfer.transport.channel import MAX_MESSAGE_BYTES, insecure_channel
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import tensor_items, wrap_items
+from splitinfer.transport.stream import stream_messages
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["NodeClient", "RouteClient", "SplitResult", "SplitRunner", "partition_ref"]
@@ -66,7 +66,7 @@ class NodeClient:
 
         def requests() -> Iterator[model_server_pb2.ProcessRequest]:
             yield model_server_pb2.ProcessRequest(header=header)
-            yield from wrap_items(model_server_pb2.ProcessRequest, tensor_items(tensors, self._chunk_bytes))
+            yield from stream_messages(model_server_pb2.ProcessRequest, tensors, self._chunk_bytes)
 
         assembler = TensorAssembler()
         outputs: dict[str, tensor_pb2.Tensor] = {}

@@ -31,7 +31,7 @@ class NodeConfig:
     #: Largest decoded tensor accepted from a peer, in bytes.
     max_tensor_bytes: int = 1 << 30
     #: Payload bytes per chunk when sending large tensors.
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = 512 << 10
     #: Seconds that shutdown waits for in-flight requests.
     shutdown_grace_s: float = 10.0
     #: Longest a join waits for the inputs of a step that arrive from other nodes, seconds.

@@ -14,7 +14,7 @@ from splitinfer.errors import Unavailable
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.transport.channel import insecure_channel
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import tensor_items, wrap_items
+from splitinfer.transport.stream import stream_messages
 from splitinfer.v1 import (
     model_server_pb2,
     model_server_pb2_grpc,
@@ -99,7 +99,7 @@ class GrpcForwarder:
     ) -> Iterator[Delivered]:
         def requests() -> Iterator[model_server_pb2.ProcessRequest]:
             yield model_server_pb2.ProcessRequest(header=header)
-            yield from wrap_items(model_server_pb2.ProcessRequest, tensor_items(tensors, self._chunk_bytes))
+            yield from stream_messages(model_server_pb2.ProcessRequest, tensors, self._chunk_bytes)
 
         stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel(address))
         call = stub.Process(requests(), timeout=timeout_s)
@@ -127,7 +127,7 @@ class GrpcForwarder:
 
         def requests() -> Iterator[result_sink_pb2.DeliverRequest]:
             yield result_sink_pb2.DeliverRequest(header=header)
-            yield from wrap_items(result_sink_pb2.DeliverRequest, tensor_items(tensors, self._chunk_bytes))
+            yield from stream_messages(result_sink_pb2.DeliverRequest, tensors, self._chunk_bytes)
 
         try:
             result_sink_pb2_grpc.ResultSinkServiceStub(self._channel(sink)).Deliver(requests(), timeout=timeout_s)

@@ -24,7 +24,7 @@ from splitinfer.program import ValueSpec
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.runtime import LoadedPartition
 from splitinfer.transport.status import abort
-from splitinfer.transport.stream import tensor_items, wrap_items
+from splitinfer.transport.stream import stream_messages
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["ModelServerServicer"]
@@ -80,9 +80,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                     if isinstance(item, model_server_pb2.StepTiming):
                         timings.append(item)
                     else:
-                        yield from wrap_items(
-                            model_server_pb2.ProcessResponse, tensor_items([item], self._config.chunk_bytes)
-                        )
+                        yield from stream_messages(model_server_pb2.ProcessResponse, [item], self._config.chunk_bytes)
                 yield model_server_pb2.ProcessResponse(done=model_server_pb2.ProcessDone(timings=timings))
         except SplitInferError as exc:
             log.info("request %s refused: %s", request_id, exc)

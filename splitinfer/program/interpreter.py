@@ -75,15 +75,29 @@ class CompiledProgram:
         self._size = len(slots)
         self._input_slots = [slots[n] for n in program.input_names]
         self._params = [(slots[k], v) for k, v in program.params.items()]
-        self._steps: list[tuple[int, Callable[..., Any], Any, Any, bool]] = []
-        for node in program.nodes:
+        # Free each intermediate value after its last reader, as eager execution does: holding every value to
+        # the end defeats the allocator's reuse of buffers and costs a third more time on CNNs.
+        keep = {slots[name] for name in program.params} | {slots[s.name] for s in program.outputs}
+        last_read: dict[int, int] = {}
+        for i, node in enumerate(program.nodes):
+            for ref in node.refs():
+                if ref in slots:
+                    last_read[slots[ref]] = i
+        release: dict[int, list[int]] = {}
+        for slot, i in last_read.items():
+            if slot not in keep:
+                release.setdefault(i, []).append(slot)
+        self._steps: list[tuple[int, Callable[..., Any], Any, Any, bool, tuple[int, ...]]] = []
+        for i, node in enumerate(program.nodes):
             missing = [r for r in node.refs() if r not in slots]
             if missing:
                 raise InvalidArgument(f"node {node.name!r} reads undefined values {missing}")
             args = _bind(node.args, slots)
             kwargs = {k: _bind(v, slots) for k, v in node.kwargs.items()}
             dynamic = _needs_load(args) or _needs_load(tuple(kwargs.values()))
-            self._steps.append((slots[node.name], resolve_op(node.op), args, kwargs, dynamic))
+            self._steps.append(
+                (slots[node.name], resolve_op(node.op), args, kwargs, dynamic, tuple(release.get(i, ())))
+            )
         self._output_slots = [(s.name, slots[s.name]) for s in program.outputs]
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,9 +108,11 @@ class CompiledProgram:
         for slot, tensor in self._params:
             env[slot] = tensor
         with torch.inference_mode():
-            for slot, fn, args, kwargs, dynamic in self._steps:
+            for slot, fn, args, kwargs, dynamic, dead in self._steps:
                 if dynamic:
                     env[slot] = fn(*_load(args, env), **{k: _load(v, env) for k, v in kwargs.items()})
                 else:
                     env[slot] = fn(*args, **kwargs)
+                for index in dead:
+                    env[index] = None
         return {name: env[slot] for name, slot in self._output_slots}

@@ -1,27 +1,46 @@
-"""Tensor streams: the Tensor/TensorChunk sequence inside Process and Infer calls."""
+"""Tensor streams: the Tensor/TensorChunk sequence inside Process, Infer and Deliver calls."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-from splitinfer.codecs import DEFAULT_CHUNK_BYTES, split_tensor
+from splitinfer.codecs import DEFAULT_CHUNK_BYTES
 from splitinfer.v1 import tensor_pb2
 
-__all__ = ["tensor_items", "wrap_items"]
-
-M = TypeVar("M")
+__all__ = ["stream_messages"]
 
 
-def tensor_items(
-    tensors: Iterable[tensor_pb2.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[tensor_pb2.Tensor | tensor_pb2.TensorChunk]:
-    """Each tensor as a Tensor message, followed by its chunks when it is large."""
+def stream_messages(
+    cls: Any, tensors: Iterable[tensor_pb2.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[Any]:
+    """Stream messages of type ``cls`` (a message with ``tensor`` and ``chunk`` fields) for the tensors.
+
+    A tensor whose payload exceeds ``chunk_bytes`` becomes a ``tensor`` message with the first part and
+    ``chunk`` messages with the rest. Messages are filled in place: each payload byte is copied once into
+    its stream message, never through an intermediate Tensor or TensorChunk.
+    """
     for tensor in tensors:
-        yield from split_tensor(tensor, chunk_bytes)
-
-
-def wrap_items(cls: Any, items: Iterable[tensor_pb2.Tensor | tensor_pb2.TensorChunk]) -> Iterator[Any]:
-    """Wraps tensors and chunks into a stream message type with ``tensor`` and ``chunk`` fields."""
-    for item in items:
-        yield cls(tensor=item) if isinstance(item, tensor_pb2.Tensor) else cls(chunk=item)
+        payload = tensor.payload  # reading a bytes field copies it: read it once
+        if len(payload) <= chunk_bytes:
+            message = cls()
+            message.tensor.CopyFrom(tensor)
+            yield message
+            continue
+        head = cls()
+        target = head.tensor
+        target.name = tensor.name
+        target.dtype = tensor.dtype
+        target.shape.extend(tensor.shape)
+        target.encoding.CopyFrom(tensor.encoding)
+        target.payload_size_bytes = tensor.payload_size_bytes
+        view = memoryview(payload)
+        target.payload = view[:chunk_bytes].tobytes()
+        yield head
+        for offset in range(chunk_bytes, len(payload), chunk_bytes):
+            message = cls()
+            chunk = message.chunk
+            chunk.name = tensor.name
+            chunk.offset = offset
+            chunk.data = view[offset : offset + chunk_bytes].tobytes()
+            yield message

@@ -3,6 +3,7 @@
 1. End to end, ResNet-18-shaped at 224x224, batch 1, one torch thread everywhere, split in two at its
    narrowest mid-network cut: (a) the whole model in local torch; (b) raw gRPC chain client -> A -> B
    passing float32 bytes (the floor); (c) splitinfer: client -> node A (p0) -> node B (p1), codec none.
+   The three are timed in interleaved rounds (one sample of each per round).
 2. Per hop: a 4 KiB and a 4 MiB float32 tensor through one splitinfer node running a copy partition,
    against a raw gRPC echo of the same bytes.
 
@@ -89,18 +90,10 @@ def end_to_end(work: Path, resolution: int, repeats: int) -> dict[str, Any]:
         save_partition_artifact(division.partition_program(part.name), key, work / part.name)
         paths[part.name] = (key, work / part.name)
 
-    with torch.no_grad():
-        local = time_call(lambda: model(x), repeats, warmup=3)
-
     b = RawServer(work, "rawB", paths["p1"][1])
     a = RawServer(work, "rawA", paths["p0"][1], b.address)
     channel, call = _raw_call(a.address)
     raw_in = x.numpy().tobytes()
-    raw = time_call(lambda: call(raw_in), repeats, warmup=3)
-    channel.close()
-    a.stop()
-    b.stop()
-
     nodes = [spawn_node(["--torch-threads", "1"]) for _ in range(2)]
     try:
         for node, part in zip(nodes, ("p0", "p1"), strict=True):
@@ -112,14 +105,30 @@ def end_to_end(work: Path, resolution: int, repeats: int) -> dict[str, Any]:
         client = NodeClient(nodes[0].address)
         tensor = encode_tensor(x, program.input_names[0])
 
+        def local_run() -> None:
+            with torch.no_grad():
+                model(x)
+
         def split() -> None:
             header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route)
             outputs, _ = client.process(header, [tensor], timeout_s=60)
             assert outputs
 
-        ours = time_call(split, repeats, warmup=3)
+        # Interleaved rounds, one sample of each path per round, so that drift in the machine's speed
+        # (a shared VM) affects the three paths alike.
+        paths_to_time = {"local": local_run, "raw": lambda: call(raw_in), "ours": split}
+        for fn in paths_to_time.values():
+            time_call(fn, 1, warmup=3)
+        samples: dict[str, list[float]] = {k: [] for k in paths_to_time}
+        for _ in range(repeats):
+            for name, fn in paths_to_time.items():
+                samples[name].extend(time_call(fn, 1, warmup=0))
+        local, raw, ours = samples["local"], samples["raw"], samples["ours"]
         client.close()
     finally:
+        channel.close()
+        a.stop()
+        b.stop()
         for node in nodes:
             node.stop()
     return {

@@ -19,7 +19,7 @@ from splitinfer.routing import ReplicaBalancer, entry_steps
 from splitinfer.runtime import PartitionKey
 from splitinfer.transport.channel import MAX_MESSAGE_BYTES, insecure_channel
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import stream_messages
+from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["NodeClient", "RouteClient", "SplitResult", "SplitRunner", "partition_ref"]
@@ -35,9 +35,14 @@ class NodeClient:
     """A connection to one server node."""
 
     def __init__(
-        self, address: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_message_bytes: int = MAX_MESSAGE_BYTES
+        self,
+        address: str,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        once_max_bytes: int = ONCE_MAX_BYTES,
     ) -> None:
         self.address = address
+        self._once_max_bytes = once_max_bytes
         self._chunk_bytes = chunk_bytes
         self._channel = insecure_channel(address, max_message_bytes)
         self._stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel)
@@ -63,6 +68,14 @@ class NodeClient:
         """
         if timeout_s is not None:
             header.timeout_ms = max(1, int(timeout_s * 1e3))
+        if sum(t.payload_size_bytes for t in tensors) <= self._once_max_bytes:
+            try:
+                once = self._stub.ProcessOnce(
+                    model_server_pb2.ProcessOnceRequest(header=header, tensors=tensors), timeout=timeout_s
+                )
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc, f"node {self.address}") from None
+            return {t.name: t for t in once.tensors}, list(once.done.timings)
 
         def requests() -> Iterator[model_server_pb2.ProcessRequest]:
             yield model_server_pb2.ProcessRequest(header=header)

@@ -14,7 +14,7 @@ from splitinfer.errors import Unavailable
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.transport.channel import insecure_channel
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import stream_messages
+from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import (
     model_server_pb2,
     model_server_pb2_grpc,
@@ -97,11 +97,21 @@ class GrpcForwarder:
         timeout_s: float | None,
         scope: CallScope,
     ) -> Iterator[Delivered]:
+        stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel(address))
+        if sum(t.payload_size_bytes for t in tensors) <= ONCE_MAX_BYTES:
+            future = stub.ProcessOnce.future(
+                model_server_pb2.ProcessOnceRequest(header=header, tensors=tensors), timeout=timeout_s
+            )
+            scope.add(future)
+            once = future.result()
+            yield from once.tensors
+            yield from once.done.timings
+            return
+
         def requests() -> Iterator[model_server_pb2.ProcessRequest]:
             yield model_server_pb2.ProcessRequest(header=header)
             yield from stream_messages(model_server_pb2.ProcessRequest, tensors, self._chunk_bytes)
 
-        stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel(address))
         call = stub.Process(requests(), timeout=timeout_s)
         scope.add(call)
         assembler = TensorAssembler()

@@ -68,15 +68,8 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
             with self._host.admit():
                 header, received = self._read_request(request_iterator)
                 request_id = header.request_id
-                timeout_s = _remaining_s(header.timeout_ms, context.time_remaining())
                 timings = []
-                scope = CallScope()
-                context.add_callback(scope.cancel)  # caller gone: cancel what this request sent downstream
-                for item in self.executor.execute(header, received, timeout_s, scope):
-                    if not context.is_active():
-                        log.info("request %s cancelled by the caller; dropping it", request_id)
-                        scope.cancel()
-                        return
+                for item in self._execute(header, received, context):
                     if isinstance(item, model_server_pb2.StepTiming):
                         timings.append(item)
                     else:
@@ -85,6 +78,50 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         except SplitInferError as exc:
             log.info("request %s refused: %s", request_id, exc)
             abort(context, exc)
+
+    def ProcessOnce(
+        self, request: model_server_pb2.ProcessOnceRequest, context: grpc.ServicerContext
+    ) -> model_server_pb2.ProcessOnceResponse:
+        try:
+            with self._host.admit():
+                if not request.HasField("header"):
+                    raise InvalidArgument("ProcessOnce needs a header")
+                assembler = TensorAssembler(self._limits)
+                received: dict[str, tensor_pb2.Tensor] = {}
+                for tensor in request.tensors:
+                    complete = assembler.add(tensor)
+                    if complete is None:
+                        raise InvalidArgument(
+                            f"tensor {tensor.name!r} is incomplete; stream large tensors with Process"
+                        )
+                    received[complete.name] = complete
+                response = model_server_pb2.ProcessOnceResponse()
+                for item in self._execute(request.header, received, context):
+                    if isinstance(item, model_server_pb2.StepTiming):
+                        response.done.timings.append(item)
+                    else:
+                        response.tensors.append(item)
+                return response
+        except SplitInferError as exc:
+            log.info("request %s refused: %s", request.header.request_id or "?", exc)
+            abort(context, exc)
+
+    def _execute(
+        self,
+        header: model_server_pb2.RequestHeader,
+        received: dict[str, tensor_pb2.Tensor],
+        context: grpc.ServicerContext,
+    ) -> Iterator[tensor_pb2.Tensor | model_server_pb2.StepTiming]:
+        """The executor's output for one request, with its deadline applied and its cancellation wired."""
+        timeout_s = _remaining_s(header.timeout_ms, context.time_remaining())
+        scope = CallScope()
+        context.add_callback(scope.cancel)  # caller gone: cancel what this request sent downstream
+        for item in self.executor.execute(header, received, timeout_s, scope):
+            if not context.is_active():
+                log.info("request %s cancelled by the caller; dropping it", header.request_id)
+                scope.cancel()
+                return
+            yield item
 
     def _read_request(
         self, request_iterator: Iterator[model_server_pb2.ProcessRequest]

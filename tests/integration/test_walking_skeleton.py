@@ -121,6 +121,28 @@ def test_bad_requests_get_clear_codes_and_the_node_keeps_serving(setup, client: 
     assert runner.infer({split.whole.input_names[0]: example[0]}).outputs
 
 
+def test_streaming_and_unary_paths_agree(setup, client: NodeClient) -> None:  # type: ignore[no-untyped-def]
+    """Small requests go in one ProcessOnce call; the same request streamed through Process gives the same."""
+    node, split, _, _, _ = setup
+    cut = split.tail.input_names[0]
+    x = torch.relu(torch.randn(split.head.outputs[0].shape))
+    once, once_timings = client.process(_header(KEY, [cut]), [encode_tensor(x, cut)])
+    with NodeClient(node.address, chunk_bytes=1024, once_max_bytes=0) as streaming:
+        streamed, stream_timings = streaming.process(_header(KEY, [cut]), [encode_tensor(x, cut)])
+    assert once.keys() == streamed.keys() and once_timings and stream_timings
+    assert all(once[k].payload == streamed[k].payload for k in once)
+
+
+def test_process_once_refuses_partial_tensors(setup) -> None:  # type: ignore[no-untyped-def]
+    node = setup[0]
+    tensor = encode_tensor(torch.ones(64), "t")
+    tensor.payload = tensor.payload[:10]
+    request = model_server_pb2.ProcessOnceRequest(header=_header(KEY, ["t"]), tensors=[tensor])
+    with grpc.insecure_channel(node.address) as channel, pytest.raises(grpc.RpcError) as info:
+        model_server_pb2_grpc.ModelServerServiceStub(channel).ProcessOnce(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "incomplete" in (info.value.details() or "")
+
+
 def test_stream_without_header_is_invalid_argument(setup) -> None:  # type: ignore[no-untyped-def]
     node = setup[0]
     with grpc.insecure_channel(node.address) as channel:

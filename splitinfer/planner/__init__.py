@@ -1,0 +1,47 @@
+"""The Execution Planner: per request, the variant, device cut, codec per crossing tensor and servers.
+
+Solvers behind one interface (:class:`~splitinfer.planner.base.Solver`): ``CpSatSolver`` (exact),
+``GreedySolver`` (fast heuristic), ``ExhaustiveSolver`` (oracle for small instances), and the baselines
+``NeurosurgeonSolver`` and ``DadsSolver``. ``Planner`` adds the plan cache and online calibration.
+"""
+
+from splitinfer.planner.base import Solver
+from splitinfer.planner.baselines import DadsSolver, NeurosurgeonSolver
+from splitinfer.planner.cost import Assignment, Evaluation, evaluate
+from splitinfer.planner.cpsat import CpSatSolver
+from splitinfer.planner.exhaustive import ExhaustiveSolver
+from splitinfer.planner.greedy import GreedySolver
+from splitinfer.planner.plan import CrossingChoice, Placement, Plan
+from splitinfer.planner.problem import (
+    CodecProfile,
+    DeviceProfile,
+    Edge,
+    PartitionCost,
+    PlanningProblem,
+    Requirements,
+    ServerProfile,
+    VariantProfile,
+)
+
+__all__ = [
+    "Assignment",
+    "CodecProfile",
+    "CpSatSolver",
+    "CrossingChoice",
+    "DadsSolver",
+    "DeviceProfile",
+    "Edge",
+    "Evaluation",
+    "ExhaustiveSolver",
+    "GreedySolver",
+    "NeurosurgeonSolver",
+    "PartitionCost",
+    "Placement",
+    "Plan",
+    "PlanningProblem",
+    "Requirements",
+    "ServerProfile",
+    "Solver",
+    "VariantProfile",
+    "evaluate",
+]

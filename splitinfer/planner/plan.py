@@ -1,0 +1,215 @@
+"""A plan: immutable, printable as a table, and round-tripping through ``splitinfer.v1.ExecutionPlan``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from splitinfer.codecs import CodecSpec
+from splitinfer.planner.cost import DEVICE, Assignment, Evaluation
+from splitinfer.planner.problem import PlanningProblem
+from splitinfer.v1 import plan_pb2, route_pb2
+
+__all__ = ["ON_DEVICE", "CrossingChoice", "Placement", "Plan", "make_plan"]
+
+ON_DEVICE = "device"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    partition: str
+    #: "device" or a server address.
+    where: str
+    predicted_ms: float
+
+    @property
+    def on_device(self) -> bool:
+        return self.where == ON_DEVICE
+
+
+@dataclass(frozen=True, slots=True)
+class CrossingChoice:
+    tensor: str
+    codec: CodecSpec
+    predicted_bytes: int
+    predicted_ms: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    variant: str
+    placements: tuple[Placement, ...]
+    crossings: tuple[CrossingChoice, ...]
+    predicted_latency_ms: float
+    predicted_energy_j: float
+    predicted_accuracy: float
+    reason: str
+    solver: str
+    violated: tuple[str, ...] = ()
+    route: route_pb2.Route | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return not self.violated
+
+    @property
+    def device_partitions(self) -> list[str]:
+        return [p.partition for p in self.placements if p.on_device]
+
+    def summary(self) -> str:
+        """One line: where things ran, the codecs, and the predictions."""
+        where = " ".join(f"{p.partition}@{'dev' if p.on_device else p.where}" for p in self.placements)
+        codecs = ",".join(f"{c.tensor}:{c.codec}" for c in self.crossings) or "-"
+        return (
+            f"{self.model}@{self.variant} [{where}] codecs {codecs}; {self.predicted_latency_ms:.1f} ms, "
+            f"{self.predicted_energy_j * 1e3:.1f} mJ, acc {self.predicted_accuracy:.3f}"
+        )
+
+    def __str__(self) -> str:
+        lines = [
+            f"plan for {self.model}@{self.variant} by {self.solver}: {self.reason}",
+            f"  {'partition':<12} {'where':<22} {'predicted ms':>12}",
+        ]
+        for p in self.placements:
+            lines.append(f"  {p.partition:<12} {p.where:<22} {p.predicted_ms:>12.2f}")
+        if self.crossings:
+            lines.append(f"  {'crossing tensor':<20} {'codec':<12} {'bytes':>10} {'ms':>8}")
+            for c in self.crossings:
+                lines.append(f"  {c.tensor:<20} {c.codec!s:<12} {c.predicted_bytes:>10,} {c.predicted_ms:>8.2f}")
+        status = "meets all requirements" if self.feasible else f"VIOLATES {', '.join(self.violated)}"
+        lines.append(
+            f"  predicted: {self.predicted_latency_ms:.2f} ms, {self.predicted_energy_j * 1e3:.2f} mJ on the "
+            f"device, accuracy {self.predicted_accuracy:.3f}; {status}"
+        )
+        return "\n".join(lines)
+
+    def to_proto(self) -> plan_pb2.ExecutionPlan:
+        message = plan_pb2.ExecutionPlan(
+            model=self.model,
+            variant=self.variant,
+            predicted_latency_ms=self.predicted_latency_ms,
+            predicted_energy_j=self.predicted_energy_j,
+            predicted_accuracy=self.predicted_accuracy,
+            reason=self.reason,
+            violated=list(self.violated),
+            solver=self.solver,
+        )
+        for p in self.placements:
+            message.placements.append(
+                plan_pb2.Placement(
+                    partition=route_pb2.PartitionRef(model=self.model, variant=self.variant, partition=p.partition),
+                    on_device=p.on_device,
+                    address="" if p.on_device else p.where,
+                    predicted_ms=p.predicted_ms,
+                )
+            )
+        for c in self.crossings:
+            message.crossings.append(
+                plan_pb2.Crossing(
+                    tensor_name=c.tensor,
+                    encoding=c.codec.to_proto(),
+                    predicted_bytes=c.predicted_bytes,
+                    predicted_ms=c.predicted_ms,
+                )
+            )
+        if self.route is not None:
+            message.route.CopyFrom(self.route)
+        return message
+
+    @classmethod
+    def from_proto(cls, message: plan_pb2.ExecutionPlan) -> Plan:
+        return cls(
+            model=message.model,
+            variant=message.variant,
+            placements=tuple(
+                Placement(p.partition.partition, ON_DEVICE if p.on_device else p.address, p.predicted_ms)
+                for p in message.placements
+            ),
+            crossings=tuple(
+                CrossingChoice(c.tensor_name, CodecSpec.from_proto(c.encoding), c.predicted_bytes, c.predicted_ms)
+                for c in message.crossings
+            ),
+            predicted_latency_ms=message.predicted_latency_ms,
+            predicted_energy_j=message.predicted_energy_j,
+            predicted_accuracy=message.predicted_accuracy,
+            reason=message.reason,
+            solver=message.solver,
+            violated=tuple(message.violated),
+            route=message.route if message.HasField("route") else None,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return self.to_proto() == other.to_proto()
+
+    def __hash__(self) -> int:
+        return hash(self.to_proto().SerializeToString(deterministic=True))
+
+
+def _route(problem: PlanningProblem, a: Assignment, codec_of: dict[str, CodecSpec]) -> route_pb2.Route:
+    """The server part of the plan: one step per server partition, outputs routed to server consumers and
+    delivered back when the device needs them."""
+    variant = problem.variants[a.variant]
+    n = len(variant.partitions)
+    server_parts = [p for p in range(n) if a.location(p, n) != DEVICE]
+    step_of = {p: i for i, p in enumerate(server_parts)}
+    steps = []
+    for p in server_parts:
+        inputs = list(dict.fromkeys(e.tensor for e in variant.edges if e.dst == p))
+        outputs: dict[str, route_pb2.TensorRoute] = {}
+        for edge in variant.edges:
+            if edge.src != p:
+                continue
+            route = outputs.setdefault(
+                edge.tensor,
+                route_pb2.TensorRoute(
+                    tensor_name=edge.tensor, encoding=codec_of.get(edge.tensor, CodecSpec()).to_proto()
+                ),
+            )
+            if a.location(edge.dst, n) == DEVICE:
+                route.deliver = True
+            elif edge.dst in step_of and step_of[edge.dst] not in route.consumer_steps:
+                route.consumer_steps.append(step_of[edge.dst])
+        steps.append(
+            route_pb2.RouteStep(
+                partition=route_pb2.PartitionRef(
+                    model=variant.model, variant=variant.variant, partition=variant.partitions[p].name
+                ),
+                addresses=[problem.servers[a.location(p, n)].address],
+                input_names=inputs,
+                outputs=list(outputs.values()),
+            )
+        )
+    return route_pb2.Route(steps=steps)
+
+
+def make_plan(problem: PlanningProblem, a: Assignment, ev: Evaluation, solver: str, reason: str) -> Plan:
+    variant = problem.variants[a.variant]
+    n = len(variant.partitions)
+    codec_index = dict(a.codecs)
+    placements = tuple(
+        Placement(
+            variant.partitions[p].name,
+            ON_DEVICE if a.location(p, n) == DEVICE else problem.servers[a.location(p, n)].address,
+            ev.compute_s[p] * 1e3,
+        )
+        for p in range(n)
+    )
+    codec_of = {t: problem.codecs[codec_index.get(t, 0)].codec for t in ev.crossing}
+    crossings = tuple(
+        CrossingChoice(t, codec_of[t], wire, seconds * 1e3) for t, (wire, seconds) in sorted(ev.crossing.items())
+    )
+    return Plan(
+        model=variant.model,
+        variant=variant.variant,
+        placements=placements,
+        crossings=crossings,
+        predicted_latency_ms=ev.latency_s * 1e3,
+        predicted_energy_j=ev.energy_j,
+        predicted_accuracy=ev.accuracy,
+        reason=reason,
+        solver=solver,
+        violated=ev.violated,
+        route=_route(problem, a, codec_of) if any(a.location(p, n) != DEVICE for p in range(n)) else None,
+    )

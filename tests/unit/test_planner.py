@@ -1,0 +1,187 @@
+"""The Planner: CP-SAT is optimal against the exhaustive oracle, and plans move as conditions change."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from splitinfer.planner import (
+    CpSatSolver,
+    DadsSolver,
+    DeviceProfile,
+    Edge,
+    ExhaustiveSolver,
+    GreedySolver,
+    NeurosurgeonSolver,
+    PartitionCost,
+    Plan,
+    PlanningProblem,
+    Requirements,
+    ServerProfile,
+    VariantProfile,
+)
+from splitinfer.planner.calibration import Calibration
+from splitinfer.planner.cost import evaluate
+from splitinfer.planner.planner import Planner
+from splitinfer.planner.profiles import DEFAULT_CODECS, random_problem
+
+
+def _objective(problem: PlanningProblem, plan: Plan) -> float:
+    """Re-scores a plan from its placements and codecs with the cost model."""
+    from splitinfer.planner.cost import DEVICE, Assignment
+
+    v = next(i for i, var in enumerate(problem.variants) if var.variant == plan.variant)
+    index = {s.address: k for k, s in enumerate(problem.servers)}
+    locations = tuple(DEVICE if p.on_device else index[p.where] for p in plan.placements)
+    names = [str(c.codec) for c in problem.codecs]
+    codecs = tuple((c.tensor, names.index(str(c.codec))) for c in plan.crossings)
+    return evaluate(problem, Assignment(v, locations, codecs)).objective
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_cpsat_equals_the_exhaustive_optimum(seed: int) -> None:
+    problem = random_problem(seed, partitions=4, servers=2, variants=2, codecs=3, dag=seed % 2 == 1)
+    exact = ExhaustiveSolver().solve(problem)
+    cpsat = CpSatSolver().solve(problem)
+    assert _objective(problem, cpsat) == pytest.approx(_objective(problem, exact), rel=1e-6, abs=1e-5)
+    assert cpsat.violated == exact.violated
+    # The heuristics are never better than the optimum.
+    for solver in (GreedySolver(), NeurosurgeonSolver(), DadsSolver()):
+        assert _objective(problem, solver.solve(problem)) >= _objective(problem, exact) - 1e-9
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cpsat_equals_exhaustive_with_three_servers_and_a_dag(seed: int) -> None:
+    problem = random_problem(100 + seed, partitions=3, servers=3, variants=1, codecs=3, dag=True)
+    assert _objective(problem, CpSatSolver().solve(problem)) == pytest.approx(
+        _objective(problem, ExhaustiveSolver().solve(problem)), rel=1e-6, abs=1e-5
+    )
+
+
+def _cnn(variant: str = "large", accuracy: float = 0.9, scale: float = 1.0) -> VariantProfile:
+    flops = [0.3e9, 0.8e9, 0.9e9, 0.6e9]
+    out = [800_000, 400_000, 200_000, 4_000]
+    return VariantProfile(
+        "cnn",
+        variant,
+        accuracy,
+        True,
+        tuple(PartitionCost(f"p{i}", f * scale, 1 << 20) for i, f in enumerate(flops)),
+        (
+            Edge("input", -1, 0, 602_112),
+            *(Edge(f"t{i}", i, i + 1, out[i]) for i in range(3)),
+            Edge("out", 3, 4, out[3]),
+        ),
+    )
+
+
+def _problem(**device: object) -> PlanningProblem:
+    base = DeviceProfile(flops=2e9, uplink_mbps=18.88, downlink_mbps=50, rtt_ms=20, charging=True)
+    return PlanningProblem(
+        variants=(_cnn(),),
+        device=replace(base, **device),  # type: ignore[arg-type]
+        servers=(ServerProfile("edge:1", 5e10), ServerProfile("cloud:1", 1e11, queue_ms=5)),
+        codecs=DEFAULT_CODECS[:2],  # lossless only: these tests are about placement
+    )
+
+
+def _device_flops(problem: PlanningProblem, plan: Plan) -> float:
+    variant = next(v for v in problem.variants if v.variant == plan.variant)
+    costs = {p.name: p.flops for p in variant.partitions}
+    return sum(costs[p.partition] for p in plan.placements if p.on_device)
+
+
+def test_work_moves_to_the_device_as_bandwidth_falls() -> None:
+    device_work = []
+    for mbps in (18.88, 5.85, 1.1, 0.13):
+        problem = _problem(uplink_mbps=mbps)
+        device_work.append(_device_flops(problem, CpSatSolver().solve(problem)))
+    assert device_work == sorted(device_work) and device_work[-1] > device_work[0], device_work
+
+
+def test_work_moves_off_the_device_as_the_battery_falls() -> None:
+    device_work = []
+    for battery in (100, 60, 30, 5):
+        problem = _problem(
+            uplink_mbps=1.1, battery_percent=battery, charging=False, compute_power_w=5.0, transmit_power_w=0.5
+        )
+        device_work.append(_device_flops(problem, CpSatSolver().solve(problem)))
+    assert device_work == sorted(device_work, reverse=True) and device_work[-1] < device_work[0], device_work
+
+
+def test_smaller_variant_only_when_accuracy_allows() -> None:
+    problem = replace(_problem(uplink_mbps=0.13), variants=(_cnn(), _cnn("small", 0.8, 0.25)))
+    assert CpSatSolver().solve(problem).variant == "small"  # faster, and nothing forbids it
+    strict = replace(problem, requirements=Requirements(min_accuracy=0.85))
+    plan = CpSatSolver().solve(strict)
+    assert plan.variant == "large" and plan.feasible
+
+
+def test_lossy_codec_only_when_accuracy_allows() -> None:
+    problem = replace(_problem(uplink_mbps=1.1, flops=1e8), codecs=DEFAULT_CODECS)
+    loose = CpSatSolver().solve(problem)
+    assert any(c.codec.is_lossy for c in loose.crossings)  # compressing int8 pays on a slow link
+    strict = CpSatSolver().solve(replace(problem, requirements=Requirements(min_accuracy=0.9)))
+    assert strict.crossings and not any(c.codec.is_lossy for c in strict.crossings)
+    assert strict.predicted_accuracy == pytest.approx(0.9)
+
+
+def test_infeasible_requests_name_the_violated_requirement() -> None:
+    too_fast = CpSatSolver().solve(replace(_problem(), requirements=Requirements(max_latency_ms=1)))
+    assert too_fast.violated == ("max_latency_ms",) and "violates" in too_fast.reason
+    too_good = CpSatSolver().solve(replace(_problem(), requirements=Requirements(min_accuracy=0.99)))
+    assert too_good.violated == ("min_accuracy",)
+    for solver in (GreedySolver(), ExhaustiveSolver(), NeurosurgeonSolver(), DadsSolver()):
+        assert (
+            "max_latency_ms" in solver.solve(replace(_problem(), requirements=Requirements(max_latency_ms=1))).violated
+        )
+
+
+def test_hosting_is_respected() -> None:
+    problem = replace(
+        _problem(uplink_mbps=50),
+        servers=(ServerProfile("a:1", 1e12, hosts=frozenset({"cnn@large/p0"})), ServerProfile("b:1", 1e10)),
+    )
+    plan = CpSatSolver().solve(problem)
+    assert all(p.where == "b:1" for p in plan.placements if p.partition != "p0" and not p.on_device)
+
+
+def test_plan_prints_and_round_trips_through_its_proto() -> None:
+    plan = CpSatSolver().solve(replace(_problem(uplink_mbps=5.85), codecs=DEFAULT_CODECS))
+    text = str(plan)
+    assert "partition" in text and "predicted" in text and plan.model in text
+    again = Plan.from_proto(Plan.from_proto(plan.to_proto()).to_proto())
+    assert again == plan and again.summary() == plan.summary()
+    if plan.route is not None:
+        assert all(step.addresses for step in plan.route.steps)
+
+
+def test_device_memory_limits_the_head() -> None:
+    problem = _problem(uplink_mbps=0.13, memory_bytes=(1 << 20) + 10)  # room for one partition
+    plan = CpSatSolver().solve(problem)
+    assert len(plan.device_partitions) <= 1
+
+
+def test_plan_cache_buckets_conditions_and_replans_on_change() -> None:
+    planner = Planner(GreedySolver())
+    first = planner.plan(_problem(uplink_mbps=5.85))
+    assert planner.plan(_problem(uplink_mbps=5.9)) is first  # same log-bucket: cached
+    assert planner.hits == 1 and planner.misses == 1
+    planner.plan(_problem(uplink_mbps=1.1))  # another bucket
+    planner.plan(_problem(uplink_mbps=5.85), registry_version=7)  # the cluster changed
+    assert planner.misses == 3
+
+
+def test_calibration_corrects_predictions() -> None:
+    calibration = Calibration()
+    planner = Planner(CpSatSolver(), calibration)
+    problem = _problem(uplink_mbps=18.88)
+    before = planner.plan(problem, device_id="d1")
+    for _ in range(5):  # the uplink turns out to be far slower than reported
+        calibration.observe_uplink("d1", 1_000_000, 10.0)
+    after = planner.plan(problem, device_id="d1")
+    assert after is not before and _device_flops(problem, after) > _device_flops(problem, before)
+    version = calibration.version
+    calibration.observe_uplink("d1", 1_000_000, 10.01)  # within 10%: no new version, no re-plan
+    assert calibration.version == version

@@ -1,18 +1,21 @@
 """The exact planner: one CP-SAT model over variant, device cut, server per partition and codec per tensor.
 
-Decision variables (all Boolean):
+Decision variables (all Boolean), for each variant ``v`` and partition ``p``:
 
-* ``y[v,i,j]``: variant ``v`` with the device running partitions ``[0, i)`` and ``[j, n)``; exactly one is
-  true, which also chooses the variant.
-* ``x[v,p,s]``: partition ``p`` of variant ``v`` runs on server ``s`` (only servers that host it); one per
-  server partition of the chosen cut, none otherwise.
-* ``c[v,t,m]``: tensor ``t`` crosses with codec ``m``; one per tensor.
+* ``u[v]``: the variant is used (exactly one).
+* ``head[v,p]`` / ``tail[v,p]``: ``p`` runs on the device as part of the head / the tail. Heads are
+  prefixes (``head[p] >= head[p+1]``) and tails suffixes (``tail[p] <= tail[p+1]``) of the topological
+  order, so every solution is a consistent cut of the DAG; ``dev = head + tail`` and ``srv = u - dev``.
+* ``x[v,p,s]``: ``p`` runs on server ``s`` (only servers that host it); ``sum_s x = srv``.
+* ``c[v,t,m]``: tensor ``t`` crosses with codec ``m`` (exactly one per tensor).
 
-Whether each edge stays in place, goes up, down, or between two servers is linear in ``y`` except for
-"between two different servers", which uses ``w[e,s] = x[a,s] AND x[b,s]``. The objective is the cost model
-of :mod:`splitinfer.planner.cost` term for term, in integer microseconds (microjoules for energy), with the
-requirements as soft constraints weighted so that any feasible plan beats any infeasible one; the chosen
-assignment is then scored again by :func:`~splitinfer.planner.cost.evaluate`.
+For each edge, "up" (device to server), "down" and "both on servers" are products of two of the above;
+"across" (two different servers) is "both" minus ``sum_s x[a,s] AND x[b,s]``. Transfer costs are gated by
+the codec chosen for the tensor. The objective is the cost model of :mod:`splitinfer.planner.cost` term for
+term, in integer microseconds (microjoules for energy), with the requirements as soft constraints weighted
+so that any feasible plan beats any infeasible one. The model has O(V*(n*S + E*M)) variables, not one per
+(head, tail) pair, and servers that another server dominates (as fast or faster, no longer queue, hosting
+at least as much) are dropped first, which keeps solving exact and fast. The greedy plan is given as a hint.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections import defaultdict
 
 from ortools.sat.python import cp_model
 
-from splitinfer.planner.base import allowed_servers, device_cuts, finish, require_candidates
+from splitinfer.planner.base import allowed_servers, finish, require_candidates
 from splitinfer.planner.cost import (
     ACCURACY_TIEBREAK_S,
     DEVICE,
@@ -31,112 +34,171 @@ from splitinfer.planner.cost import (
     compute_terms,
     crossing_tensors,
     energy_weight_s_per_j,
+    evaluate,
     transfer_terms,
 )
+from splitinfer.planner.greedy import GreedySolver
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.problem import PlanningProblem
 
-__all__ = ["CpSatSolver"]
+__all__ = ["CpSatSolver", "undominated_servers"]
 
 US = 1_000_000  # integer units per second (and per joule, per unit of accuracy)
-Cut = tuple[int, int, int]  # (variant, head_end, tail_start)
+Literal = cp_model.IntVar | int
 
 
 def _i(value: float) -> int:
     return round(value * US)
 
 
+def undominated_servers(problem: PlanningProblem) -> list[int]:
+    """Servers no other server dominates. Transfers cost the same between any two servers, so a server
+    that is no faster, queues no less and hosts no more than another is never needed in an optimal plan
+    (ties keep the lower index)."""
+    keep = []
+    for s, a in enumerate(problem.servers):
+        dominated = False
+        for t, b in enumerate(problem.servers):
+            if t == s:
+                continue
+            hosts_more = b.hosts is None or (a.hosts is not None and a.hosts <= b.hosts)
+            better = b.flops >= a.flops and b.queue_ms <= a.queue_ms and hosts_more
+            strictly = b.flops > a.flops or b.queue_ms < a.queue_ms or (a.hosts != b.hosts)
+            if better and (strictly or t < s):
+                dominated = True
+                break
+        if not dominated:
+            keep.append(s)
+    return keep
+
+
 class CpSatSolver:
     name = "cp-sat"
 
-    def __init__(self, time_limit_s: float = 5.0, workers: int = 1) -> None:
+    def __init__(self, time_limit_s: float = 10.0, workers: int = 1, hint: bool = True) -> None:
         self.time_limit_s = time_limit_s
         self.workers = workers
+        self.hint = hint
 
     def solve(self, problem: PlanningProblem) -> Plan:
         require_candidates(problem)
+        servers = undominated_servers(problem)
+        greedy = GreedySolver(servers=servers)
+        # Most promising variant first (by its greedy plan); each later variant must beat the incumbent,
+        # which CP-SAT usually refutes at once. Exactly one variant is used, so this is still exact.
+        order = []
+        for v in range(len(problem.variants)):
+            start = greedy.assignment(problem, variants=[v])
+            order.append((evaluate(problem, start).objective if start else float("inf"), v, start))
+        order.sort(key=lambda item: item[0])
+        best: tuple[int, Assignment, bool] | None = None
+        for _, v, start in order:
+            found = self._solve_variant(problem, v, servers, start, None if best is None else best[0])
+            if found is not None and (best is None or found[0] < best[0]):
+                best = found
+        if best is None:
+            raise RuntimeError("CP-SAT found no plan: no variant fits the device or its servers")
+        _, assignment, optimal = best
+        return finish(problem, assignment, self.name if optimal else f"{self.name} (time limit, best found)")
+
+    def _solve_variant(
+        self,
+        problem: PlanningProblem,
+        only: int,
+        servers: list[int],
+        start: Assignment | None,
+        bound: int | None,
+    ) -> tuple[int, Assignment, bool] | None:
+        """The best plan using variant ``only`` whose objective is below ``bound``, or None."""
         model = cp_model.CpModel()
-        cuts = list(device_cuts(problem))
-        y = {cut: model.new_bool_var(f"y{cut}") for cut in cuts}
-        model.add_exactly_one(y.values())
-        weight = energy_weight_s_per_j(problem)
         device = problem.device
-        latency_terms: list[tuple[int, cp_model.IntVar]] = []
-        energy_terms: list[tuple[int, cp_model.IntVar]] = []
-        accuracy_terms: list[tuple[int, cp_model.IntVar]] = []
+        weight = energy_weight_s_per_j(problem)
+        latency_terms: list[tuple[int, Literal]] = []
+        energy_terms: list[tuple[int, Literal]] = []
+        accuracy_terms: list[tuple[int, Literal]] = []
+
+        def both(a: Literal, b: Literal, name: str) -> Literal:
+            """A literal equal to ``a AND b``."""
+            if isinstance(a, int) or isinstance(b, int):
+                if (isinstance(a, int) and a == 0) or (isinstance(b, int) and b == 0):
+                    return 0
+                return b if isinstance(a, int) else a
+            if a is b:
+                return a
+            var = model.new_bool_var(name)
+            model.add_bool_and([a, b]).only_enforce_if(var)
+            model.add_bool_or([a.Not(), b.Not(), var])
+            return var
+
+        u: list[Literal] = [1 if v == only else 0 for v in range(len(problem.variants))]
+        head: dict[tuple[int, int], cp_model.IntVar] = {}
+        tail: dict[tuple[int, int], cp_model.IntVar] = {}
+        srv: dict[tuple[int, int], cp_model.IntVar] = {}
+        dev: dict[tuple[int, int], cp_model.IntVar] = {}
         x: dict[tuple[int, int, int], cp_model.IntVar] = {}
         c: dict[tuple[int, str, int], cp_model.IntVar] = {}
-        cuts_of: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-        for cut in cuts:
-            cuts_of[cut[0]].append(cut)
-
         for v, variant in enumerate(problem.variants):
-            n = len(variant.partitions)
-            my_cuts = cuts_of.get(v, [])
-            if not my_cuts:
+            if v != only:
                 continue
-            accuracy_terms.extend((_i(variant.accuracy), y[cut]) for cut in my_cuts)
-
-            def on_device(p: int, my_cuts: list[Cut] = my_cuts, n: int = n) -> list[cp_model.IntVar]:
-                """The y of cuts that put partition p (or the model input/output) on the device."""
-                return [y[(vv, i, j)] for vv, i, j in my_cuts if p < 0 or p >= n or p < i or p >= j]
-
-            def on_server(p: int, my_cuts: list[Cut] = my_cuts, n: int = n) -> list[cp_model.IntVar]:
-                return [y[(vv, i, j)] for vv, i, j in my_cuts if 0 <= p < n and i <= p < j]
-
-            # Compute.
+            n = len(variant.partitions)
+            accuracy_terms.append((_i(variant.accuracy), u[v]))
+            device_bytes = []
             for p in range(n):
+                head[(v, p)] = model.new_bool_var(f"head{v},{p}")
+                tail[(v, p)] = model.new_bool_var(f"tail{v},{p}")
+                dev[(v, p)] = model.new_bool_var(f"dev{v},{p}")
+                srv[(v, p)] = model.new_bool_var(f"srv{v},{p}")
+                model.add(dev[(v, p)] == head[(v, p)] + tail[(v, p)])
+                model.add(dev[(v, p)] + srv[(v, p)] == 1)
+                if p > 0:
+                    model.add(head[(v, p - 1)] >= head[(v, p)])
+                    model.add(tail[(v, p - 1)] <= tail[(v, p)])
+                device_bytes.append((variant.partitions[p].param_bytes, dev[(v, p)]))
                 device_s = compute_terms(problem, variant, p, DEVICE)
-                for var in on_device(p):
-                    latency_terms.append((_i(device_s), var))
-                    energy_terms.append((_i(device_s * device.compute_power_w), var))
-                servers = allowed_servers(problem, v, p)
-                for s in servers:
+                latency_terms.append((_i(device_s), dev[(v, p)]))
+                energy_terms.append((_i(device_s * device.compute_power_w), dev[(v, p)]))
+                options = [s for s in allowed_servers(problem, v, p) if s in servers]
+                for s in options:
                     x[(v, p, s)] = model.new_bool_var(f"x{v},{p},{s}")
                     latency_terms.append((_i(compute_terms(problem, variant, p, s)), x[(v, p, s)]))
-                model.add(sum(x[(v, p, s)] for s in servers) == sum(on_server(p)))
+                model.add(sum(x[(v, p, s)] for s in options) == srv[(v, p)])
+            model.add(sum(k * var for k, var in device_bytes) <= device.memory_bytes)
 
-            # Codec per tensor.
-            tensors = list(dict.fromkeys(e.tensor for e in variant.edges))
-            for t in tensors:
+            for t in dict.fromkeys(e.tensor for e in variant.edges):
                 for m in range(len(problem.codecs)):
                     c[(v, t, m)] = model.new_bool_var(f"c{v},{t},{m}")
                 model.add_exactly_one(c[(v, t, m)] for m in range(len(problem.codecs)))
 
-            # Edges: up (device -> server), down (server -> device), across (server -> other server).
-            crossing_of: dict[str, list[cp_model.IntVar]] = defaultdict(list)
+            def on_device(p: int, v: int = v, n: int = n) -> Literal:
+                return u[v] if p < 0 or p >= n else dev[(v, p)]
+
+            def on_server(p: int, v: int = v, n: int = n) -> Literal:
+                return 0 if p < 0 or p >= n else srv[(v, p)]
+
+            crossing_of: dict[str, list[Literal]] = defaultdict(list)
             for e_index, edge in enumerate(variant.edges):
                 a, b = edge.src, edge.dst
-                up = [y[cut] for cut in my_cuts if _dev(a, cut, n) and not _dev(b, cut, n)]
-                down = [y[cut] for cut in my_cuts if not _dev(a, cut, n) and _dev(b, cut, n)]
-                both = [y[cut] for cut in my_cuts if not _dev(a, cut, n) and not _dev(b, cut, n)]
-                categories: list[tuple[str, cp_model.IntVar, int, int]] = []
-                if up:
-                    flag = model.new_bool_var(f"up{v},{e_index}")
-                    model.add(flag == sum(up))
-                    categories.append(("up", flag, DEVICE, 0))
-                if down:
-                    flag = model.new_bool_var(f"down{v},{e_index}")
-                    model.add(flag == sum(down))
-                    categories.append(("down", flag, 0, DEVICE))
-                if both and len(problem.servers) > 1:
-                    same = []
-                    for s in range(len(problem.servers)):
-                        if (v, a, s) in x and (v, b, s) in x:
-                            w = model.new_bool_var(f"w{v},{e_index},{s}")
-                            model.add_bool_and([x[(v, a, s)], x[(v, b, s)]]).only_enforce_if(w)
-                            model.add_bool_or([x[(v, a, s)].Not(), x[(v, b, s)].Not(), w])
-                            same.append(w)
-                    flag = model.new_bool_var(f"across{v},{e_index}")
-                    model.add(flag == sum(both) - sum(same))
-                    categories.append(("across", flag, 0, 1))
-                for _, flag, src, dst in categories:
+                categories: list[tuple[Literal, int, int]] = [
+                    (both(on_device(a), on_server(b), f"up{v},{e_index}"), DEVICE, 0),
+                    (both(on_server(a), on_device(b), f"down{v},{e_index}"), 0, DEVICE),
+                ]
+                servers_both = both(on_server(a), on_server(b), f"ss{v},{e_index}")
+                if not isinstance(servers_both, int) and len(servers) > 1:
+                    same = [
+                        both(x[(v, a, s)], x[(v, b, s)], f"w{v},{e_index},{s}")
+                        for s in servers
+                        if (v, a, s) in x and (v, b, s) in x
+                    ]
+                    across = model.new_bool_var(f"across{v},{e_index}")
+                    model.add(across == servers_both - sum(same))
+                    categories.append((across, 0, 1))
+                for flag, src, dst in categories:
+                    if isinstance(flag, int) and flag == 0:
+                        continue
                     crossing_of[edge.tensor].append(flag)
                     for m, codec in enumerate(problem.codecs):
                         seconds, tx, rx, dev_codec = transfer_terms(problem, src, dst, edge.nbytes, codec)
-                        g = model.new_bool_var(f"g{v},{e_index},{src},{dst},{m}")
-                        model.add_bool_and([flag, c[(v, edge.tensor, m)]]).only_enforce_if(g)
-                        model.add_bool_or([flag.Not(), c[(v, edge.tensor, m)].Not(), g])
+                        g = both(flag, c[(v, edge.tensor, m)], f"g{v},{e_index},{src},{dst},{m}")
                         latency_terms.append((_i(seconds), g))
                         joules = (
                             dev_codec * device.compute_power_w
@@ -144,23 +206,28 @@ class CpSatSolver:
                             + rx * device.transmit_power_w * RECEIVE_POWER_FRACTION
                         )
                         energy_terms.append((_i(joules), g))
-            # Accuracy lost to lossy codecs, once per tensor that crosses at all.
             for t, flags in crossing_of.items():
+                drops = [
+                    (m, codec.drop(variant.variant))
+                    for m, codec in enumerate(problem.codecs)
+                    if codec.codec.is_lossy and codec.drop(variant.variant)
+                ]
+                if not drops:
+                    continue
                 crosses = model.new_bool_var(f"cross{v},{t}")
                 model.add_max_equality(crosses, flags)
-                for m, codec in enumerate(problem.codecs):
-                    drop = codec.drop(variant.variant) if codec.codec.is_lossy else 0.0
-                    if drop:
-                        h = model.new_bool_var(f"h{v},{t},{m}")
-                        model.add_bool_and([crosses, c[(v, t, m)]]).only_enforce_if(h)
-                        model.add_bool_or([crosses.Not(), c[(v, t, m)].Not(), h])
-                        accuracy_terms.append((-_i(drop), h))
+                for m, drop in drops:
+                    accuracy_terms.append((-_i(drop), both(crosses, c[(v, t, m)], f"h{v},{t},{m}")))
 
         # The objective in microsecond units, one coefficient per variable, rounded once.
         coefficient: dict[int, float] = defaultdict(float)
         variables: dict[int, cp_model.IntVar] = {}
+        offset = ACCURACY_TIEBREAK_S * US
         for factor, terms in ((1.0, latency_terms), (weight, energy_terms), (-ACCURACY_TIEBREAK_S, accuracy_terms)):
             for k, var in terms:
+                if isinstance(var, int):
+                    offset += factor * k * var
+                    continue
                 coefficient[var.index] += factor * k
                 variables[var.index] = var
         latency = sum(k * var for k, var in latency_terms)
@@ -179,28 +246,50 @@ class CpSatSolver:
             variables[short.index] = short
         objective = cp_model.LinearExpr.weighted_sum(
             [variables[k] for k in coefficient], [round(coefficient[k]) for k in coefficient]
-        )
+        ) + round(offset)
+        if bound is not None:
+            model.add(objective < bound)
         model.minimize(objective)
+        if self.hint and start is not None:
+            self._add_hint(model, start, head, tail, x, servers)
         solver = cp_model.CpSolver()
         solver.parameters.max_time_in_seconds = self.time_limit_s
         solver.parameters.num_workers = self.workers
+        solver.parameters.cp_model_probing_level = 0  # measured faster on these models, still exact
         status = solver.solve(model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            raise RuntimeError(f"CP-SAT found no solution: {solver.status_name(status)}")
-        v, i, j = next(cut for cut, var in y.items() if solver.boolean_value(var))
+            return None  # cannot beat the bound (or the variant fits nowhere)
+        v = only
         variant = problem.variants[v]
         n = len(variant.partitions)
-        locations = [DEVICE] * n
-        for p in range(i, j):
-            locations[p] = next(s for s in allowed_servers(problem, v, p) if solver.boolean_value(x[(v, p, s)]))
-        names = crossing_tensors(variant, tuple(locations))
+        locations = tuple(
+            DEVICE
+            if solver.boolean_value(dev[(v, p)])
+            else next(s for s in servers if (v, p, s) in x and solver.boolean_value(x[(v, p, s)]))
+            for p in range(n)
+        )
+        names = crossing_tensors(variant, locations)
         codecs = tuple(
             (t, next(m for m in range(len(problem.codecs)) if solver.boolean_value(c[(v, t, m)]))) for t in names
         )
-        label = self.name if status == cp_model.OPTIMAL else f"{self.name} (time limit, best found)"
-        return finish(problem, Assignment(v, tuple(locations), codecs), label)
+        return round(solver.objective_value), Assignment(v, locations, codecs), status == cp_model.OPTIMAL
 
-
-def _dev(p: int, cut: tuple[int, int, int], n: int) -> bool:
-    _, i, j = cut
-    return p < 0 or p >= n or p < i or p >= j
+    @staticmethod
+    def _add_hint(
+        model: cp_model.CpModel,
+        start: Assignment,
+        head: dict[tuple[int, int], cp_model.IntVar],
+        tail: dict[tuple[int, int], cp_model.IntVar],
+        x: dict[tuple[int, int, int], cp_model.IntVar],
+        servers: list[int],
+    ) -> None:
+        """Starts the search from the greedy plan (a hint only: it never changes the optimum)."""
+        v, locations = start.variant, start.locations
+        n = len(locations)
+        first_server = next((p for p in range(n) if locations[p] != DEVICE), n)
+        for p in range(n):
+            model.add_hint(head[(v, p)], locations[p] == DEVICE and p < first_server)
+            model.add_hint(tail[(v, p)], locations[p] == DEVICE and p >= first_server)
+            for s in servers:
+                if (v, p, s) in x:
+                    model.add_hint(x[(v, p, s)], locations[p] == s)

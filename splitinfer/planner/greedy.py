@@ -1,5 +1,5 @@
-"""A fast heuristic: for every consistent cut, the fastest server per partition, then codecs one tensor at a
-time, keeping a change only when it lowers the objective."""
+"""A fast heuristic: the best consistent cut with the fastest server per partition and a lossless codec,
+then codecs improved one tensor at a time, keeping a change only when it lowers the objective."""
 
 from __future__ import annotations
 
@@ -14,32 +14,50 @@ __all__ = ["GreedySolver"]
 class GreedySolver:
     name = "greedy"
 
+    def __init__(self, servers: list[int] | None = None) -> None:
+        #: Servers to consider (all when None).
+        self.servers = servers
+
     def solve(self, problem: PlanningProblem) -> Plan:
         require_candidates(problem)
-        best: tuple[float, Assignment] | None = None
-        lossless = [k for k, c in enumerate(problem.codecs) if not c.codec.is_lossy]
-        for v, i, j in device_cuts(problem):
-            variant = problem.variants[v]
-            n = len(variant.partitions)
-            locations = [DEVICE] * n
-            previous = None
-            for p in range(i, j):
-                options = allowed_servers(problem, v, p)
+        best = self.assignment(problem)
+        assert best is not None  # a device-only cut always exists when a variant fits the device
+        return finish(problem, best, self.name)
 
+    def assignment(self, problem: PlanningProblem, variants: list[int] | None = None) -> Assignment | None:
+        """The greedy choice among ``variants`` (all when None); None when none can run."""
+        lossless = next((k for k, c in enumerate(problem.codecs) if not c.codec.is_lossy), 0)
+        best: tuple[float, Assignment] | None = None
+        for v, i, j in device_cuts(problem):
+            if variants is not None and v not in variants:
+                continue
+            variant = problem.variants[v]
+            locations = [DEVICE] * len(variant.partitions)
+            previous: int | None = None
+            feasible = True
+            for p in range(i, j):
+                options = [s for s in allowed_servers(problem, v, p) if self.servers is None or s in self.servers]
+                if not options:
+                    feasible = False
+                    break
                 # Fastest server; on a tie stay where the previous partition ran (no transfer).
                 costs = {s: (compute_terms(problem, variant, p, s), s != previous) for s in options}
-                locations[p] = min(options, key=costs.__getitem__)
-                previous = locations[p]
+                locations[p] = previous = min(options, key=costs.__getitem__)
+            if not feasible:
+                continue
             names = crossing_tensors(variant, tuple(locations))
-            codes = {t: lossless[0] if lossless else 0 for t in names}
-            current = evaluate(problem, Assignment(v, tuple(locations), tuple(codes.items()))).objective
-            for tensor in names:
-                for k in range(len(problem.codecs)):
-                    trial = {**codes, tensor: k}
-                    objective = evaluate(problem, Assignment(v, tuple(locations), tuple(trial.items()))).objective
-                    if objective < current - 1e-12:
-                        codes, current = trial, objective
-            if best is None or current < best[0] - 1e-12:
-                best = (current, Assignment(v, tuple(locations), tuple(codes.items())))
-        assert best is not None
-        return finish(problem, best[1], self.name)
+            a = Assignment(v, tuple(locations), tuple((t, lossless) for t in names))
+            objective = evaluate(problem, a).objective
+            if best is None or objective < best[0] - 1e-12:
+                best = (objective, a)
+        if best is None:
+            return None
+        current, a = best
+        codes = dict(a.codecs)
+        for tensor in list(codes):
+            for k in range(len(problem.codecs)):
+                trial = {**codes, tensor: k}
+                objective = evaluate(problem, Assignment(a.variant, a.locations, tuple(trial.items()))).objective
+                if objective < current - 1e-12:
+                    codes, current = trial, objective
+        return Assignment(a.variant, a.locations, tuple(codes.items()))

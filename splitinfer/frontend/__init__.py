@@ -1,0 +1,1 @@
+"""The Front-End: the device's single endpoint."""

@@ -1,0 +1,41 @@
+"""Planning for the front-end: the model's variants from the pool, servers from the registry, one Planner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from splitinfer.errors import NotFound
+from splitinfer.planner.build import problem_from
+from splitinfer.planner.plan import Plan
+from splitinfer.planner.planner import Planner
+from splitinfer.pool import ModelPool
+from splitinfer.registry import Registry
+from splitinfer.v1 import plan_pb2
+
+__all__ = ["PlanningService"]
+
+
+class PlanningService:
+    """Plans requests for a model: every variant of it (and of other models of its task) in the pool."""
+
+    def __init__(self, pool: ModelPool, registry: Registry, planner: Planner | None = None, division: str = "default"):
+        self.pool = pool
+        self.registry = registry
+        self.planner = planner or Planner()
+        self.division = division
+
+    def manifests(self, model: str) -> list[dict[str, Any]]:
+        entries = [e for e in self.pool.variants(model) if e.model == model]
+        if not entries:
+            raise NotFound(f"model {model!r} is not in the pool")
+        task = entries[0].task
+        if task:
+            entries = self.pool.alternatives(task)
+        manifests = [self.pool.manifest(e.divisions[self.division]) for e in entries if self.division in e.divisions]
+        if not manifests:
+            raise NotFound(f"model {model!r} has no division named {self.division!r}")
+        return manifests
+
+    def plan(self, model: str, device: plan_pb2.DeviceState, wanted: plan_pb2.Requirements) -> Plan:
+        problem = problem_from(self.manifests(model), self.registry.servers().values(), device, wanted)
+        return self.planner.plan(problem, registry_version=self.registry.version, device_id=device.device_id)

@@ -73,12 +73,14 @@ bench-quick: install
 	$(PY) benchmarks/codecs.py --quick --out benchmarks/results/codecs-quick.json
 	$(PY) benchmarks/divider.py --quick --out benchmarks/results/divider-quick.json
 	$(PY) benchmarks/pipeline.py --quick --out benchmarks/results/pipeline-quick.json
+	$(PY) benchmarks/planner.py --quick --out benchmarks/results/planner-quick.json
 
 # Full run on this machine; docs/benchmarks.md is rewritten from the results.
 bench: install
 	$(PY) benchmarks/codecs.py --out benchmarks/results/codecs.json
 	$(PY) benchmarks/divider.py --out benchmarks/results/divider.json
 	$(PY) benchmarks/pipeline.py --out benchmarks/results/pipeline.json
+	$(PY) benchmarks/planner.py --out benchmarks/results/planner.json
 	$(PY) benchmarks/report.py
 
 clean:

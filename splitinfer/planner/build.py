@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from splitinfer.codecs.dtypes import itemsize
+from splitinfer.divider import Division
 from splitinfer.errors import InvalidArgument
 from splitinfer.planner.problem import (
     CodecProfile,
@@ -23,7 +24,15 @@ from splitinfer.program.serde import parse_dtype
 from splitinfer.registry import ServerRecord
 from splitinfer.v1 import plan_pb2
 
-__all__ = ["device_profile", "problem_from", "requirements", "server_profiles", "spec_bytes", "variant_profile"]
+__all__ = [
+    "device_profile",
+    "problem_from",
+    "requirements",
+    "server_profiles",
+    "spec_bytes",
+    "variant_from_division",
+    "variant_profile",
+]
 
 _SPEC = re.compile(r"^(?P<name>[^:]+):(?P<dtype>[a-z0-9]+)\[(?P<shape>[0-9, ]*)\]$")
 #: Expected wait per request already in flight on a server, when it reports no better estimate.
@@ -128,3 +137,29 @@ def problem_from(
     if not variants:
         raise InvalidArgument("no variant to plan with")
     return PlanningProblem(variants, device_profile(state), server_profiles(records), codecs, requirements(wanted))
+
+
+def variant_from_division(division: Division, variant: str, accuracy: float, measured: bool = False) -> VariantProfile:
+    """A variant profile straight from a Division (no pool needed): for tests, benchmarks, simulations."""
+    index = {p.name: k for k, p in enumerate(division.partitions)}
+    n = len(division.partitions)
+    model_inputs = set(division.program.input_names)
+    model_outputs = set(division.program.output_names)
+    edges = []
+    for k, part in enumerate(division.partitions):
+        for spec in part.inputs:
+            if spec.name in model_inputs:
+                edges.append(Edge(spec.name, -1, k, spec.nbytes))
+        sizes = {s.name: s.nbytes for s in part.outputs}
+        for tensor, successors in part.successors:
+            edges.extend(Edge(tensor, k, index[s], sizes[tensor]) for s in successors)
+            if tensor in model_outputs:
+                edges.append(Edge(tensor, k, n, sizes[tensor]))
+    return VariantProfile(
+        model=division.model,
+        variant=variant,
+        accuracy=accuracy,
+        accuracy_measured=measured,
+        partitions=tuple(PartitionCost(p.name, float(p.flops), p.param_bytes) for p in division.partitions),
+        edges=tuple(edges),
+    )

@@ -9,7 +9,7 @@ from splitinfer.planner.cost import DEVICE, Assignment, Evaluation
 from splitinfer.planner.problem import PlanningProblem
 from splitinfer.v1 import plan_pb2, route_pb2
 
-__all__ = ["ON_DEVICE", "CrossingChoice", "Placement", "Plan", "make_plan"]
+__all__ = ["ON_DEVICE", "CrossingChoice", "Placement", "Plan", "assignment_of", "make_plan"]
 
 ON_DEVICE = "device"
 
@@ -213,3 +213,12 @@ def make_plan(problem: PlanningProblem, a: Assignment, ev: Evaluation, solver: s
         violated=ev.violated,
         route=_route(problem, a, codec_of) if any(a.location(p, n) != DEVICE for p in range(n)) else None,
     )
+
+
+def assignment_of(problem: PlanningProblem, plan: Plan) -> Assignment:
+    """The assignment a plan stands for in ``problem`` (to score it again under other conditions)."""
+    v = next(i for i, var in enumerate(problem.variants) if var.variant == plan.variant and var.model == plan.model)
+    index = {s.address: k for k, s in enumerate(problem.servers)}
+    locations = tuple(DEVICE if p.on_device else index[p.where] for p in plan.placements)
+    names = [str(c.codec) for c in problem.codecs]
+    return Assignment(v, locations, tuple((c.tensor, names.index(str(c.codec))) for c in plan.crossings))

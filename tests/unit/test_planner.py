@@ -23,20 +23,14 @@ from splitinfer.planner import (
 )
 from splitinfer.planner.calibration import Calibration
 from splitinfer.planner.cost import evaluate
+from splitinfer.planner.plan import assignment_of
 from splitinfer.planner.planner import Planner
 from splitinfer.planner.profiles import DEFAULT_CODECS, random_problem
 
 
 def _objective(problem: PlanningProblem, plan: Plan) -> float:
     """Re-scores a plan from its placements and codecs with the cost model."""
-    from splitinfer.planner.cost import DEVICE, Assignment
-
-    v = next(i for i, var in enumerate(problem.variants) if var.variant == plan.variant)
-    index = {s.address: k for k, s in enumerate(problem.servers)}
-    locations = tuple(DEVICE if p.on_device else index[p.where] for p in plan.placements)
-    names = [str(c.codec) for c in problem.codecs]
-    codecs = tuple((c.tensor, names.index(str(c.codec))) for c in plan.crossings)
-    return evaluate(problem, Assignment(v, locations, codecs)).objective
+    return evaluate(problem, assignment_of(problem, plan)).objective
 
 
 @pytest.mark.parametrize("seed", range(24))

@@ -152,7 +152,8 @@ def planner_section(data: dict[str, Any]) -> list[str]:
     for r in data["simulations"]:
         lines.append(
             f"| {r['profile']} | {r['planner']} | {r['slo_violation_rate']:.1%} | {r['mean_latency_ms']:.1f} | "
-            f"{r['p95_latency_ms']:.1f} | {r['mean_energy_mj']:.1f} | {r['mean_accuracy']:.3f} | {r['mean_plan_ms']:.2f} |"
+            f"{r['p95_latency_ms']:.1f} | {r['mean_energy_mj']:.1f} | {r['mean_accuracy']:.3f} | "
+            f"{r['mean_plan_ms']:.2f} |"
         )
     lines += ["", "![planner simulation](img/planner-simulation.png)", ""]
     return lines

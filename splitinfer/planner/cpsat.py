@@ -75,7 +75,7 @@ def undominated_servers(problem: PlanningProblem) -> list[int]:
 class CpSatSolver:
     name = "cp-sat"
 
-    def __init__(self, time_limit_s: float = 10.0, workers: int = 1, hint: bool = True) -> None:
+    def __init__(self, time_limit_s: float = 2.0, workers: int = 1, hint: bool = True) -> None:
         self.time_limit_s = time_limit_s
         self.workers = workers
         self.hint = hint

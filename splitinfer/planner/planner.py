@@ -22,7 +22,7 @@ from splitinfer.planner.problem import PlanningProblem
 __all__ = ["PlanKey", "Planner"]
 
 
-def _log_bucket(value: float, per_octave: int = 4) -> int:
+def log_bucket(value: float, per_octave: int = 4) -> int:
     return 0 if value <= 0 else round(math.log2(value) * per_octave)
 
 
@@ -47,11 +47,11 @@ class PlanKey:
         return cls(
             model=model,
             device_class=device.device_class,
-            uplink=_log_bucket(device.uplink_mbps),
-            downlink=_log_bucket(device.downlink_mbps),
-            battery_band=min(10, int(device.battery_percent // 10)),
+            uplink=log_bucket(device.uplink_mbps),
+            downlink=log_bucket(device.downlink_mbps),
+            battery_band=min(9, int(device.battery_percent // 10)),  # 90-100% is one band
             charging=device.charging,
-            latency_budget=_log_bucket(req.max_latency_ms, 8),
+            latency_budget=log_bucket(req.max_latency_ms, 8),
             min_accuracy=round(req.min_accuracy * 200),
             objective=req.objective,
             registry_version=registry_version,

@@ -111,6 +111,7 @@ def _wait_healthy(server: EtcdServer, timeout_s: float) -> None:
 def start_etcd(data_dir: Path | None = None, timeout_s: float = 30.0, attempts: int = 5) -> EtcdServer:
     """Starts etcd on free loopback ports with its own data directory; returns once it is healthy."""
     base = data_dir or Path(tempfile.mkdtemp(prefix="splitinfer-etcd-"))
+    base.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for _ in range(attempts):
         server = EtcdServer(

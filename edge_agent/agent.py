@@ -1,0 +1,327 @@
+"""The edge agent: plans each request with the front-end, runs the device's partitions, streams the rest.
+
+Per request: read the battery and the network, get a plan (reused while conditions stay in the same
+buckets, for at most ``plan_ttl_s``), pull and verify only the partitions the plan puts on the device,
+run the head, encode each crossing tensor with the planned codec, stream them to the front-end, decode what
+comes back, run the tail. Observed transfer rates feed the next plan. When the front-end cannot be reached,
+the agent runs the whole model itself and says so in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+
+from edge_agent.config import AgentConfig
+from edge_agent.monitors import BatteryMonitor, NetworkEstimator
+from splitinfer.codecs import CodecSpec, TensorAssembler, decode_tensor, encode_tensor
+from splitinfer.errors import DeadlineExceeded, NotFound, SplitInferError, Unavailable
+from splitinfer.planner.plan import Plan
+from splitinfer.planner.planner import log_bucket
+from splitinfer.pool import ModelPool
+from splitinfer.pool.service import PoolClient
+from splitinfer.program import CompiledProgram
+from splitinfer.runtime import load_partition_artifact
+from splitinfer.runtime.compute import measure_flops
+from splitinfer.transport.channel import insecure_channel
+from splitinfer.transport.status import error_from_rpc
+from splitinfer.transport.stream import stream_messages
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
+
+__all__ = ["AgentResult", "EdgeAgent"]
+
+log = logging.getLogger("splitinfer.agent")
+DIVISION = "default"
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    request_id: str
+    outputs: dict[str, torch.Tensor]
+    plan: Plan | None
+    device_only_fallback: bool
+    device_ms: float
+    remote_ms: float
+    total_ms: float
+    bytes_sent: int
+    reason: str = ""
+
+    @property
+    def plan_summary(self) -> str:
+        if self.plan is None:
+            return f"device only ({self.reason})"
+        return self.plan.summary()
+
+
+class EdgeAgent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        battery: BatteryMonitor | None = None,
+        network: NetworkEstimator | None = None,
+        compute_flops: float | None = None,
+    ) -> None:
+        self.config = config
+        self.battery = battery or BatteryMonitor(
+            emulated=config.emulated_battery,
+            capacity_wh=config.battery_capacity_wh,
+            start_percent=config.battery_start_percent,
+            charging=config.charging,
+        )
+        self.network = network or NetworkEstimator()
+        if config.emulated_uplink_mbps:
+            self.network.emulated_uplink_mbps = config.emulated_uplink_mbps
+        if config.compute_slowdown < 1:
+            raise ValueError("compute_slowdown must be >= 1")
+        self.compute_flops = compute_flops or measure_flops(0.2) / config.compute_slowdown
+        self.cache = Path(config.cache_dir or tempfile.mkdtemp(prefix="splitinfer-agent-"))
+        self.local_pool = ModelPool(self.cache)
+        self._channel = insecure_channel(config.frontend)
+        self._frontend = frontend_pb2_grpc.FrontEndServiceStub(self._channel)
+        self._lock = threading.Lock()
+        self._plans: dict[tuple[Any, ...], tuple[Plan, float]] = {}
+        self._programs: dict[tuple[str, str, str], CompiledProgram] = {}
+        self._manifest_sha: dict[tuple[str, str], str] = {}
+        self._fallback_ready: set[tuple[str, str]] = set()
+        self.plans_made = 0
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # --- conditions and plans -------------------------------------------------------------------------------
+
+    def device_state(self) -> plan_pb2.DeviceState:
+        battery = self.battery.read()
+        uplink = self.network.uplink_mbps
+        return plan_pb2.DeviceState(
+            device_id=self.config.device_id,
+            device_class=self.config.device_class,
+            compute_flops=self.compute_flops,
+            battery_percent=battery.percent,
+            charging=battery.charging,
+            uplink_mbps=uplink,
+            downlink_mbps=uplink * 3,
+            rtt_ms=self.network.rtt_ms,
+            compute_power_w=self.config.compute_power_w,
+            transmit_power_w=self.config.transmit_power_w,
+        )
+
+    def plan(self, model: str, requirements: plan_pb2.Requirements) -> Plan:
+        """The plan for the current conditions: reused while they stay in the same buckets, within the TTL."""
+        state = self.device_state()
+        key = (
+            model,
+            requirements.SerializeToString(deterministic=True),
+            log_bucket(state.uplink_mbps),
+            min(9, int(state.battery_percent // 10)),
+            state.charging,
+        )
+        now = time.monotonic()
+        with self._lock:
+            cached = self._plans.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        request = frontend_pb2.PlanRequest(model=model, device=state, requirements=requirements)
+        try:
+            response = self._frontend.Plan(request, timeout=self.config.connect_timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"front-end {self.config.frontend}") from None
+        plan = Plan.from_proto(response.plan)
+        with self._lock:
+            self._plans[key] = (plan, now + self.config.plan_ttl_s)
+            self.plans_made += 1
+        if self.config.prefetch_fallback and not any(m == model for m, _ in self._fallback_ready):
+            self._prefetch(model, plan.variant)
+        return plan
+
+    def _prefetch(self, model: str, variant: str) -> None:
+        """Pulls every partition of one variant, so that the device can run the model alone when the servers
+        cannot be reached."""
+        for entry in self._manifest(model, variant)["partitions"]:
+            self._program(model, variant, entry["name"])
+        self._fallback_ready.add((model, variant))
+
+    # --- partitions ------------------------------------------------------------------------------------------
+
+    def _manifest(self, model: str, variant: str) -> dict[str, Any]:
+        key = (model, variant)
+        sha = self._manifest_sha.get(key)
+        if sha is None:
+            client = PoolClient(self.config.pool)
+            try:
+                for info in client.list_models(model):
+                    for v in info.variants:
+                        if DIVISION in v.division_manifests:
+                            self._manifest_sha[(info.name, v.name)] = v.division_manifests[DIVISION]
+                sha = self._manifest_sha.get(key)
+                if sha is None:
+                    raise NotFound(f"the pool has no division {DIVISION!r} of {model}@{variant}")
+                client.fetch(sha, self.local_pool.store)
+            finally:
+                client.close()
+        return self.local_pool.manifest(sha)
+
+    def _program(self, model: str, variant: str, partition: str) -> CompiledProgram:
+        key = (model, variant, partition)
+        program = self._programs.get(key)
+        if program is not None:
+            return program
+        manifest = self._manifest(model, variant)
+        entry = next((p for p in manifest["partitions"] if p["name"] == partition), None)
+        if entry is None:
+            raise NotFound(f"{model}@{variant} has no partition {partition!r}")
+        missing = [sha for sha in entry["files"].values() if not self.local_pool.store.has(sha)]
+        if missing:
+            client = PoolClient(self.config.pool)
+            try:
+                for sha in missing:
+                    client.fetch(sha, self.local_pool.store)  # verified against its sha256
+            finally:
+                client.close()
+        target = self.cache / "partitions" / f"{model}@{variant}" / partition
+        manifest_sha = self.local_pool.export_partition(self._manifest_sha[(model, variant)], partition, target)
+        _, loaded = load_partition_artifact(target, manifest_sha)
+        program = self._programs[key] = CompiledProgram(loaded)
+        return program
+
+    def _run_local(self, model: str, variant: str, names: list[str], values: dict[str, torch.Tensor]) -> float:
+        """Runs partitions in order, reading and adding to ``values``; returns the seconds it took
+        (stretched by the emulated slowdown)."""
+        start = time.perf_counter()
+        for name in names:
+            program = self._program(model, variant, name)
+            values.update(program({s: values[s] for s in program.program.input_names}))
+        elapsed = time.perf_counter() - start
+        if self.config.compute_slowdown > 1:
+            time.sleep(elapsed * (self.config.compute_slowdown - 1))
+        return elapsed * self.config.compute_slowdown
+
+    # --- requests --------------------------------------------------------------------------------------------
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, torch.Tensor],
+        requirements: plan_pb2.Requirements | None = None,
+        request_id: str = "",
+    ) -> AgentResult:
+        requirements = requirements or plan_pb2.Requirements()
+        request_id = request_id or uuid.uuid4().hex
+        start = time.perf_counter()
+        try:
+            plan = self.plan(model, requirements)
+            if plan.route is None:
+                return self._device_only(model, plan.variant, inputs, request_id, start, plan, "the plan keeps all")
+            return self._split(model, plan, inputs, request_id, start)
+        except (Unavailable, DeadlineExceeded) as exc:
+            log.warning("request %s: servers unreachable (%s); running on the device", request_id, exc)
+            variant = self._fallback_variant(model)
+            return self._device_only(model, variant, inputs, request_id, start, None, f"servers unreachable: {exc}")
+
+    def _fallback_variant(self, model: str) -> str:
+        ready = sorted(v for (m, v) in self._fallback_ready if m == model)
+        if not ready:
+            raise Unavailable(f"the servers are unreachable and no variant of {model} is on the device yet")
+        return "fp32" if "fp32" in ready else ready[0]
+
+    def _device_only(
+        self,
+        model: str,
+        variant: str,
+        inputs: Mapping[str, torch.Tensor],
+        request_id: str,
+        start: float,
+        plan: Plan | None,
+        reason: str,
+    ) -> AgentResult:
+        manifest = self._manifest(model, variant)
+        values = dict(inputs)
+        device_s = self._run_local(model, variant, [p["name"] for p in manifest["partitions"]], values)
+        self.battery.drain(device_s * self.config.compute_power_w)
+        outputs = {name: values[name] for name in _output_names(manifest)}
+        total_ms = (time.perf_counter() - start) * 1e3
+        return AgentResult(request_id, outputs, plan, plan is None, device_s * 1e3, 0.0, total_ms, 0, reason)
+
+    def _split(
+        self, model: str, plan: Plan, inputs: Mapping[str, torch.Tensor], request_id: str, start: float
+    ) -> AgentResult:
+        assert plan.route is not None
+        manifest = self._manifest(model, plan.variant)
+        order = [p["name"] for p in manifest["partitions"]]
+        on_device = {p.partition for p in plan.placements if p.on_device}
+        servers = [i for i, name in enumerate(order) if name not in on_device]
+        head = [name for i, name in enumerate(order) if name in on_device and i < servers[0]]
+        tail = [name for i, name in enumerate(order) if name in on_device and i > servers[-1]]
+        values: dict[str, torch.Tensor] = dict(inputs)
+        device_s = self._run_local(model, plan.variant, head, values)
+        encode_start = time.perf_counter()
+        needed = list(dict.fromkeys(n for step in plan.route.steps for n in step.input_names if n in values))
+        codecs = {c.tensor: c.codec for c in plan.crossings}
+        messages = [encode_tensor(values[n], n, codecs.get(n, CodecSpec())) for n in needed]
+        device_s += time.perf_counter() - encode_start
+        bytes_sent = sum(len(m.payload) for m in messages)
+        header = frontend_pb2.InferHeader(
+            request_id=request_id,
+            device=self.device_state(),
+            plan=plan.to_proto(),
+            timeout_ms=int(self.config.request_timeout_s * 1e3),
+            device_ms=device_s * 1e3,
+        )
+
+        def requests() -> Iterator[frontend_pb2.InferRequest]:
+            yield frontend_pb2.InferRequest(header=header)
+            yield from stream_messages(frontend_pb2.InferRequest, messages)
+
+        remote_start = time.perf_counter()
+        assembler = TensorAssembler()
+        delivered = []
+        trace = frontend_pb2.InferTrace()
+        try:
+            for response in self._frontend.Infer(requests(), timeout=self.config.request_timeout_s):
+                kind = response.WhichOneof("kind")
+                if kind == "trace":
+                    trace = response.trace
+                elif kind is not None:
+                    complete = assembler.add(getattr(response, kind))
+                    if complete is not None:
+                        delivered.append(complete)
+            assembler.finish()
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"front-end {self.config.frontend}") from None
+        remote_s = time.perf_counter() - remote_start
+        self.network.observe_transfer(bytes_sent, max(1e-6, remote_s - trace.server_ms / 1e3))
+        decode_start = time.perf_counter()
+        for message in delivered:
+            values[message.name] = decode_tensor(message)
+        device_s += time.perf_counter() - decode_start
+        device_s += self._run_local(model, plan.variant, tail, values)
+        network_s = max(0.0, remote_s - trace.server_ms / 1e3)
+        self.battery.drain(device_s * self.config.compute_power_w + network_s * self.config.transmit_power_w)
+        missing = [n for n in _output_names(manifest) if n not in values]
+        if missing:
+            raise SplitInferError(f"request {request_id}: outputs {missing} never arrived")
+        outputs = {n: values[n] for n in _output_names(manifest)}
+        return AgentResult(
+            request_id,
+            outputs,
+            plan,
+            False,
+            device_s * 1e3,
+            remote_s * 1e3,
+            (time.perf_counter() - start) * 1e3,
+            bytes_sent,
+        )
+
+
+def _output_names(manifest: Mapping[str, Any]) -> list[str]:
+    return [spec.split(":", 1)[0] for spec in manifest["outputs"]]

@@ -1,0 +1,111 @@
+"""A running front door: FrontEndService, and (when configured) the ModelPoolService and ResultStoreService
+of a single-machine deployment, with health and reflection."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from splitinfer.frontend.planning import PlanningService
+from splitinfer.frontend.service import FrontEndServicer
+from splitinfer.planner.planner import Planner
+from splitinfer.pool import ModelPool
+from splitinfer.pool.service import ModelPoolServicer
+from splitinfer.registry import Registry, connect
+from splitinfer.results import ResultStore
+from splitinfer.results.client import LocalResults, RemoteResults, Results
+from splitinfer.results.service import ResultStoreServicer
+from splitinfer.transport.channel import new_server
+from splitinfer.v1 import (
+    frontend_pb2,
+    frontend_pb2_grpc,
+    model_pool_pb2,
+    model_pool_pb2_grpc,
+    result_store_pb2,
+    result_store_pb2_grpc,
+)
+
+__all__ = ["FrontEndConfig", "RunningFrontEnd", "start_frontend"]
+
+log = logging.getLogger("splitinfer.frontend")
+
+
+@dataclass(frozen=True, slots=True)
+class FrontEndConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: Pool directory served by this process; empty when the pool runs elsewhere.
+    pool_dir: str = ""
+    #: Results database served by this process (SQLite file); ignored when ``results_address`` is set.
+    results_db: str = ""
+    #: A shared ResultStoreService to write to instead of a local database.
+    results_address: str = ""
+    #: Registry endpoint, etcd://host:port.
+    registry: str = ""
+    grpc_workers: int = 32
+    shutdown_grace_s: float = 10.0
+    #: Keep at most this many results in a local database (oldest dropped first).
+    results_max_rows: int = 1_000_000
+
+
+@dataclass
+class RunningFrontEnd:
+    server: grpc.Server
+    port: int
+    address: str
+    planner: Planner
+    store: ResultStore | None
+    health: health.HealthServicer
+    registry: Registry
+    extra: list[object] = field(default_factory=list)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+        if self.store is not None:
+            self.store.close()
+        self.registry.close()
+
+
+def start_frontend(config: FrontEndConfig, registry: Registry | None = None) -> RunningFrontEnd:
+    if registry is None:
+        if not config.registry:
+            raise ValueError("the front-end needs a registry (config.registry or an embedded one passed in)")
+        registry = connect(config.registry)
+    if not config.pool_dir:
+        raise ValueError("the front-end needs the pool directory to plan with (pool_dir)")
+    pool = ModelPool(Path(config.pool_dir))
+    server = new_server(config.grpc_workers)
+    store = None
+    results: Results | None = None
+    if config.results_address:
+        results = RemoteResults(config.results_address)
+    elif config.results_db:
+        store = ResultStore(Path(config.results_db), max_rows=config.results_max_rows)
+        results = LocalResults(store)
+        result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store), server)
+    planner = Planner()
+    planning = PlanningService(pool, registry, planner)
+    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(FrontEndServicer(planning, results), server)
+    model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [
+        frontend_pb2.DESCRIPTOR.services_by_name["FrontEndService"].full_name,
+        model_pool_pb2.DESCRIPTOR.services_by_name["ModelPoolService"].full_name,
+    ]
+    if store is not None:
+        names.append(result_store_pb2.DESCRIPTOR.services_by_name["ResultStoreService"].full_name)
+    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    server.start()
+    for name in ("", *names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    address = f"{config.host}:{port}"
+    log.info("front-end serving at %s", address)
+    return RunningFrontEnd(server, port, address, planner, store, health_servicer, registry)

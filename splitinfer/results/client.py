@@ -1,0 +1,53 @@
+"""Where a front-end writes results: the store in-process, or a shared ResultStoreService."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import grpc
+
+from splitinfer.results.store import ResultStore
+from splitinfer.transport.channel import insecure_channel
+from splitinfer.transport.status import error_from_rpc
+from splitinfer.v1 import result_store_pb2, result_store_pb2_grpc
+
+__all__ = ["LocalResults", "RemoteResults", "Results"]
+
+
+class Results(Protocol):
+    def put(self, result: result_store_pb2.StoredResult) -> bool: ...
+
+    def get(self, request_id: str) -> result_store_pb2.StoredResult: ...
+
+
+class LocalResults:
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+
+    def put(self, result: result_store_pb2.StoredResult) -> bool:
+        return self.store.put(result)
+
+    def get(self, request_id: str) -> result_store_pb2.StoredResult:
+        return self.store.get(request_id)
+
+
+class RemoteResults:
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+        self.address = address
+        self._timeout_s = timeout_s
+        self._stub = result_store_pb2_grpc.ResultStoreServiceStub(insecure_channel(address))
+
+    def put(self, result: result_store_pb2.StoredResult) -> bool:
+        try:
+            request = result_store_pb2.PutResultRequest(result=result)
+            return bool(self._stub.PutResult(request, timeout=self._timeout_s).stored)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"result store {self.address}") from None
+
+    def get(self, request_id: str) -> result_store_pb2.StoredResult:
+        try:
+            request = result_store_pb2.GetResultRequest(request_id=request_id)
+            response: result_store_pb2.GetResultResponse = self._stub.GetResult(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"result store {self.address}") from None
+        return response.result

@@ -1,0 +1,191 @@
+"""Clients of the data plane: one node (NodeClient) and a whole route across nodes (RouteClient)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from splitinfer.codecs import DEFAULT_CHUNK_BYTES, CodecSpec, TensorAssembler
+from splitinfer.errors import InvalidArgument, ResourceExhausted, Unavailable
+from splitinfer.routing import ReplicaBalancer, entry_steps
+from splitinfer.runtime import PartitionKey
+from splitinfer.transport.channel import MAX_MESSAGE_BYTES, insecure_channel
+from splitinfer.transport.status import error_from_rpc
+from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
+from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
+
+__all__ = ["NodeClient", "RouteClient", "partition_ref"]
+
+_NO_CODEC = CodecSpec()
+
+
+def partition_ref(key: PartitionKey) -> route_pb2.PartitionRef:
+    return route_pb2.PartitionRef(model=key.model, variant=key.variant, partition=key.partition)
+
+
+class NodeClient:
+    """A connection to one server node."""
+
+    def __init__(
+        self,
+        address: str,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        once_max_bytes: int = ONCE_MAX_BYTES,
+    ) -> None:
+        self.address = address
+        self._once_max_bytes = once_max_bytes
+        self._chunk_bytes = chunk_bytes
+        self._channel = insecure_channel(address, max_message_bytes)
+        self._stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def process(
+        self,
+        header: model_server_pb2.RequestHeader,
+        tensors: list[tensor_pb2.Tensor],
+        timeout_s: float | None = None,
+    ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
+        """Runs one request; returns the delivered tensors (still encoded) and the step timings.
+
+        Raises the domain error matching the node's status code (InvalidArgument, NotFound, ...).
+        """
+        if timeout_s is not None:
+            header.timeout_ms = max(1, int(timeout_s * 1e3))
+        if sum(t.payload_size_bytes for t in tensors) <= self._once_max_bytes:
+            try:
+                once = self._stub.ProcessOnce(
+                    model_server_pb2.ProcessOnceRequest(header=header, tensors=tensors), timeout=timeout_s
+                )
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc, f"node {self.address}") from None
+            return {t.name: t for t in once.tensors}, list(once.done.timings)
+
+        def requests() -> Iterator[model_server_pb2.ProcessRequest]:
+            yield model_server_pb2.ProcessRequest(header=header)
+            yield from stream_messages(model_server_pb2.ProcessRequest, tensors, self._chunk_bytes)
+
+        assembler = TensorAssembler()
+        outputs: dict[str, tensor_pb2.Tensor] = {}
+        timings: list[model_server_pb2.StepTiming] = []
+        try:
+            for response in self._stub.Process(requests(), timeout=timeout_s):
+                kind = response.WhichOneof("kind")
+                if kind == "done":
+                    timings.extend(response.done.timings)
+                elif kind is not None:
+                    complete = assembler.add(getattr(response, kind))
+                    if complete is not None:
+                        outputs[complete.name] = complete
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {self.address}") from None
+        assembler.finish()
+        return outputs, timings
+
+    def load_partition(
+        self, source: str, key: PartitionKey | None = None, manifest_sha256: str = "", timeout_s: float = 60.0
+    ) -> model_server_pb2.LoadPartitionResponse:
+        request = model_server_pb2.LoadPartitionRequest(source=source, manifest_sha256=manifest_sha256)
+        if key is not None:
+            request.partition.CopyFrom(partition_ref(key))
+        try:
+            response: model_server_pb2.LoadPartitionResponse = self._stub.LoadPartition(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {self.address}") from None
+        return response
+
+    def status(self, timeout_s: float = 10.0) -> model_server_pb2.GetStatusResponse:
+        try:
+            response: model_server_pb2.GetStatusResponse = self._stub.GetStatus(
+                model_server_pb2.GetStatusRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {self.address}") from None
+        return response
+
+
+class RouteClient:
+    """Sends requests into a route: each entry step gets the inputs it names, on a replica chosen by load;
+    entries run in parallel and what they deliver is merged.
+
+    A refused call (unreachable or overloaded replica) before any answer is retried on another replica.
+    """
+
+    def __init__(self, balancer: ReplicaBalancer | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        self.balancer = balancer or ReplicaBalancer()
+        self._chunk_bytes = chunk_bytes
+        self._lock = threading.Lock()
+        self._clients: dict[str, NodeClient] = {}
+
+    def _client(self, address: str) -> NodeClient:
+        with self._lock:
+            if address not in self._clients:
+                self._clients[address] = NodeClient(address, self._chunk_bytes)
+            return self._clients[address]
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    def _run_entry(
+        self, route: route_pb2.Route, step: int, request_id: str, tensors: list[tensor_pb2.Tensor], timeout_s: float
+    ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
+        addresses = list(route.steps[step].addresses)
+        tried: set[str] = set()
+        while True:
+            address = self.balancer.choose(addresses, frozenset(tried))
+            tried.add(address)
+            header = model_server_pb2.RequestHeader(request_id=request_id, route=route, entry_step=step)
+            try:
+                with self.balancer.track(address):
+                    result = self._client(address).process(header, tensors, timeout_s)
+                self.balancer.succeeded(address)
+                return result
+            except (Unavailable, ResourceExhausted):
+                self.balancer.failed(address)
+                if len(tried) >= len(set(addresses)):
+                    raise
+
+    def run(
+        self,
+        route: route_pb2.Route,
+        inputs: Mapping[str, tensor_pb2.Tensor],
+        *,
+        request_id: str = "",
+        timeout_s: float = 30.0,
+    ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
+        """Runs one request; returns the delivered tensors (encoded) and every step's timing."""
+        request_id = request_id or uuid.uuid4().hex
+        entries = entry_steps(route)
+        jobs = []
+        for step in entries:
+            names = list(route.steps[step].input_names)
+            missing = [n for n in names if n not in inputs]
+            if missing:
+                raise InvalidArgument(f"route step {step} needs inputs {missing}")
+            jobs.append((step, [inputs[n] for n in names]))
+        if len(jobs) == 1:
+            return self._run_entry(route, jobs[0][0], request_id, jobs[0][1], timeout_s)
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            futures = [pool.submit(self._run_entry, route, s, request_id, t, timeout_s) for s, t in jobs]
+            outputs: dict[str, tensor_pb2.Tensor] = {}
+            timings: list[model_server_pb2.StepTiming] = []
+            for future in futures:
+                out, steps = future.result()
+                outputs.update(out)
+                timings.extend(steps)
+        return outputs, timings

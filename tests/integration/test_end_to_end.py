@@ -1,0 +1,149 @@
+"""The whole system: edge agent -> front-end -> chained server nodes with a fan-out -> result store.
+
+Real processes for etcd and the server nodes; the front-end and the agent run in this process on real
+gRPC ports. Covers: the split output equals the whole model, the stored result is readable by request id
+and by device, the plan follows emulated bandwidth and battery changes, and the agent falls back to
+device-only (and says so) when the front-end is gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import torch
+
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import AgentConfig
+from server_node.process import NodeProcess, spawn_node
+from splitinfer.divider import partition_at
+from splitinfer.frontend.server import FrontEndConfig, RunningFrontEnd, start_frontend
+from splitinfer.graph import ModelGraph
+from splitinfer.pool import ModelPool
+from splitinfer.program import export_program
+from splitinfer.registry import EtcdRegistry
+from splitinfer.registry.etcd_server import EtcdServer, start_etcd
+from splitinfer.runtime import PartitionKey
+from splitinfer.transport.clients import NodeClient
+from splitinfer.v1 import plan_pb2, result_store_pb2, result_store_pb2_grpc
+from splitinfer.zoo import build
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
+    root = tmp_path_factory.mktemp("system")
+    etcd: EtcdServer = start_etcd(root / "etcd")
+    model, example = build("two_heads")
+    graph = ModelGraph.build(export_program(model, example), example)
+    names = [n.name for n in graph.nodes]
+    backbone_end = names.index("relu_1") + 1
+    segment_start = next(i for i, n in enumerate(graph.nodes) if i > backbone_end and n.op == "aten.conv2d.default")
+    division = partition_at(graph, "two_heads", [backbone_end, segment_start])
+    pool = ModelPool(root / "pool")
+    sha = pool.add_division(division, variant="fp32", division_name="default", task="two-heads", accuracy=0.9)
+    nodes: dict[str, NodeProcess] = {}
+    try:
+        for name in ("a", "b"):
+            nodes[name] = spawn_node(["--registry", f"etcd://{etcd.endpoint}", "--torch-threads", "1"])
+        for node_name, parts in (("a", ["p0"]), ("b", ["p1", "p2"])):
+            with NodeClient(nodes[node_name].address) as client:
+                for part in parts:
+                    part_sha = pool.export_partition(sha, part, root / "export" / part)
+                    client.load_partition(
+                        str(root / "export" / part), PartitionKey("two_heads", "fp32", part), part_sha
+                    )
+        registry = EtcdRegistry(etcd.endpoint)
+        deadline = time.monotonic() + 15
+        while len(registry.replicas("two_heads@fp32/p2")) < 1 or len(registry.replicas("two_heads@fp32/p0")) < 1:
+            assert time.monotonic() < deadline, "nodes did not show up in the registry"
+            time.sleep(0.1)
+        frontend = start_frontend(
+            FrontEndConfig(pool_dir=str(root / "pool"), results_db=str(root / "results.db")), registry=registry
+        )
+        yield {"model": model, "x": example[0], "frontend": frontend, "nodes": nodes, "root": root}
+    finally:
+        for node in nodes.values():
+            node.stop()
+        etcd.cleanup()
+
+
+def _agent(system: dict, **overrides: object) -> EdgeAgent:  # type: ignore[type-arg]
+    frontend: RunningFrontEnd = system["frontend"]
+    config = AgentConfig(
+        device_id="phone-7", frontend=frontend.address, pool=frontend.address, cache_dir=str(system["root"] / "agent"),
+        emulated_battery=True, emulated_uplink_mbps=50.0, **{"plan_ttl_s": 0.0, **overrides},  # type: ignore[arg-type]
+    )  # fmt: skip
+    return EdgeAgent(config, compute_flops=5e7)  # a slow device: the servers are worth it
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 0.02) -> bool:
+    return float((actual - expected).abs().max()) <= tolerance * float(expected.abs().max())
+
+
+def _expected(system: dict) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[type-arg]
+    with torch.no_grad():
+        return system["model"](system["x"])
+
+
+def test_split_run_equals_the_whole_model_and_is_stored(system: dict) -> None:  # type: ignore[type-arg]
+    agent = _agent(system, plan_ttl_s=60.0)  # a retry reuses its plan
+    exact = plan_pb2.Requirements(min_accuracy=0.9)  # the variant's own accuracy: no lossy codec allowed
+    result = agent.infer("two_heads", {"x": system["x"]}, exact, request_id="req-1")
+    assert result.plan is not None and not any(c.codec.is_lossy for c in result.plan.crossings)
+    assert not result.device_only_fallback and result.plan is not None and result.plan.route is not None
+    route = result.plan.route
+    assert any(len(out.consumer_steps) == 2 for step in route.steps for out in step.outputs)  # fan-out
+    assert {p.where for p in result.plan.placements if not p.on_device} == {
+        system["nodes"]["a"].address, system["nodes"]["b"].address}  # fmt: skip
+    classify, segment = _expected(system)
+    assert torch.allclose(result.outputs["linear"], classify, atol=1e-4)
+    assert torch.allclose(result.outputs["conv2d_3"], segment, atol=1e-4)
+
+    with grpc.insecure_channel(system["frontend"].address) as channel:
+        store = result_store_pb2_grpc.ResultStoreServiceStub(channel)
+        stored = store.GetResult(result_store_pb2.GetResultRequest(request_id="req-1"), timeout=10).result
+        assert stored.device_id == "phone-7" and stored.model == "two_heads" and stored.outputs
+        by_device = store.QueryResults(result_store_pb2.QueryResultsRequest(device_id="phone-7"), timeout=10)
+        assert "req-1" in [r.request_id for r in by_device.results]
+    # A retry with the same request id is answered from the store, not run or stored twice.
+    again = agent.infer("two_heads", {"x": system["x"]}, exact, request_id="req-1")
+    assert torch.allclose(again.outputs["linear"], classify, atol=1e-4)
+    assert system["frontend"].store.count() == 1
+    agent.close()
+
+
+def test_plan_follows_bandwidth_and_battery(system: dict) -> None:  # type: ignore[type-arg]
+    agent = _agent(system)
+    fast = agent.infer("two_heads", {"x": system["x"]})
+    agent.network.emulated_uplink_mbps = 0.005  # the link collapses: uploading 12 KB now takes ~20 s
+    slow = agent.infer("two_heads", {"x": system["x"]})
+    assert fast.plan is not None and slow.plan is not None
+    assert len(slow.plan.device_partitions) > len(fast.plan.device_partitions)
+    agent.network.emulated_uplink_mbps = 50.0
+    battery_full = agent.infer("two_heads", {"x": system["x"]}, plan_pb2.Requirements())
+    agent.battery.set(percent=3.0, charging=False)
+    battery_low = agent.infer(
+        "two_heads", {"x": system["x"]}, plan_pb2.Requirements(objective=plan_pb2.OBJECTIVE_ENERGY)
+    )
+    assert battery_full.plan is not None and battery_low.plan is not None
+    assert len(battery_low.plan.device_partitions) <= len(battery_full.plan.device_partitions)
+    assert agent.plans_made >= 3
+    classify, _ = _expected(system)
+    for result in (fast, slow, battery_full, battery_low):  # lossy codecs were allowed here
+        assert _close(result.outputs["linear"], classify)
+    agent.close()
+
+
+def test_front_end_cut_off_means_device_only_fallback(system: dict) -> None:  # type: ignore[type-arg]
+    agent = _agent(system)
+    first = agent.infer("two_heads", {"x": system["x"]})  # plans, and prefetches the fallback variant
+    assert not first.device_only_fallback
+    system["frontend"].stop(0.5)
+    result = agent.infer("two_heads", {"x": system["x"]})
+    assert result.device_only_fallback and "unreachable" in result.reason
+    classify, segment = _expected(system)
+    assert torch.allclose(result.outputs["linear"], classify, atol=1e-4)
+    assert torch.allclose(result.outputs["conv2d_3"], segment, atol=1e-4)
+    agent.close()

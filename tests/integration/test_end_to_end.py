@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -134,6 +135,39 @@ def test_plan_follows_bandwidth_and_battery(system: dict) -> None:  # type: igno
     for result in (fast, slow, battery_full, battery_low):  # lossy codecs were allowed here
         assert _close(result.outputs["linear"], classify)
     agent.close()
+
+
+def test_apps_use_the_agent_through_its_local_api_and_cli(system: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from edge_agent.service import serve_agent
+
+    agent = _agent(system)
+    server, address = serve_agent(agent, f"unix:{tmp_path / 'agent.sock'}")
+    try:
+        np.save(tmp_path / "x.npy", system["x"].numpy())
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_agent", "infer", "--agent", address, "--model", "two_heads",
+             "--input", f"x={tmp_path / 'x.npy'}", "--min-accuracy", "0.9", "--out", str(tmp_path / "out.npz")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "two_heads@fp32" in result.stdout
+        outputs = np.load(tmp_path / "out.npz")
+        classify, _ = _expected(system)
+        assert np.allclose(outputs["linear"], classify.numpy(), atol=1e-4)
+        bad = subprocess.run(
+            [sys.executable, "-m", "edge_agent", "infer", "--agent", address, "--model", "nope",
+             "--input", f"x={tmp_path / 'x.npy'}"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert bad.returncode == 2 and "NOT_FOUND" in bad.stderr
+    finally:
+        server.stop(1).wait()
+        agent.close()
 
 
 def test_front_end_cut_off_means_device_only_fallback(system: dict) -> None:  # type: ignore[type-arg]

@@ -55,6 +55,8 @@ class AgentResult:
     total_ms: float
     bytes_sent: int
     reason: str = ""
+    #: Device energy this request cost (compute, codecs, radio), joules, by the agent's power figures.
+    energy_j: float = 0.0
 
     @property
     def plan_summary(self) -> str:
@@ -247,10 +249,13 @@ class EdgeAgent:
         manifest = self._manifest(model, variant)
         values = dict(inputs)
         device_s = self._run_local(model, variant, [p["name"] for p in manifest["partitions"]], values)
-        self.battery.drain(device_s * self.config.compute_power_w)
+        energy = device_s * self.config.compute_power_w
+        self.battery.drain(energy)
         outputs = {name: values[name] for name in _output_names(manifest)}
         total_ms = (time.perf_counter() - start) * 1e3
-        return AgentResult(request_id, outputs, plan, plan is None, device_s * 1e3, 0.0, total_ms, 0, reason)
+        return AgentResult(
+            request_id, outputs, plan, plan is None, device_s * 1e3, 0.0, total_ms, 0, reason, energy_j=energy
+        )
 
     def _split(
         self, model: str, plan: Plan, inputs: Mapping[str, torch.Tensor], request_id: str, start: float
@@ -283,6 +288,9 @@ class EdgeAgent:
             yield from stream_messages(frontend_pb2.InferRequest, messages)
 
         remote_start = time.perf_counter()
+        emulated = self.network.emulated_uplink_mbps
+        if emulated:  # an emulated link takes as long as the real one would to carry these bytes
+            time.sleep(bytes_sent * 8 / (emulated * 1e6) + self.network.rtt_ms / 2e3)
         assembler = TensorAssembler()
         delivered = []
         trace = frontend_pb2.InferTrace()
@@ -306,7 +314,8 @@ class EdgeAgent:
         device_s += time.perf_counter() - decode_start
         device_s += self._run_local(model, plan.variant, tail, values)
         network_s = max(0.0, remote_s - trace.server_ms / 1e3)
-        self.battery.drain(device_s * self.config.compute_power_w + network_s * self.config.transmit_power_w)
+        energy = device_s * self.config.compute_power_w + network_s * self.config.transmit_power_w
+        self.battery.drain(energy)
         missing = [n for n in _output_names(manifest) if n not in values]
         if missing:
             raise SplitInferError(f"request {request_id}: outputs {missing} never arrived")
@@ -320,6 +329,7 @@ class EdgeAgent:
             remote_s * 1e3,
             (time.perf_counter() - start) * 1e3,
             bytes_sent,
+            energy_j=energy,
         )
 
 

@@ -8,6 +8,8 @@ from splitinfer.errors import NotFound
 from splitinfer.planner.build import problem_from
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.planner import Planner
+from splitinfer.planner.problem import CodecProfile
+from splitinfer.planner.profiles import DEFAULT_CODECS
 from splitinfer.pool import ModelPool
 from splitinfer.registry import Registry
 from splitinfer.v1 import plan_pb2
@@ -18,11 +20,19 @@ __all__ = ["PlanningService"]
 class PlanningService:
     """Plans requests for a model: every variant of it (and of other models of its task) in the pool."""
 
-    def __init__(self, pool: ModelPool, registry: Registry, planner: Planner | None = None, division: str = "default"):
+    def __init__(
+        self,
+        pool: ModelPool,
+        registry: Registry,
+        planner: Planner | None = None,
+        division: str = "default",
+        codecs: tuple[CodecProfile, ...] = DEFAULT_CODECS,
+    ) -> None:
         self.pool = pool
         self.registry = registry
         self.planner = planner or Planner()
         self.division = division
+        self.codecs = codecs
 
     def manifests(self, model: str) -> list[dict[str, Any]]:
         entries = [e for e in self.pool.variants(model) if e.model == model]
@@ -37,5 +47,5 @@ class PlanningService:
         return manifests
 
     def plan(self, model: str, device: plan_pb2.DeviceState, wanted: plan_pb2.Requirements) -> Plan:
-        problem = problem_from(self.manifests(model), self.registry.servers().values(), device, wanted)
+        problem = problem_from(self.manifests(model), self.registry.servers().values(), device, wanted, self.codecs)
         return self.planner.plan(problem, registry_version=self.registry.version, device_id=device.device_id)

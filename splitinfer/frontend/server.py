@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.frontend.service import FrontEndServicer
 from splitinfer.planner.planner import Planner
+from splitinfer.planner.problem import CodecProfile
+from splitinfer.planner.profiles import DEFAULT_CODECS
 from splitinfer.pool import ModelPool
 from splitinfer.pool.service import ModelPoolServicer
 from splitinfer.registry import Registry, connect
@@ -72,7 +74,9 @@ class RunningFrontEnd:
         self.registry.close()
 
 
-def start_frontend(config: FrontEndConfig, registry: Registry | None = None) -> RunningFrontEnd:
+def start_frontend(
+    config: FrontEndConfig, registry: Registry | None = None, codecs: tuple[CodecProfile, ...] = DEFAULT_CODECS
+) -> RunningFrontEnd:
     if registry is None:
         if not config.registry:
             raise ValueError("the front-end needs a registry (config.registry or an embedded one passed in)")
@@ -90,7 +94,7 @@ def start_frontend(config: FrontEndConfig, registry: Registry | None = None) -> 
         results = LocalResults(store)
         result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store), server)
     planner = Planner()
-    planning = PlanningService(pool, registry, planner)
+    planning = PlanningService(pool, registry, planner, codecs=codecs)
     frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(FrontEndServicer(planning, results), server)
     model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
     health_servicer = health.HealthServicer()

@@ -138,6 +138,43 @@ class Program:
             params={k: v for k, v in self.params.items() if k in used_params},
         )
 
+    def rename(self, mapping: Mapping[str, str]) -> Program:
+        """The same program with values renamed (inputs, node outputs, model outputs); names not in
+        ``mapping`` stay. InvalidArgument if a new name collides with an existing one."""
+        if not mapping:
+            return self
+        existing = set(self.value_specs()) | set(self.params) | {n.name for n in self.nodes}
+        clashes = sorted(set(mapping.values()) & (existing - set(mapping)))
+        if clashes:
+            raise InvalidArgument(f"renaming would collide with existing values {clashes}")
+
+        def name(n: str) -> str:
+            return mapping.get(n, n)
+
+        def spec(s: ValueSpec) -> ValueSpec:
+            return ValueSpec(name(s.name), s.dtype, s.shape)
+
+        def arg(value: Any) -> Any:
+            if isinstance(value, Ref):
+                return Ref(name(value.name))
+            if isinstance(value, tuple):
+                return tuple(arg(v) for v in value)
+            if isinstance(value, list):
+                return [arg(v) for v in value]
+            return value
+
+        nodes = tuple(
+            Node(
+                name(n.name),
+                n.op,
+                tuple(arg(a) for a in n.args),
+                {k: arg(v) for k, v in n.kwargs.items()},
+                tuple(spec(o) if o.name == n.name else o for o in n.outputs),
+            )
+            for n in self.nodes
+        )
+        return Program(tuple(spec(s) for s in self.inputs), tuple(spec(s) for s in self.outputs), nodes, self.params)
+
     def __str__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
         outs = ", ".join(map(str, self.outputs))

@@ -54,12 +54,27 @@ def make_variant(model: nn.Module, example_inputs: Sequence[torch.Tensor], kind:
     """The program of ``model`` as variant ``kind`` (one of VARIANT_KINDS). ``model`` is not modified."""
     if kind not in VARIANT_KINDS:
         raise InvalidArgument(f"unknown variant kind {kind!r}; known: {list(VARIANT_KINDS)}")
+    reference = export_program(model, example_inputs)
     if kind == "fp32":
-        return export_program(model, example_inputs)
-    if kind in ("fp16", "bf16"):
-        dtype = torch.float16 if kind == "fp16" else torch.bfloat16
-        return export_program(_HalfPrecision(copy.deepcopy(model), dtype), example_inputs)
-    return quantize_int8(export_program(model, example_inputs))
+        return reference
+    if kind == "int8":
+        return quantize_int8(reference)
+    dtype = torch.float16 if kind == "fp16" else torch.bfloat16
+    half = export_program(_HalfPrecision(copy.deepcopy(model), dtype), example_inputs)
+    # Variants of one model take and produce the same named tensors, so that callers can swap them.
+    mapping = {
+        **dict(zip(half.input_names, reference.input_names, strict=True)),
+        **dict(zip(half.output_names, reference.output_names, strict=True)),
+    }
+    mapping = {k: v for k, v in mapping.items() if k != v}
+    taken = set(half.value_specs()) | set(half.params) | {n.name for n in half.nodes}
+    for clash in sorted((set(mapping.values()) & taken) - set(mapping)):
+        aside = f"{clash}_{kind}"
+        while aside in taken:
+            aside += "_"
+        mapping[clash] = aside  # an inner value that happens to bear a name the variant must expose
+        taken.add(aside)
+    return half.rename(mapping)
 
 
 def _per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,3 +70,13 @@ def test_measured_accuracy_counts_agreement_with_labels() -> None:
     assert wrong.value == 0.0
     int8 = measure_top1(make_variant(model, example, "int8"), (inputs,), labels, source="same set")
     assert 0.5 <= int8.value <= 1.0
+
+
+@pytest.mark.parametrize("kind", VARIANT_KINDS)
+def test_variants_keep_the_models_input_and_output_names(kind: str) -> None:
+    model, example = build("two_in_two_out")
+    reference = make_variant(model, example, "fp32")
+    program = make_variant(model, example, kind)
+    assert program.input_names == reference.input_names and program.output_names == reference.output_names
+    out = CompiledProgram(program)(dict(zip(program.input_names, example, strict=True)))
+    assert set(out) == set(reference.output_names)

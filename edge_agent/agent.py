@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent.config import AgentConfig
 from edge_agent.monitors import BatteryMonitor, NetworkEstimator
@@ -90,6 +91,7 @@ class EdgeAgent:
         self.local_pool = ModelPool(self.cache)
         self._channel = insecure_channel(config.frontend)
         self._frontend = frontend_pb2_grpc.FrontEndServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._lock = threading.Lock()
         self._plans: dict[tuple[Any, ...], tuple[Plan, float]] = {}
         self._programs: dict[tuple[str, str, str], CompiledProgram] = {}
@@ -133,6 +135,8 @@ class EdgeAgent:
             cached = self._plans.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
+        self._probe_rtt()
+        state = self.device_state()
         request = frontend_pb2.PlanRequest(model=model, device=state, requirements=requirements)
         try:
             response = self._frontend.Plan(request, timeout=self.config.connect_timeout_s)
@@ -152,6 +156,15 @@ class EdgeAgent:
         for entry in self._manifest(model, variant)["partitions"]:
             self._program(model, variant, entry["name"])
         self._fallback_ready.add((model, variant))
+
+    def _probe_rtt(self) -> None:
+        """A light probe before planning: one health check to the front-end, timed, feeds the RTT estimate."""
+        start = time.perf_counter()
+        try:
+            self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=self.config.connect_timeout_s)
+        except grpc.RpcError:
+            return  # the Plan call that follows reports the failure
+        self.network.observe_rtt(time.perf_counter() - start)
 
     # --- partitions ------------------------------------------------------------------------------------------
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from splitinfer.config import load_config
 
 __all__ = ["AgentConfig"]
 
@@ -46,9 +46,5 @@ class AgentConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> AgentConfig:
-        data: dict[str, Any] = json.loads(path.read_text())
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown agent config keys {unknown}; known: {sorted(known)}")
-        return replace(cls(), **data)
+        """Reads a JSON object whose keys are field names; unknown keys are an error."""
+        return load_config(cls, path)

@@ -170,6 +170,43 @@ def test_apps_use_the_agent_through_its_local_api_and_cli(system: dict, tmp_path
         agent.close()
 
 
+def test_front_end_refuses_bad_infer_streams_with_clear_codes(system: dict) -> None:  # type: ignore[type-arg]
+    from splitinfer.codecs import encode_tensor
+    from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc
+
+    agent = _agent(system)
+    plan = agent.plan("two_heads", plan_pb2.Requirements(min_accuracy=0.9))
+    agent.close()
+    tensor = encode_tensor(system["x"], "x")
+
+    def infer(messages: list) -> grpc.StatusCode:  # type: ignore[type-arg]
+        with grpc.insecure_channel(system["frontend"].address) as channel:
+            stub = frontend_pb2_grpc.FrontEndServiceStub(channel)
+            try:
+                list(stub.Infer(iter(messages), timeout=30))
+            except grpc.RpcError as exc:
+                return exc.code()  # type: ignore[attr-defined, no-any-return]
+        return grpc.StatusCode.OK
+
+    header = frontend_pb2.InferHeader(request_id="bad-1", plan=plan.to_proto())
+    assert infer([frontend_pb2.InferRequest(tensor=tensor)]) == grpc.StatusCode.INVALID_ARGUMENT  # no header
+    no_route = frontend_pb2.InferHeader(request_id="bad-2", plan=plan_pb2.ExecutionPlan(model="two_heads"))
+    assert infer([frontend_pb2.InferRequest(header=no_route)]) == grpc.StatusCode.INVALID_ARGUMENT
+    truncated = frontend_pb2.InferRequest(tensor=tensor)
+    truncated.tensor.payload = truncated.tensor.payload[:10]
+    assert infer([frontend_pb2.InferRequest(header=header), truncated]) == grpc.StatusCode.INVALID_ARGUMENT
+    wrong = plan.to_proto()
+    wrong.route.steps[0].partition.partition = "p99"
+    bad_route = frontend_pb2.InferHeader(request_id="bad-3", plan=wrong)
+    assert infer([frontend_pb2.InferRequest(header=bad_route), frontend_pb2.InferRequest(tensor=tensor)]) in (
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    # The good path still works afterwards.
+    good = _agent(system).infer("two_heads", {"x": system["x"]}, plan_pb2.Requirements(min_accuracy=0.9))
+    assert not good.device_only_fallback
+
+
 def test_front_end_cut_off_means_device_only_fallback(system: dict) -> None:  # type: ignore[type-arg]
     agent = _agent(system)
     first = agent.infer("two_heads", {"x": system["x"]})  # plans, and prefetches the fallback variant

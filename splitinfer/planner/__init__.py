@@ -1,12 +1,15 @@
 """The Execution Planner: per request, the variant, device cut, codec per crossing tensor and servers.
 
-Solvers behind one interface (:class:`~splitinfer.planner.base.Solver`): ``CpSatSolver`` (exact),
-``GreedySolver`` (fast heuristic), ``ExhaustiveSolver`` (oracle for small instances), and the baselines
-``NeurosurgeonSolver`` and ``DadsSolver``. ``Planner`` adds the plan cache and online calibration.
+Solvers behind one interface (:class:`~splitinfer.planner.base.Solver`): ``CpSatSolver`` (exact, any
+DAG), ``ChainSolver`` (exact, chain-shaped divisions, fast), ``AutoSolver`` (the planner's default: chain
+when it applies, CP-SAT otherwise), ``GreedySolver`` (heuristic), ``ExhaustiveSolver`` (oracle for small
+instances), and the baselines ``NeurosurgeonSolver`` and ``DadsSolver``. ``Planner`` adds the plan cache
+and online calibration.
 """
 
 from splitinfer.planner.base import Solver
 from splitinfer.planner.baselines import DadsSolver, NeurosurgeonSolver
+from splitinfer.planner.chain import AutoSolver, ChainSolver
 from splitinfer.planner.cost import Assignment, Evaluation, evaluate
 from splitinfer.planner.cpsat import CpSatSolver
 from splitinfer.planner.exhaustive import ExhaustiveSolver
@@ -25,6 +28,8 @@ from splitinfer.planner.problem import (
 
 __all__ = [
     "Assignment",
+    "AutoSolver",
+    "ChainSolver",
     "CodecProfile",
     "CpSatSolver",
     "CrossingChoice",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from splitinfer.planner.base import Solver
 from splitinfer.planner.calibration import Calibration
-from splitinfer.planner.cpsat import CpSatSolver
+from splitinfer.planner.chain import AutoSolver
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.problem import PlanningProblem
 
@@ -63,7 +63,7 @@ class Planner:
     def __init__(
         self, solver: Solver | None = None, calibration: Calibration | None = None, cache_size: int = 4096
     ) -> None:
-        self.solver = solver or CpSatSolver()
+        self.solver = solver or AutoSolver()
         self.calibration = calibration or Calibration()
         self._cache: OrderedDict[PlanKey, Plan] = OrderedDict()
         self._cache_size = cache_size

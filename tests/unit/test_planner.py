@@ -179,3 +179,25 @@ def test_calibration_corrects_predictions() -> None:
     version = calibration.version
     calibration.observe_uplink("d1", 1_000_000, 10.01)  # within 10%: no new version, no re-plan
     assert calibration.version == version
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_chain_solver_equals_the_exhaustive_optimum(seed: int) -> None:
+    from splitinfer.planner import ChainSolver
+
+    problem = random_problem(300 + seed, partitions=4, servers=2 + seed % 2, variants=2, codecs=3 + seed % 2)
+    assert _objective(problem, ChainSolver().solve(problem)) == pytest.approx(
+        _objective(problem, ExhaustiveSolver().solve(problem)), rel=1e-6, abs=1e-5
+    )
+
+
+def test_auto_solver_uses_the_chain_solver_only_for_chains() -> None:
+    from splitinfer.planner import AutoSolver, ChainSolver
+
+    chain = random_problem(1, partitions=4, dag=False)
+    assert AutoSolver().solve(chain).solver == "chain"
+    dag = next(p for p in (random_problem(s, partitions=5, dag=True) for s in range(50))
+               if any(e.dst > e.src + 1 for v in p.variants for e in v.edges if e.src >= 0))  # fmt: skip
+    assert AutoSolver().solve(dag).solver.startswith("cp-sat")
+    with pytest.raises(ValueError, match="chain-shaped"):
+        ChainSolver().solve(dag)

@@ -1,8 +1,8 @@
 """The walking-skeleton demo: a model split by hand, its head on this "device", its tail on a server node.
 
-Run with ``make demo`` (or ``splitinfer demo``). It starts a real server node process, loads the tail into
-it over gRPC, and for each codec runs the head locally, streams the intermediate tensor, and checks the
-result against the whole model.
+Run with ``splitinfer demo --skeleton`` (``make demo`` runs the whole system). It starts a real server node
+process, loads the tail into it over gRPC, and for each codec runs the head locally, streams the
+intermediate tensor, and checks the result against the whole model.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ PROTO_SRC := $(wildcard proto/splitinfer/v1/*.proto)
 PROTO_STAMP := splitinfer/v1/.generated
 DEBIAN_PACKAGES := etcd-server graphviz
 
-.PHONY: install proto docs test test-unit test-integration lint buf-lint demo bench bench-quick clean help
+.PHONY: install proto docs test test-unit test-integration lint buf-lint demo bench bench-quick clean help \
+	cluster-up cluster-status cluster-down
 
 help:
 	@echo "make demo   - install if needed, then run the split-inference demo"
@@ -82,6 +83,20 @@ bench: install
 	$(PY) benchmarks/pipeline.py --out benchmarks/results/pipeline.json
 	$(PY) benchmarks/planner.py --out benchmarks/results/planner.json
 	$(PY) benchmarks/report.py
+
+# A cluster on this machine: etcd, the front door and server nodes as background processes (see
+# deploy/cluster.json); CLUSTER_DIR holds their logs, pid state, pool and results.
+CLUSTER_DIR ?= run/cluster
+CLUSTER_CONFIG ?= deploy/cluster.json
+
+cluster-up: install
+	$(PY) -m splitinfer.cluster up --config $(CLUSTER_CONFIG) --run-dir $(CLUSTER_DIR)
+
+cluster-status: install
+	$(PY) -m splitinfer.cluster status --run-dir $(CLUSTER_DIR)
+
+cluster-down: install
+	$(PY) -m splitinfer.cluster down --run-dir $(CLUSTER_DIR)
 
 clean:
 	rm -rf $(VENV) splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi $(PROTO_STAMP) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,243 @@
+"""``make cluster-up | cluster-status | cluster-down``: a whole cluster on one machine, for operators.
+
+``up`` starts a real etcd, the front door (front-end, Model Pool and Result Store services) and N server
+nodes as background processes, with logs and a state file under one run directory, waits until every
+health check passes, deploys every model in the pool onto every node, and prints the endpoints. ``status``
+shows each component's health and the registry's view (servers, partitions, load). ``down`` stops what
+``up`` started. Starting twice, or stopping when nothing runs, says so.
+
+    python -m splitinfer.cluster up --config deploy/cluster.json --run-dir run/cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from splitinfer.config import load_config
+from splitinfer.pool import ModelPool
+from splitinfer.registry import EtcdRegistry
+from splitinfer.registry.etcd_server import start_etcd
+from splitinfer.runtime import PartitionKey
+from splitinfer.transport.clients import NodeClient
+
+__all__ = ["ClusterConfig", "main"]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    #: Server nodes to start: each a JSON object of NodeConfig fields (slowdown_factor, torch_threads, ...).
+    nodes: list[dict[str, Any]] = field(default_factory=lambda: [{"torch_threads": 1}, {"torch_threads": 1}])
+    #: Pool directory; relative paths are inside the run directory.
+    pool_dir: str = "pool"
+    #: Results database; relative to the run directory.
+    results_db: str = "results.db"
+    #: Seconds to wait for every component's health check.
+    start_timeout_s: float = 60.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _healthy(address: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+def _spawn(command: list[str], log: Path, port_file: Path, timeout_s: float) -> tuple[int, int]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not port_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[2]} exited with {process.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError(f"{command[2]} did not start within {timeout_s}s; see {log}")
+        time.sleep(0.05)
+    return process.pid, int(port_file.read_text())
+
+
+def _state_path(run_dir: Path) -> Path:
+    return run_dir / "state.json"
+
+
+def _read_state(run_dir: Path) -> dict[str, Any] | None:
+    path = _state_path(run_dir)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pids(state: dict[str, Any]) -> list[int]:
+    return [c["pid"] for c in [*state["nodes"], state["frontend"], state["etcd"]]]
+
+
+def up(config: ClusterConfig, run_dir: Path) -> int:
+    state = _read_state(run_dir)
+    if state is not None and any(_alive(pid) for pid in _pids(state)):
+        print(f"a cluster is already running from {run_dir} (pids {_pids(state)}); run `make cluster-down` first")
+        return 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    for stale in run_dir.glob("*.port"):
+        stale.unlink()
+    pool_dir = run_dir / config.pool_dir
+    ModelPool(pool_dir)  # creates it
+    etcd = start_etcd(run_dir / "etcd")
+    state = {"etcd": {"pid": etcd.process.pid, "endpoint": etcd.endpoint}, "frontend": {}, "nodes": []}
+    _state_path(run_dir).write_text(json.dumps(state, indent=1))  # so that `down` can clean up a failed start
+    registry = f"etcd://{etcd.endpoint}"
+    python = sys.executable
+    pid, port = _spawn(
+        [python, "-m", "splitinfer.frontend", "--pool-dir", str(pool_dir), "--results-db",
+         str(run_dir / config.results_db), "--registry", registry, "--port-file", str(run_dir / "frontend.port")],
+        logs / "frontend.log", run_dir / "frontend.port", config.start_timeout_s,
+    )  # fmt: skip
+    state["frontend"] = {"pid": pid, "address": f"127.0.0.1:{port}"}
+    _state_path(run_dir).write_text(json.dumps(state, indent=1))
+    for index, node in enumerate(config.nodes):
+        node_config = run_dir / f"node{index}.json"
+        node_config.write_text(json.dumps({**node, "cache_dir": str(run_dir / f"node{index}-cache")}))
+        pid, port = _spawn(
+            [python, "-m", "server_node", "--config", str(node_config), "--registry", registry,
+             "--port", "0", "--port-file", str(run_dir / f"node{index}.port")],
+            logs / f"node{index}.log", run_dir / f"node{index}.port", config.start_timeout_s,
+        )  # fmt: skip
+        state["nodes"].append({"pid": pid, "address": f"127.0.0.1:{port}", "name": f"node{index}"})
+        _state_path(run_dir).write_text(json.dumps(state, indent=1))
+    deadline = time.monotonic() + config.start_timeout_s
+    addresses = [state["frontend"]["address"], *(n["address"] for n in state["nodes"])]
+    while not all(_healthy(a) for a in addresses):
+        if time.monotonic() > deadline:
+            print(f"components did not become healthy within {config.start_timeout_s}s; logs in {logs}")
+            return 1
+        time.sleep(0.2)
+    deployed = deploy(run_dir)
+    print(f"cluster up ({run_dir}):")
+    print(f"  etcd        {etcd.endpoint}")
+    print(f"  front-end   {state['frontend']['address']}  (FrontEndService, ModelPoolService, ResultStoreService)")
+    for node in state["nodes"]:
+        print(f"  {node['name']:<11} {node['address']}")
+    print(f"  deployed    {deployed} partitions from {pool_dir}")
+    return 0
+
+
+def deploy(run_dir: Path) -> int:
+    """Loads every partition of every model's default division in the pool onto every node."""
+    state = _read_state(run_dir)
+    if state is None:
+        raise RuntimeError(f"no cluster state in {run_dir}")
+    pool = ModelPool(run_dir / ClusterConfig().pool_dir)
+    frontend = state["frontend"]["address"]
+    count = 0
+    for entry in pool.variants():
+        sha = entry.divisions.get("default")
+        if sha is None:
+            continue
+        for part in pool.manifest(sha)["partitions"]:
+            key = PartitionKey(entry.model, entry.variant, part["name"])
+            for node in state["nodes"]:
+                with NodeClient(node["address"]) as client:
+                    client.load_partition(f"pool://{frontend}/{sha}/{part['name']}", key)
+                count += 1
+    return count
+
+
+def status(run_dir: Path) -> int:
+    state = _read_state(run_dir)
+    if state is None:
+        print(f"no cluster is running from {run_dir}")
+        return 1
+    rows: list[tuple[str, int, str, bool]] = [("etcd", state["etcd"]["pid"], state["etcd"]["endpoint"], False)]
+    rows.append(("front-end", state["frontend"].get("pid", 0), state["frontend"].get("address", "-"), True))
+    rows += [(n["name"], n["pid"], n["address"], True) for n in state["nodes"]]
+    print(f"{'component':<11} {'pid':>7} {'address':<22} state")
+    for name, pid, address, grpc_health in rows:
+        alive = pid and _alive(pid)
+        health = "-" if not alive else ("SERVING" if (not grpc_health or _healthy(address)) else "NOT SERVING")
+        print(f"{name:<11} {pid:>7} {address:<22} {'running' if alive else 'stopped'} {health}")
+    try:
+        registry = EtcdRegistry(state["etcd"]["endpoint"], timeout_s=2.0)
+        servers = registry.servers()
+        registry.close()
+    except Exception as exc:
+        print(f"registry: unreachable ({exc})")
+        return 1
+    print(f"registry: {len(servers)} servers")
+    for address, record in sorted(servers.items()):
+        print(
+            f"  {address:<22} in flight {record.in_flight:>3}  {record.compute_flops / 1e9:6.1f} GFLOP/s  "
+            f"{len(record.partitions)} partitions: {', '.join(record.partitions[:6])}"
+            + (" ..." if len(record.partitions) > 6 else "")
+        )
+    return 0
+
+
+def down(run_dir: Path, timeout_s: float = 15.0) -> int:
+    state = _read_state(run_dir)
+    if state is None:
+        print(f"no cluster is running from {run_dir}; nothing to stop")
+        return 0
+    # Nodes first (they leave the registry), then the front-end, then etcd.
+    for pid in _pids(state):
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while _alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+    _state_path(run_dir).unlink()
+    print(f"cluster in {run_dir} stopped")
+    return 0
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="splitinfer-cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["up", "status", "down", "deploy"])
+    parser.add_argument("--config", type=Path, help="cluster config (JSON); default: two nodes")
+    parser.add_argument("--run-dir", type=Path, default=Path("run/cluster"))
+    args = parser.parse_args(argv)
+    config = load_config(ClusterConfig, args.config) if args.config else ClusterConfig()
+    if args.action == "up":
+        return up(config, args.run_dir)
+    if args.action == "status":
+        return status(args.run_dir)
+    if args.action == "deploy":
+        print(f"deployed {deploy(args.run_dir)} partitions")
+        return 0
+    return down(args.run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

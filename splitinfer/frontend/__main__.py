@@ -1,0 +1,50 @@
+"""``python -m splitinfer.frontend``: run the front door (front-end, pool and result store services)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from splitinfer.frontend.server import FrontEndConfig, start_frontend
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="splitinfer-frontend", description="Run the splitinfer front-end.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    parser.add_argument("--pool-dir", required=True)
+    parser.add_argument("--results-db", default="")
+    parser.add_argument("--results-address", default="")
+    parser.add_argument("--registry", required=True, help="etcd://host:port")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    frontend = start_frontend(
+        FrontEndConfig(
+            host=args.host,
+            port=args.port,
+            pool_dir=args.pool_dir,
+            results_db=args.results_db,
+            results_address=args.results_address,
+            registry=args.registry,
+        )
+    )
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(str(frontend.port))
+        tmp.replace(args.port_file)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    frontend.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

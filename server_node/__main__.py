@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
     parser.add_argument("--registry", help="registry endpoint, etcd://host:port")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: any free one; -1: off)")
     parser.add_argument(
         "--load", type=Path, action="append", default=[], help="partition artifact directory to load at start"
     )
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "advertise_address": args.advertise_address,
         "torch_threads": args.torch_threads,
         "registry": args.registry,
+        "metrics_port": args.metrics_port,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     node = start_node(config)

@@ -44,6 +44,8 @@ class NodeConfig:
     registry_ttl_s: float = 5.0
     #: How often the node refreshes its status in the registry, seconds.
     status_interval_s: float = 1.0
+    #: Port of the Prometheus /metrics endpoint: -1 disables it, 0 picks a free port.
+    metrics_port: int = -1
     #: Where partitions pulled from a remote pool are cached (a temporary directory when empty).
     cache_dir: str = ""
     #: Emulated slowness: each partition run is stretched to this many times its real duration (>= 1).

@@ -42,6 +42,8 @@ class RunningNode:
     config: NodeConfig
     compute_flops: float
     registry: Registry | None = None
+    #: Port of the Prometheus /metrics endpoint (None when disabled).
+    metrics_port: int | None = None
     _registration: Registration | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _published: set[str] = field(default_factory=set)
@@ -131,6 +133,8 @@ def start_node(config: NodeConfig, registry: Registry | None = None) -> RunningN
     )
     server.start()
     node = RunningNode(server, servicer, host, health_servicer, port, address, config, flops, registry)
+    if config.metrics_port >= 0:
+        node.metrics_port = servicer.metrics.serve(config.metrics_port, config.host)
     node_ref.append(node)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

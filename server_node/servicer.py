@@ -16,14 +16,15 @@ from server_node.config import NodeConfig
 from server_node.executor import CallScope, RequestExecutor, key_of
 from server_node.forwarder import GrpcForwarder
 from server_node.host import PartitionHost
-from splitinfer.codecs import DecodeLimits, TensorAssembler
+from server_node.metrics import NodeMetrics
+from splitinfer.codecs import CodecSpec, DecodeLimits, TensorAssembler
 from splitinfer.codecs.dtypes import from_torch
 from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
 from splitinfer.pool.service import POOL_SCHEME, pull_partition
 from splitinfer.program import ValueSpec
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.runtime import LoadedPartition
-from splitinfer.transport.status import abort
+from splitinfer.transport.status import abort, status_for
 from splitinfer.transport.stream import stream_messages
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
@@ -41,8 +42,10 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         compute_flops: float,
         balancer: ReplicaBalancer,
         on_change: Callable[[], None] = lambda: None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._on_change = on_change
+        self.metrics = metrics or NodeMetrics()
         self._config = config
         self._host = host
         self.address = address
@@ -64,6 +67,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         self, request_iterator: Iterator[model_server_pb2.ProcessRequest], context: grpc.ServicerContext
     ) -> Iterator[model_server_pb2.ProcessResponse]:
         request_id = "?"
+        self.metrics.requests.labels("Process").inc()
         try:
             with self._host.admit():
                 header, received = self._read_request(request_iterator)
@@ -73,15 +77,18 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                     if isinstance(item, model_server_pb2.StepTiming):
                         timings.append(item)
                     else:
+                        self._count_bytes("out", item)
                         yield from stream_messages(model_server_pb2.ProcessResponse, [item], self._config.chunk_bytes)
                 yield model_server_pb2.ProcessResponse(done=model_server_pb2.ProcessDone(timings=timings))
         except SplitInferError as exc:
             log.info("request %s refused: %s", request_id, exc)
+            self.metrics.errors.labels(status_for(exc).name).inc()
             abort(context, exc)
 
     def ProcessOnce(
         self, request: model_server_pb2.ProcessOnceRequest, context: grpc.ServicerContext
     ) -> model_server_pb2.ProcessOnceResponse:
+        self.metrics.requests.labels("ProcessOnce").inc()
         try:
             with self._host.admit():
                 if not request.HasField("header"):
@@ -95,16 +102,23 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                             f"tensor {tensor.name!r} is incomplete; stream large tensors with Process"
                         )
                     received[complete.name] = complete
+                    self._count_bytes("in", complete)
                 response = model_server_pb2.ProcessOnceResponse()
                 for item in self._execute(request.header, received, context):
                     if isinstance(item, model_server_pb2.StepTiming):
                         response.done.timings.append(item)
                     else:
+                        self._count_bytes("out", item)
                         response.tensors.append(item)
                 return response
         except SplitInferError as exc:
             log.info("request %s refused: %s", request.header.request_id or "?", exc)
+            self.metrics.errors.labels(status_for(exc).name).inc()
             abort(context, exc)
+
+    def _count_bytes(self, direction: str, tensor: tensor_pb2.Tensor) -> None:
+        codec = str(CodecSpec.from_proto(tensor.encoding))
+        self.metrics.bytes.labels(direction, codec).inc(tensor.payload_size_bytes)
 
     def _execute(
         self,
@@ -116,12 +130,20 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         timeout_s = _remaining_s(header.timeout_ms, context.time_remaining())
         scope = CallScope()
         context.add_callback(scope.cancel)  # caller gone: cancel what this request sent downstream
-        for item in self.executor.execute(header, received, timeout_s, scope):
-            if not context.is_active():
-                log.info("request %s cancelled by the caller; dropping it", header.request_id)
-                scope.cancel()
-                return
-            yield item
+        self.metrics.in_flight.inc()
+        try:
+            for item in self.executor.execute(header, received, timeout_s, scope):
+                if not context.is_active():
+                    log.info("request %s cancelled by the caller; dropping it", header.request_id)
+                    scope.cancel()
+                    return
+                if isinstance(item, model_server_pb2.StepTiming) and item.node == self.address:
+                    name = str(key_of(item.partition))
+                    self.metrics.compute_seconds.labels(name).observe(item.compute_ms / 1e3)
+                    self.metrics.queue_seconds.labels(name).observe(item.queue_ms / 1e3)
+                yield item
+        finally:
+            self.metrics.in_flight.dec()
 
     def _read_request(
         self, request_iterator: Iterator[model_server_pb2.ProcessRequest]
@@ -138,6 +160,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
             complete = assembler.add(getattr(message, kind))
             if complete is not None:
                 received[complete.name] = complete
+                self._count_bytes("in", complete)
         assembler.finish()
         return first.header, received
 

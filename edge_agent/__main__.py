@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
 from edge_agent.service import serve_agent
 from splitinfer.codecs import decode_tensor, encode_tensor
+from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.v1 import edge_agent_pb2, edge_agent_pb2_grpc, plan_pb2
 
 
@@ -31,13 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = replace(config, **{k: v for k, v in overrides.items() if v})
     agent = EdgeAgent(config)
     server, address = serve_agent(agent, args.listen)
-    if args.address_file:
-        args.address_file.write_text(address)
+    announce(args.address_file, address)
     logging.getLogger("splitinfer.agent").info("agent %s serving apps at %s", config.device_id, address)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    wait_for_shutdown()
     server.stop(5).wait()
     agent.close()
     return 0

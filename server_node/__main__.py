@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 from server_node.config import NodeConfig
 from server_node.server import start_node
+from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.errors import SplitInferError
 
 
@@ -61,14 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("splitinfer.server").error("cannot load %s: %s", source, exc)
         node.stop(0)
         return 2
-    if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(str(node.port))
-        tmp.replace(args.port_file)  # atomic: readers never see a half-written port
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    announce(args.port_file, str(node.port))
+    wait_for_shutdown()
     node.stop()
     return 0
 

@@ -219,7 +219,6 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
     digits_req = plan_pb2.Requirements(max_latency_ms=500, min_accuracy=round(fp32_accuracy - 0.02, 3))
     resnet_req = plan_pb2.Requirements(max_latency_ms=3000)
     rows: list[dict[str, Any]] = []
-    ok = True
     try:
         for phase, mbps, battery in PHASES:
             console.rule(f"[bold]phase {phase}: uplink {mbps} Mbps, phone battery {battery:.0f}%")
@@ -280,8 +279,7 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
     console.print(f"plot: {plot}")
     console.print(f"results database: {store_path} ({stored} results stored; query them through ResultStoreService)")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
-    ok = ok and stored > 0 and all(r["latency_ms"] > 0 for r in rows)
-    return ok
+    return stored > 0 and all(r["latency_ms"] > 0 for r in rows)
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> Path:

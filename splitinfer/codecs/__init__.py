@@ -11,11 +11,10 @@ Pure: no gRPC here. Decoding untrusted messages raises :class:`DecodeError` and 
 
 from splitinfer.codecs.chunks import DEFAULT_CHUNK_BYTES, TensorAssembler, split_tensor
 from splitinfer.codecs.errors import DecodeError, EncodeError
-from splitinfer.codecs.spec import CODEC_EXAMPLES, CodecSpec
+from splitinfer.codecs.spec import CodecSpec
 from splitinfer.codecs.wire import DEFAULT_LIMITS, DecodeLimits, decode_tensor, encode_tensor, tensor_nbytes
 
 __all__ = [
-    "CODEC_EXAMPLES",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_LIMITS",
     "CodecSpec",

@@ -101,7 +101,3 @@ class CodecSpec:
 
     def to_proto(self) -> tensor_pb2.Encoding:
         return tensor_pb2.Encoding(lossy=self.lossy, lossless=self.lossless, level=self.level)
-
-
-#: Every codec name the CLI and configs accept, for help texts.
-CODEC_EXAMPLES = ("none", "lz4", "zstd", "fp16", "bf16", "int8", "int8c", "fp16+lz4", "int8+zstd:9")

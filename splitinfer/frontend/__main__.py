@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
+from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.frontend.server import FrontEndConfig, start_frontend
 
 
@@ -34,14 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             registry=args.registry,
         )
     )
-    if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(str(frontend.port))
-        tmp.replace(args.port_file)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    announce(args.port_file, str(frontend.port))
+    wait_for_shutdown()
     frontend.stop()
     return 0
 

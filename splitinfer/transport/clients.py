@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from splitinfer.codecs import DEFAULT_CHUNK_BYTES, CodecSpec, TensorAssembler
+from splitinfer.codecs import DEFAULT_CHUNK_BYTES, TensorAssembler
 from splitinfer.errors import InvalidArgument, ResourceExhausted, Unavailable
 from splitinfer.routing import ReplicaBalancer, entry_steps
 from splitinfer.runtime import PartitionKey
@@ -19,8 +19,6 @@ from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["NodeClient", "RouteClient", "partition_ref"]
-
-_NO_CODEC = CodecSpec()
 
 
 def partition_ref(key: PartitionKey) -> route_pb2.PartitionRef:

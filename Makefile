@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PROTO_SRC := $(wildcard proto/splitinfer/v1/*.proto)
+PROTO_SRC := $(wildcard proto/splitinfer/v1/*.proto proto/splitinfer/inference/*.proto)
 PROTO_STAMP := splitinfer/v1/.generated
 DEBIAN_PACKAGES := etcd-server graphviz
 
@@ -37,7 +37,7 @@ proto: $(STAMP)
 	$(MAKE) $(PROTO_STAMP)
 
 $(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
-	rm -f splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi
+	rm -f splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi splitinfer/inference/*_pb2*.py splitinfer/inference/*_pb2*.pyi
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
 	touch $(PROTO_STAMP)
 
@@ -99,4 +99,4 @@ cluster-down: install
 	$(PY) -m splitinfer.cluster down --run-dir $(CLUSTER_DIR)
 
 clean:
-	rm -rf $(VENV) splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi $(PROTO_STAMP) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi splitinfer/inference/*_pb2*.py splitinfer/inference/*_pb2*.pyi $(PROTO_STAMP) .pytest_cache .mypy_cache .ruff_cache

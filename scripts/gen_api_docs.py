@@ -21,7 +21,8 @@ _TYPE_NAMES = {
 
 
 def _descriptors() -> descriptor_pb2.FileDescriptorSet:
-    files = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
+    # Our own API only; the Open Inference Protocol (proto/splitinfer/inference) is documented upstream.
+    files = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.glob("splitinfer/v1/*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "set.pb"
         code = protoc.main(["protoc", f"-I{PROTO_DIR}", "--include_source_info", f"--descriptor_set_out={out}", *files])

@@ -34,18 +34,33 @@ class PlanningService:
         self.division = division
         self.codecs = codecs
 
-    def manifests(self, model: str) -> list[dict[str, Any]]:
+    def manifests(self, model: str, variant: str = "", *, exact: bool = False) -> list[dict[str, Any]]:
+        """Division manifests to plan ``model`` with: every alternative for its task, or with ``exact`` only
+        the model itself (and only ``variant`` when one is named)."""
         entries = [e for e in self.pool.variants(model) if e.model == model]
         if not entries:
             raise NotFound(f"model {model!r} is not in the pool")
+        if variant:
+            entries = [e for e in entries if e.variant == variant]
+            if not entries:
+                raise NotFound(f"model {model!r} has no variant {variant!r}")
         task = entries[0].task
-        if task:
+        if task and not exact:
             entries = self.pool.alternatives(task)
         manifests = [self.pool.manifest(e.divisions[self.division]) for e in entries if self.division in e.divisions]
         if not manifests:
             raise NotFound(f"model {model!r} has no division named {self.division!r}")
         return manifests
 
-    def plan(self, model: str, device: plan_pb2.DeviceState, wanted: plan_pb2.Requirements) -> Plan:
-        problem = problem_from(self.manifests(model), self.registry.servers().values(), device, wanted, self.codecs)
+    def plan(
+        self,
+        model: str,
+        device: plan_pb2.DeviceState,
+        wanted: plan_pb2.Requirements,
+        *,
+        variant: str = "",
+        exact: bool = False,
+    ) -> Plan:
+        manifests = self.manifests(model, variant, exact=exact)
+        problem = problem_from(manifests, self.registry.servers().values(), device, wanted, self.codecs)
         return self.planner.plan(problem, registry_version=self.registry.version, device_id=device.device_id)

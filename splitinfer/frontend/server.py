@@ -1,5 +1,6 @@
-"""A running front door: FrontEndService, and (when configured) the ModelPoolService and ResultStoreService
-of a single-machine deployment, with health and reflection."""
+"""A running front door: FrontEndService, the Open Inference Protocol's GRPCInferenceService, and (when
+configured) the ModelPoolService and ResultStoreService of a single-machine deployment, with health and
+reflection."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from splitinfer.frontend.oip import InferenceServicer
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.frontend.service import FrontEndServicer
+from splitinfer.inference import grpc_service_pb2 as oip
+from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
 from splitinfer.planner.planner import Planner
 from splitinfer.planner.problem import CodecProfile
 from splitinfer.planner.profiles import DEFAULT_CODECS
@@ -23,6 +27,7 @@ from splitinfer.results import ResultStore
 from splitinfer.results.client import LocalResults, RemoteResults, Results
 from splitinfer.results.service import ResultStoreServicer
 from splitinfer.transport.channel import new_server
+from splitinfer.transport.clients import RouteClient
 from splitinfer.v1 import (
     frontend_pb2,
     frontend_pb2_grpc,
@@ -95,13 +100,17 @@ def start_frontend(
         result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store), server)
     planner = Planner()
     planning = PlanningService(pool, registry, planner, codecs=codecs)
-    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(FrontEndServicer(planning, results), server)
+    routes = RouteClient()
+    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(FrontEndServicer(planning, results, routes), server)
+    # The Open Inference Protocol (KServe v2 / Triton) on the same port, for clients that speak it.
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(planning, results, routes), server)
     model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [
         frontend_pb2.DESCRIPTOR.services_by_name["FrontEndService"].full_name,
         model_pool_pb2.DESCRIPTOR.services_by_name["ModelPoolService"].full_name,
+        oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     ]
     if store is not None:
         names.append(result_store_pb2.DESCRIPTOR.services_by_name["ResultStoreService"].full_name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from splitinfer.errors import FailedPrecondition
+from splitinfer.errors import FailedPrecondition, Unavailable
 from splitinfer.planner.cost import DEVICE, Assignment, Evaluation, energy_weight_s_per_j, evaluate
 from splitinfer.planner.plan import Plan, make_plan
 from splitinfer.planner.problem import PlanningProblem
@@ -33,8 +33,8 @@ def device_cuts(problem: PlanningProblem) -> Iterator[tuple[int, int, int]]:
     for v, variant in enumerate(problem.variants):
         n = len(variant.partitions)
         servable = [bool(allowed_servers(problem, v, p)) for p in range(n)]
-        for i in range(n + 1):
-            for j in range(i, n + 1):
+        for i in range(n + 1) if problem.device.computes else (0,):
+            for j in range(i, n + 1) if problem.device.computes else (n,):
                 if not all(servable[i:j]):
                     continue
                 device_bytes = sum(p.param_bytes for k, p in enumerate(variant.partitions) if k < i or k >= j)
@@ -76,3 +76,5 @@ def finish(problem: PlanningProblem, a: Assignment, solver: str) -> Plan:
 def require_candidates(problem: PlanningProblem) -> None:
     if not problem.variants:
         raise FailedPrecondition("no variant of the model is available to plan with")
+    if not problem.device.computes and not any(True for _ in device_cuts(problem)):
+        raise Unavailable("the device runs no partition and no variant is wholly served by live servers")

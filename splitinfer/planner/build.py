@@ -105,10 +105,11 @@ def server_profiles(records: Iterable[ServerRecord]) -> tuple[ServerProfile, ...
 
 
 def device_profile(state: plan_pb2.DeviceState) -> DeviceProfile:
-    if state.compute_flops <= 0 or state.uplink_mbps <= 0:
-        raise InvalidArgument("device state needs compute_flops and uplink_mbps above 0")
+    if state.compute_flops < 0 or state.uplink_mbps <= 0:
+        raise InvalidArgument("device state needs compute_flops >= 0 (0: runs nothing) and uplink_mbps above 0")
     return DeviceProfile(
-        flops=state.compute_flops,
+        flops=state.compute_flops or 1.0,
+        computes=state.compute_flops > 0,
         uplink_mbps=state.uplink_mbps,
         downlink_mbps=state.downlink_mbps or state.uplink_mbps,
         rtt_ms=state.rtt_ms,

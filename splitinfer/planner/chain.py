@@ -126,6 +126,8 @@ class ChainSolver:
             for target in [HEAD, *servers, TAIL]:
                 if target not in (HEAD, TAIL) and target not in options:
                     continue
+                if target in (HEAD, TAIL) and not device.computes:
+                    continue
                 on_device = target in (HEAD, TAIL)
                 compute = compute_terms(problem, variant, p, location(target))
                 params = variant.partitions[p].param_bytes if on_device else 0

@@ -154,6 +154,8 @@ class CpSatSolver:
                     model.add(head[(v, p - 1)] >= head[(v, p)])
                     model.add(tail[(v, p - 1)] <= tail[(v, p)])
                 device_bytes.append((variant.partitions[p].param_bytes, dev[(v, p)]))
+                if not device.computes:
+                    model.add(dev[(v, p)] == 0)
                 device_s = compute_terms(problem, variant, p, DEVICE)
                 latency_terms.append((_i(device_s), dev[(v, p)]))
                 energy_terms.append((_i(device_s * device.compute_power_w), dev[(v, p)]))

@@ -43,7 +43,8 @@ class PlanKey:
     @classmethod
     def of(cls, problem: PlanningProblem, registry_version: int, calibration_version: int) -> PlanKey:
         device, req = problem.device, problem.requirements
-        model = problem.variants[0].model if problem.variants else ""
+        # Every variant the problem may choose from: a request pinned to one variant is not another's plan.
+        model = ",".join(sorted(f"{v.model}@{v.variant}" for v in problem.variants))
         return cls(
             model=model,
             device_class=device.device_class,

@@ -72,6 +72,9 @@ class DeviceProfile:
     transmit_power_w: float = 1.5
     memory_bytes: int = 1 << 32
     device_class: str = ""
+    #: False for a client that runs no partition at all (a thin camera, or the front-end standing in for an
+    #: Open Inference Protocol client): every partition is placed on a server.
+    computes: bool = True
 
 
 @dataclass(frozen=True, slots=True)

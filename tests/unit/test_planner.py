@@ -6,7 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from splitinfer.errors import Unavailable
 from splitinfer.planner import (
+    ChainSolver,
     CpSatSolver,
     DadsSolver,
     DeviceProfile,
@@ -201,3 +203,21 @@ def test_auto_solver_uses_the_chain_solver_only_for_chains() -> None:
     assert AutoSolver().solve(dag).solver.startswith("cp-sat")
     with pytest.raises(ValueError, match="chain-shaped"):
         ChainSolver().solve(dag)
+
+
+@pytest.mark.parametrize("solver", [ExhaustiveSolver(), GreedySolver(), ChainSolver(), CpSatSolver()])
+def test_a_device_that_computes_nothing_gets_everything_on_servers(solver) -> None:  # type: ignore[no-untyped-def]
+    # At 0.13 Mbps the best plan for a computing device keeps work on it; one that runs nothing must not.
+    problem = _problem(uplink_mbps=0.13)
+    assert CpSatSolver().solve(problem).device_partitions
+    thin = replace(problem, device=replace(problem.device, computes=False))
+    plan = solver.solve(thin)
+    assert plan.device_partitions == [] and plan.route is not None
+
+
+def test_a_device_that_computes_nothing_needs_every_partition_served() -> None:
+    problem = _problem(uplink_mbps=50)
+    hosted_p0_only = (ServerProfile("a:1", 1e12, hosts=frozenset({"cnn@large/p0", "cnn@small/p0"})),)
+    thin = replace(problem, device=replace(problem.device, computes=False), servers=hosted_p0_only)
+    with pytest.raises(Unavailable, match="runs no partition"):
+        ChainSolver().solve(thin)

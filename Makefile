@@ -18,7 +18,15 @@ help:
 	@echo "make proto  - regenerate Python code from proto/"
 	@echo "make bench-quick / make bench - benchmarks (tiny / full)"
 
-install: $(STAMP) $(PROTO_STAMP)
+NODE_STAMP := examples/node/node_modules/.installed
+
+install: $(STAMP) $(PROTO_STAMP) $(NODE_STAMP)
+
+# The Node.js example client's packages (tested in CI); Node.js itself from Debian where it is missing.
+$(NODE_STAMP): examples/node/package.json examples/node/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 $(STAMP): pyproject.toml
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -17,25 +17,25 @@ from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.errors import SplitInferError
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitinfer-server", description="Run a splitinfer server node.")
-    parser.add_argument("--config", type=Path, help="JSON file with NodeConfig fields")
-    parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 0)")
-    parser.add_argument("--advertise-address", help="address peers use to reach this node")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
-    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
-    parser.add_argument("--registry", help="registry endpoint, etcd://host:port")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: any free one; -1: off)")
-    parser.add_argument(
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="splitinfer-server", description="Run a splitinfer server node.")
+    cli.add_argument("--config", type=Path, help="JSON file with NodeConfig fields")
+    cli.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    cli.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 0)")
+    cli.add_argument("--advertise-address", help="address peers use to reach this node")
+    cli.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    cli.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    cli.add_argument("--registry", help="registry endpoint, etcd://host:port")
+    cli.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: any free one; -1: off)")
+    cli.add_argument(
         "--load", type=Path, action="append", default=[], help="partition artifact directory to load at start"
     )
-    parser.add_argument("--log-level", default="INFO")
-    return parser
+    cli.add_argument("--log-level", default="INFO")
+    return cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

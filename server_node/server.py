@@ -60,6 +60,7 @@ class RunningNode:
             memory_available_bytes=psutil.virtual_memory().available,
             device="cpu",
             updated_unix_s=time.time(),
+            metrics_port=self.metrics_port or 0,
         )
 
     def publish(self) -> None:

@@ -19,12 +19,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from splitinfer.config import load_config
 from splitinfer.pool import ModelPool
@@ -120,7 +122,9 @@ def up(config: ClusterConfig, run_dir: Path) -> int:
     _state_path(run_dir).write_text(json.dumps(state, indent=1))
     for index, node in enumerate(config.nodes):
         node_config = run_dir / f"node{index}.json"
-        node_config.write_text(json.dumps({**node, "cache_dir": str(run_dir / f"node{index}-cache")}))
+        node_config.write_text(
+            json.dumps({"metrics_port": 0, **node, "cache_dir": str(run_dir / f"node{index}-cache")})
+        )
         pid, port = _spawn(
             [python, "-m", "server_node", "--config", str(node_config), "--registry", registry,
              "--port", "0", "--port-file", str(run_dir / f"node{index}.port")],
@@ -193,7 +197,45 @@ def status(run_dir: Path) -> int:
             f"{len(record.partitions)} partitions: {', '.join(record.partitions[:6])}"
             + (" ..." if len(record.partitions) > 6 else "")
         )
+    print("metrics (live, from each node's /metrics):")
+    for address, record in sorted(servers.items()):
+        print(f"  {address:<22} {metrics_summary(address.rpartition(':')[0], record.metrics_port)}")
     return 0
+
+
+def metrics_summary(host: str, port: int, timeout_s: float = 2.0) -> str:
+    """One line from a node's Prometheus metrics: requests, errors by code, compute time, bytes by codec."""
+    if not port:
+        return "no metrics endpoint"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return f"metrics unreachable ({exc})"
+    requests = errors = compute_count = compute_sum = 0.0
+    error_codes: dict[str, float] = {}
+    bytes_by: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "splitinfer_requests_total":
+                requests += sample.value
+            elif sample.name == "splitinfer_request_errors_total":
+                errors += sample.value
+                error_codes[sample.labels["code"]] = sample.value
+            elif sample.name == "splitinfer_partition_compute_seconds_count":
+                compute_count += sample.value
+            elif sample.name == "splitinfer_partition_compute_seconds_sum":
+                compute_sum += sample.value
+            elif sample.name == "splitinfer_tensor_bytes_total":
+                key = f"{sample.labels['direction']}:{sample.labels['codec']}"
+                bytes_by[key] = bytes_by.get(key, 0.0) + sample.value
+    mean_ms = compute_sum / compute_count * 1e3 if compute_count else 0.0
+    codes = ", ".join(f"{c} {v:.0f}" for c, v in sorted(error_codes.items()))
+    moved = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(bytes_by.items()))
+    return (
+        f"requests {requests:.0f}, errors {errors:.0f}{f' ({codes})' if codes else ''}, "
+        f"partition runs {compute_count:.0f} (mean {mean_ms:.1f} ms), bytes {moved or '-'}"
+    )
 
 
 def down(run_dir: Path, timeout_s: float = 15.0) -> int:

@@ -11,17 +11,21 @@ from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.frontend.server import FrontEndConfig, start_frontend
 
 
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="splitinfer-frontend", description="Run the splitinfer front-end.")
+    cli.add_argument("--host", default="127.0.0.1")
+    cli.add_argument("--port", type=int, default=0)
+    cli.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    cli.add_argument("--pool-dir", required=True)
+    cli.add_argument("--results-db", default="")
+    cli.add_argument("--results-address", default="")
+    cli.add_argument("--registry", required=True, help="etcd://host:port")
+    cli.add_argument("--log-level", default="INFO")
+    return cli
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="splitinfer-frontend", description="Run the splitinfer front-end.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
-    parser.add_argument("--pool-dir", required=True)
-    parser.add_argument("--results-db", default="")
-    parser.add_argument("--results-address", default="")
-    parser.add_argument("--registry", required=True, help="etcd://host:port")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     frontend = start_frontend(
         FrontEndConfig(

@@ -25,6 +25,8 @@ class ServerRecord:
     device: str = "cpu"
     #: Unix time of the report.
     updated_unix_s: float = 0.0
+    #: Port of the node's Prometheus /metrics endpoint on the address's host; 0 when it serves none.
+    metrics_port: int = 0
 
     def to_json(self) -> bytes:
         data = asdict(self)

@@ -75,6 +75,10 @@ def test_cluster_up_serve_status_down(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("SERVING") >= 4 and "registry: 2 servers" in status.stdout
         assert "tiny_cnn@fp32/p0" in status.stdout
+        # The live metrics summary: the requests just served show up in the nodes' Prometheus counters.
+        summaries = [line for line in status.stdout.splitlines() if "partition runs" in line]
+        assert len(summaries) == 2, status.stdout
+        assert sum(int(line.split("requests ")[1].split(",")[0]) for line in summaries) >= 1, status.stdout
     finally:
         down = _make("cluster-down", run_dir)
     assert down.returncode == 0 and "stopped" in down.stdout

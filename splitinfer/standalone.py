@@ -1,0 +1,81 @@
+"""The Model Pool and the Result Store as their own daemons, for deployments that run them apart from the
+front-end (one per Kubernetes Deployment, say):
+
+    python -m splitinfer.standalone pool --pool-dir /data/pool --port 50052
+    python -m splitinfer.standalone results --results-db /data/results.db --port 50053
+
+Each serves its service with gRPC health checking and reflection, and stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from splitinfer.daemon import announce, wait_for_shutdown
+from splitinfer.pool import ModelPool
+from splitinfer.pool.service import ModelPoolServicer
+from splitinfer.results import ResultStore
+from splitinfer.results.service import ResultStoreServicer
+from splitinfer.transport.channel import new_server
+from splitinfer.v1 import model_pool_pb2, model_pool_pb2_grpc, result_store_pb2, result_store_pb2_grpc
+
+__all__ = ["main"]
+
+log = logging.getLogger("splitinfer.standalone")
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m splitinfer.standalone", description=__doc__.split("\n\n")[0])
+    cli.add_argument("service", choices=["pool", "results"])
+    cli.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 in a container)")
+    cli.add_argument("--port", type=int, default=0)
+    cli.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    cli.add_argument("--pool-dir", type=Path, help="the pool directory (pool)")
+    cli.add_argument("--results-db", type=Path, help="the SQLite results database (results)")
+    cli.add_argument("--workers", type=int, default=16)
+    cli.add_argument("--log-level", default="INFO")
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = new_server(args.workers)
+    store = None
+    if args.service == "pool":
+        if args.pool_dir is None:
+            cli.error("pool needs --pool-dir")
+        model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(ModelPool(args.pool_dir)), server)
+        name = model_pool_pb2.DESCRIPTOR.services_by_name["ModelPoolService"].full_name
+    else:
+        if args.results_db is None:
+            cli.error("results needs --results-db")
+        store = ResultStore(args.results_db)
+        result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store), server)
+        name = result_store_pb2.DESCRIPTOR.services_by_name["ResultStoreService"].full_name
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((name, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    server.start()
+    for service in ("", name):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s serving at %s:%d", name, args.host, port)
+    announce(args.port_file, str(port))
+    wait_for_shutdown()
+    health_servicer.enter_graceful_shutdown()
+    server.stop(10).wait()
+    if store is not None:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

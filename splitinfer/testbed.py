@@ -1,0 +1,151 @@
+"""Separate hosts on one machine: a device, an edge and a cloud host in Linux network namespaces.
+
+For tests and benchmarks that must cross a real network stack with a real bandwidth limit. The device and
+the edge host share a veth link shaped with tc htb in both directions (netem is not available on every
+kernel, htb is); the edge and cloud hosts share an unshaped link, and the edge host routes between them.
+
+    with Testbed.create(uplink_mbps=8) as bed:
+        bed.spawn("cloud", ["etcd", ...])
+        bed.set_rate(2.0)               # step the device link's bandwidth
+
+Needs root (CAP_NET_ADMIN) and iproute2; :func:`available` says whether this machine can.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+__all__ = ["Testbed", "available"]
+
+HOSTS = ("device", "edge", "cloud")
+
+
+def _run(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()}")
+
+
+def available() -> tuple[bool, str]:
+    """(True, "") when namespaces can be made here, else (False, why)."""
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return False, "iproute2 (ip, tc) is not installed"
+    if os.geteuid() != 0:
+        return False, "network namespaces need root"
+    probe = f"si-probe-{uuid.uuid4().hex[:6]}"
+    try:
+        _run("ip", "netns", "add", probe)
+    except RuntimeError as exc:
+        return False, str(exc)
+    _run("ip", "netns", "del", probe)
+    return True, ""
+
+
+@dataclass
+class Testbed:
+    """Three namespaces and their addresses; ``address[host]`` is where a service on that host listens."""
+
+    __test__ = False  # not a pytest test class
+
+    tag: str
+    address: dict[str, str]
+    uplink_mbps: float
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, uplink_mbps: float, subnet: int | None = None) -> Testbed:
+        tag = uuid.uuid4().hex[:6]
+        octet = subnet if subnet is not None else 100 + int(tag, 16) % 100
+        bed = cls(
+            tag,
+            {"device": f"10.{octet}.1.1", "edge": f"10.{octet}.1.2", "cloud": f"10.{octet}.2.2"},
+            uplink_mbps,
+        )
+        edge_to_cloud = f"10.{octet}.2.1"
+        try:
+            for host in HOSTS:
+                _run("ip", "netns", "add", bed.ns(host))
+                bed.run(host, "ip", "link", "set", "lo", "up")
+            bed._link("device", "edge", bed.address["device"], bed.address["edge"], "dv", "ed")
+            bed._link("edge", "cloud", edge_to_cloud, bed.address["cloud"], "ec", "cl")
+            bed.run("device", "ip", "route", "add", "default", "via", bed.address["edge"])
+            bed.run("cloud", "ip", "route", "add", "default", "via", edge_to_cloud)
+            bed.run("edge", "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            for host, dev in (("device", f"dv{tag}"), ("edge", f"ed{tag}")):
+                bed.run(host, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
+                bed.run(host, "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
+                        *bed._rate_args(uplink_mbps))  # fmt: skip
+        except Exception:
+            bed.close()
+            raise
+        return bed
+
+    def ns(self, host: str) -> str:
+        return f"si-{host}-{self.tag}"
+
+    def _link(self, a: str, b: str, address_a: str, address_b: str, name_a: str, name_b: str) -> None:
+        dev_a, dev_b = f"{name_a}{self.tag}", f"{name_b}{self.tag}"
+        _run(
+            "ip", "link", "add", dev_a, "netns", self.ns(a), "type", "veth", "peer", "name", dev_b, "netns", self.ns(b)
+        )
+        for host, dev, address in ((a, dev_a, address_a), (b, dev_b, address_b)):
+            self.run(host, "ip", "addr", "add", f"{address}/24", "dev", dev)
+            self.run(host, "ip", "link", "set", dev, "up")
+
+    @staticmethod
+    def _rate_args(mbps: float) -> list[str]:
+        kbit = max(8, round(mbps * 1000))
+        # A burst of a few milliseconds at the rate keeps the shaping smooth at every rate we use.
+        burst = max(1600, int(mbps * 1e6 / 8 * 0.004))
+        return ["rate", f"{kbit}kbit", "ceil", f"{kbit}kbit", "burst", str(burst), "cburst", str(burst)]
+
+    def set_rate(self, mbps: float) -> None:
+        """Changes the device<->edge bandwidth, both directions, in place (connections stay up)."""
+        for host, dev in (("device", f"dv{self.tag}"), ("edge", f"ed{self.tag}")):
+            self.run(host, "tc", "class", "change", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
+                     *self._rate_args(mbps))  # fmt: skip
+        self.uplink_mbps = mbps
+
+    def run(self, host: str, *command: str) -> None:
+        _run("ip", "netns", "exec", self.ns(host), *command)
+
+    def command(self, host: str, command: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(host), *command]
+
+    def spawn(self, host: str, command: Sequence[str], log: Path | IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+        """Starts a long-running process on ``host``; it is stopped by :meth:`close`."""
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if isinstance(log, Path):
+            out = log.open("ab")
+        elif log is not None:
+            out = log
+        process = subprocess.Popen(self.command(host, command), stdout=out, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+        for host in HOSTS:
+            subprocess.run(["ip", "netns", "del", self.ns(host)], capture_output=True)
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,101 @@
+"""Three hosts in network namespaces: device, edge and cloud, with tc htb on the device<->edge link.
+
+etcd runs on the cloud host; one server node on the edge host and one on the cloud host, each bound to
+all interfaces and advertising its own host's address. The device finds them through etcd and sends a
+512 KiB input through edge -> cloud; the time follows the shaped link's bandwidth as it is stepped."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from splitinfer.divider import partition_at
+from splitinfer.graph import ModelGraph
+from splitinfer.pool import ModelPool
+from splitinfer.program import export_program
+from splitinfer.routing import build_route
+from splitinfer.testbed import Testbed, available
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICE_SCRIPT = Path(__file__).with_name("_netns_device.py")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
+    ok, why = available()
+    if not ok:
+        pytest.skip(f"network namespaces are not available here: {why}")
+    root = tmp_path_factory.mktemp("netns")
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(16), nn.Flatten(), nn.Linear(512, 10))
+    example = (torch.randn(1, 8, 128, 128),)
+    program = export_program(model.eval(), example)
+    graph = ModelGraph.build(program, example)
+    cut = next(i for i, n in enumerate(graph.nodes) if "pool" in n.op) + 1
+    division = partition_at(graph, "shaped", [cut])
+    pool = ModelPool(root / "pool")
+    sha = pool.add_division(division, variant="fp32", division_name="default")
+    exports = {p.name: root / "exports" / p.name for p in division.partitions}
+    for name, target in exports.items():
+        pool.export_partition(sha, name, target)
+    with Testbed.create(uplink_mbps=16.0) as bed:
+        etcd_url = f"http://{bed.address['cloud']}:2379"
+        bed.spawn("cloud", ["etcd", "--name", "cloud", "--data-dir", str(root / "etcd"),
+                            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                            "--listen-peer-urls", f"http://{bed.address['cloud']}:2380",
+                            "--initial-advertise-peer-urls", f"http://{bed.address['cloud']}:2380",
+                            "--initial-cluster", f"cloud=http://{bed.address['cloud']}:2380", "--log-level", "warn"],
+                  root / "etcd.log")  # fmt: skip
+        registry = f"etcd://{bed.address['cloud']}:2379"
+        for host, part in (("edge", "p0"), ("cloud", "p1")):
+            port_file = root / f"{host}.port"
+            bed.spawn(host, [sys.executable, "-m", "server_node", "--host", "0.0.0.0", "--port", "50051",
+                             "--advertise-address", f"{bed.address[host]}:50051", "--registry", registry,
+                             "--torch-threads", "1", "--load", str(exports[part]), "--port-file", str(port_file)],
+                      root / f"{host}.log")  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not all((root / f"{h}.port").exists() for h in ("edge", "cloud")):
+            assert time.monotonic() < deadline, (root / "edge.log").read_text()[-2000:]
+            time.sleep(0.1)
+        route = build_route("shaped", "fp32", division.partitions, {p.name: ["unset:0"] for p in division.partitions})
+        (root / "route.pb").write_bytes(route.SerializeToString())
+        yield {"bed": bed, "root": root, "registry": registry, "input": program.input_names[0]}
+
+
+def _requests(cluster: dict, count: int) -> dict:  # type: ignore[type-arg]
+    bed: Testbed = cluster["bed"]
+    done = subprocess.run(
+        bed.command("device", [sys.executable, str(DEVICE_SCRIPT), cluster["registry"], str(cluster["root"] / "route.pb"),
+                               cluster["input"], str(count)]),
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_pipeline_crosses_hosts_and_transfer_time_follows_the_shaped_link(cluster: dict) -> None:  # type: ignore[type-arg]
+    bed: Testbed = cluster["bed"]
+    timings = {}
+    for mbps in (16.0, 4.0):
+        bed.set_rate(mbps)
+        report = _requests(cluster, 3)
+        # Each node is reached at the address it advertised on its own host.
+        assert report["servers"] == {
+            "shaped@fp32/p0": [f"{bed.address['edge']}:50051"],
+            "shaped@fp32/p1": [f"{bed.address['cloud']}:50051"],
+        }
+        seconds = statistics.median(report["seconds"][1:])  # the first request also opens connections
+        ideal = report["input_bytes"] * 8 / (mbps * 1e6)
+        timings[mbps] = (seconds, ideal)
+        # Never faster than the link allows; not much slower than it plus compute and protocol overhead.
+        assert ideal * 0.95 <= seconds <= ideal * 1.5 + 0.25, (mbps, seconds, ideal)
+    slow, fast = timings[4.0][0], timings[16.0][0]
+    assert 2.5 <= slow / fast <= 4.5, timings  # a quarter of the bandwidth: about four times the transfer time

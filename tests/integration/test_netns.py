@@ -73,8 +73,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type
 def _requests(cluster: dict, count: int) -> dict:  # type: ignore[type-arg]
     bed: Testbed = cluster["bed"]
     done = subprocess.run(
-        bed.command("device", [sys.executable, str(DEVICE_SCRIPT), cluster["registry"], str(cluster["root"] / "route.pb"),
-                               cluster["input"], str(count)]),
+        bed.command("device", [sys.executable, str(DEVICE_SCRIPT), cluster["registry"],
+                               str(cluster["root"] / "route.pb"), cluster["input"], str(count)]),
         capture_output=True, text=True, timeout=180, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,7 +9,7 @@ PROTO_STAMP := splitinfer/v1/.generated
 DEBIAN_PACKAGES := etcd-server graphviz
 
 .PHONY: install proto docs test test-unit test-integration lint buf-lint demo bench bench-quick clean help \
-	cluster-up cluster-status cluster-down
+	cluster-up cluster-status cluster-down certs fuzz
 
 help:
 	@echo "make demo   - install if needed, then run the split-inference demo"
@@ -105,6 +105,11 @@ cluster-status: install
 
 cluster-down: install
 	$(PY) -m splitinfer.cluster down --run-dir $(CLUSTER_DIR)
+
+# A development CA, server/cluster/admin certificates and device/cluster/admin tokens (see docs/reliability.md).
+CERTS_DIR ?= certs
+certs: install
+	$(PY) -m splitinfer.security.certs --out $(CERTS_DIR)
 
 clean:
 	rm -rf $(VENV) splitinfer/v1/*_pb2*.py splitinfer/v1/*_pb2*.pyi splitinfer/inference/*_pb2*.py splitinfer/inference/*_pb2*.pyi $(PROTO_STAMP) .pytest_cache .mypy_cache .ruff_cache

@@ -34,7 +34,8 @@ from splitinfer.pool.service import PoolClient
 from splitinfer.program import CompiledProgram
 from splitinfer.runtime import load_partition_artifact
 from splitinfer.runtime.compute import measure_flops
-from splitinfer.transport.channel import insecure_channel
+from splitinfer.security.tls import ClientSecurity
+from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.transport.stream import stream_messages
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
@@ -66,6 +67,13 @@ class AgentResult:
         return self.plan.summary()
 
 
+def _client_security(config: AgentConfig) -> ClientSecurity | None:
+    if not config.tls_ca_file:
+        return None
+    token = Path(config.token_file).read_text().strip() if config.token_file else ""
+    return ClientSecurity(ca_pem=Path(config.tls_ca_file).read_bytes(), token=token)
+
+
 class EdgeAgent:
     def __init__(
         self,
@@ -89,7 +97,8 @@ class EdgeAgent:
         self.compute_flops = compute_flops or measure_flops(0.2) / config.compute_slowdown
         self.cache = Path(config.cache_dir or tempfile.mkdtemp(prefix="splitinfer-agent-"))
         self.local_pool = ModelPool(self.cache)
-        self._channel = insecure_channel(config.frontend)
+        self._security = _client_security(config)
+        self._channel = open_channel(config.frontend, security=self._security)
         self._frontend = frontend_pb2_grpc.FrontEndServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._lock = threading.Lock()
@@ -172,7 +181,7 @@ class EdgeAgent:
         key = (model, variant)
         sha = self._manifest_sha.get(key)
         if sha is None:
-            client = PoolClient(self.config.pool)
+            client = PoolClient(self.config.pool, security=self._security)
             try:
                 for info in client.list_models(model):
                     for v in info.variants:
@@ -197,7 +206,7 @@ class EdgeAgent:
             raise NotFound(f"{model}@{variant} has no partition {partition!r}")
         missing = [sha for sha in entry["files"].values() if not self.local_pool.store.has(sha)]
         if missing:
-            client = PoolClient(self.config.pool)
+            client = PoolClient(self.config.pool, security=self._security)
             try:
                 for sha in missing:
                     client.fetch(sha, self.local_pool.store)  # verified against its sha256

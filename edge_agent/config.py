@@ -43,6 +43,10 @@ class AgentConfig:
     prefetch_fallback: bool = True
     #: Seconds the agent waits for the front-end before falling back to device-only.
     connect_timeout_s: float = 2.0
+    #: CA certificate (PEM file) to verify the front-end and pool with; empty: plaintext.
+    tls_ca_file: str = ""
+    #: File holding this device's bearer token (sent on every call when TLS is on).
+    token_file: str = ""
 
     @classmethod
     def from_file(cls, path: Path) -> AgentConfig:

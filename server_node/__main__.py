@@ -15,6 +15,8 @@ from server_node.config import NodeConfig
 from server_node.server import start_node
 from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.errors import SplitInferError
+from splitinfer.security.tls import client_security_from_dir
+from splitinfer.transport.channel import configure_client
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--torch-threads", type=int, help="torch intra-op threads")
     cli.add_argument("--registry", help="registry endpoint, etcd://host:port")
     cli.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: any free one; -1: off)")
+    cli.add_argument("--tls-dir", help="certificates (make certs): serve mutual TLS, call peers with the cluster cert")
     cli.add_argument(
         "--load", type=Path, action="append", default=[], help="partition artifact directory to load at start"
     )
@@ -49,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": args.torch_threads,
         "registry": args.registry,
         "metrics_port": args.metrics_port,
+        "tls_dir": args.tls_dir,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.tls_dir:  # other nodes, sinks and pools are called with the cluster certificate
+        configure_client(client_security_from_dir(Path(config.tls_dir), "cluster"))
     node = start_node(config)
     try:
         for source in args.load:

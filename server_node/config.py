@@ -53,6 +53,9 @@ class NodeConfig:
     slowdown_factor: float = 1.0
     #: Seconds of the start-up compute microbenchmark (0 skips it and reports 0 FLOP/s).
     benchmark_s: float = 0.2
+    #: Directory with ca.pem, server.pem/key and cluster.pem/key (``make certs``): serve mutual TLS and
+    #: check every caller's role. Empty: plaintext, no authentication (development only).
+    tls_dir: str = ""
 
     @classmethod
     def from_file(cls, path: Path) -> NodeConfig:

@@ -12,7 +12,7 @@ from server_node.executor import CallScope, Delivered, key_of
 from splitinfer.codecs import TensorAssembler
 from splitinfer.errors import Unavailable
 from splitinfer.routing import ReplicaBalancer
-from splitinfer.transport.channel import insecure_channel
+from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import (
@@ -51,7 +51,7 @@ class GrpcForwarder:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = insecure_channel(address, self._max_message_bytes)
+                channel = self._channels[address] = open_channel(address, self._max_message_bytes)
             return channel
 
     def forward(

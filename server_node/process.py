@@ -10,8 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from splitinfer.security.tls import ClientSecurity
+from splitinfer.transport.channel import open_channel
 
 __all__ = ["NodeProcess", "spawn_node"]
 
@@ -43,9 +45,13 @@ class NodeProcess:
 
 
 def spawn_node(
-    extra_args: list[str] | None = None, timeout_s: float = 60.0, log_dir: Path | None = None
+    extra_args: list[str] | None = None,
+    timeout_s: float = 60.0,
+    log_dir: Path | None = None,
+    security: ClientSecurity | None = None,
 ) -> NodeProcess:
-    """Runs ``python -m server_node --port 0`` and returns once its health check answers SERVING."""
+    """Runs ``python -m server_node --port 0`` and returns once its health check answers SERVING
+    (checked over TLS with ``security`` when the node serves TLS)."""
     work = Path(tempfile.mkdtemp(prefix="splitinfer-node-", dir=log_dir))
     port_file = work / "port"
     log_path = work / "node.log"
@@ -74,7 +80,7 @@ def spawn_node(
             raise TimeoutError(f"server node did not start in {timeout_s}s:\n{log_path.read_text()[-4000:]}")
         time.sleep(0.05)
     node = NodeProcess(process, int(port_file.read_text()), log_path)
-    with grpc.insecure_channel(node.address) as channel:
+    with open_channel(node.address, security=security) as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=max(1.0, deadline - time.monotonic())
         )

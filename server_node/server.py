@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import psutil
@@ -20,7 +21,8 @@ from server_node.servicer import ModelServerServicer
 from splitinfer.registry import Registration, Registry, ServerRecord, connect
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.runtime.compute import measure_flops
-from splitinfer.transport.channel import new_server
+from splitinfer.security.tls import server_security_from_dir
+from splitinfer.transport.channel import bind, new_server
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc
 
 __all__ = ["PARTITION_HEALTH_PREFIX", "RunningNode", "start_node"]
@@ -107,8 +109,9 @@ def start_node(config: NodeConfig, registry: Registry | None = None) -> RunningN
         torch.set_num_threads(config.torch_threads)
     if registry is None and config.registry:
         registry = connect(config.registry)
-    server = new_server(config.grpc_workers, config.max_message_bytes)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    security = server_security_from_dir(Path(config.tls_dir), require_client_cert=True) if config.tls_dir else None
+    server = new_server(config.grpc_workers, config.max_message_bytes, security)
+    port = bind(server, f"{config.host}:{config.port}", security)
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
     address = config.advertise_address or f"{config.host}:{port}"

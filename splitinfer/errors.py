@@ -11,8 +11,10 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "ResourceExhausted",
     "SplitInferError",
+    "Unauthenticated",
     "Unavailable",
 ]
 
@@ -43,3 +45,11 @@ class DeadlineExceeded(SplitInferError, TimeoutError):
 
 class FailedPrecondition(SplitInferError):
     """The system is not in a state that allows the operation (e.g. artifact checksum mismatch)."""
+
+
+class Unauthenticated(SplitInferError):
+    """The caller presented no valid credential."""
+
+
+class PermissionDenied(SplitInferError):
+    """The caller is known but lacks the role the operation needs."""

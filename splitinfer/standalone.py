@@ -22,7 +22,8 @@ from splitinfer.pool import ModelPool
 from splitinfer.pool.service import ModelPoolServicer
 from splitinfer.results import ResultStore
 from splitinfer.results.service import ResultStoreServicer
-from splitinfer.transport.channel import new_server
+from splitinfer.security.tls import server_security_from_dir
+from splitinfer.transport.channel import bind, new_server
 from splitinfer.v1 import model_pool_pb2, model_pool_pb2_grpc, result_store_pb2, result_store_pb2_grpc
 
 __all__ = ["main"]
@@ -39,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--pool-dir", type=Path, help="the pool directory (pool)")
     cli.add_argument("--results-db", type=Path, help="the SQLite results database (results)")
     cli.add_argument("--workers", type=int, default=16)
+    cli.add_argument(
+        "--tls-dir", type=Path, help="certificates and tokens (make certs); results then require mutual TLS"
+    )
     cli.add_argument("--log-level", default="INFO")
     return cli
 
@@ -47,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = new_server(args.workers)
+    security = None
+    if args.tls_dir:  # devices pull from the pool with tokens; only components write results (mutual TLS)
+        security = server_security_from_dir(args.tls_dir, require_client_cert=args.service == "results")
+    server = new_server(args.workers, security=security)
     store = None
     if args.service == "pool":
         if args.pool_dir is None:
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    port = bind(server, f"{args.host}:{args.port}", security)
     server.start()
     for service in ("", name):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

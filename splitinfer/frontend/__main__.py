@@ -20,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--results-db", default="")
     cli.add_argument("--results-address", default="")
     cli.add_argument("--registry", required=True, help="etcd://host:port")
+    cli.add_argument("--tls-dir", default="", help="certificates and tokens (make certs): TLS, tokens, roles")
     cli.add_argument("--log-level", default="INFO")
     return cli
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             results_db=args.results_db,
             results_address=args.results_address,
             registry=args.registry,
+            tls_dir=args.tls_dir,
         )
     )
     announce(args.port_file, str(frontend.port))

@@ -26,7 +26,8 @@ from splitinfer.registry import Registry, connect
 from splitinfer.results import ResultStore
 from splitinfer.results.client import LocalResults, RemoteResults, Results
 from splitinfer.results.service import ResultStoreServicer
-from splitinfer.transport.channel import new_server
+from splitinfer.security.tls import ClientSecurity, client_security_from_dir, server_security_from_dir
+from splitinfer.transport.channel import bind, new_server
 from splitinfer.transport.clients import RouteClient
 from splitinfer.v1 import (
     frontend_pb2,
@@ -58,6 +59,9 @@ class FrontEndConfig:
     shutdown_grace_s: float = 10.0
     #: Keep at most this many results in a local database (oldest dropped first).
     results_max_rows: int = 1_000_000
+    #: Directory from ``make certs``: serve TLS, authenticate devices by token (tokens.json) and check
+    #: roles; call servers and the result store with the cluster certificate. Empty: plaintext, no auth.
+    tls_dir: str = ""
 
 
 @dataclass
@@ -89,18 +93,23 @@ def start_frontend(
     if not config.pool_dir:
         raise ValueError("the front-end needs the pool directory to plan with (pool_dir)")
     pool = ModelPool(Path(config.pool_dir))
-    server = new_server(config.grpc_workers)
+    security = None
+    client: ClientSecurity | None = None
+    if config.tls_dir:
+        security = server_security_from_dir(Path(config.tls_dir), require_client_cert=False)
+        client = client_security_from_dir(Path(config.tls_dir), "cluster")
+    server = new_server(config.grpc_workers, security=security)
     store = None
     results: Results | None = None
     if config.results_address:
-        results = RemoteResults(config.results_address)
+        results = RemoteResults(config.results_address, security=client)
     elif config.results_db:
         store = ResultStore(Path(config.results_db), max_rows=config.results_max_rows)
         results = LocalResults(store)
         result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store), server)
     planner = Planner()
     planning = PlanningService(pool, registry, planner, codecs=codecs)
-    routes = RouteClient()
+    routes = RouteClient(security=client)
     frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(FrontEndServicer(planning, results, routes), server)
     # The Open Inference Protocol (KServe v2 / Triton) on the same port, for clients that speak it.
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(planning, results, routes), server)
@@ -115,7 +124,7 @@ def start_frontend(
     if store is not None:
         names.append(result_store_pb2.DESCRIPTOR.services_by_name["ResultStoreService"].full_name)
     reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = bind(server, f"{config.host}:{config.port}", security)
     server.start()
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -11,7 +11,8 @@ import grpc
 from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError
 from splitinfer.pool.pool import ModelPool
 from splitinfer.pool.store import BlobStore, check_sha
-from splitinfer.transport.channel import insecure_channel
+from splitinfer.security.tls import ClientSecurity
+from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import abort, error_from_rpc
 from splitinfer.v1 import model_pool_pb2, model_pool_pb2_grpc
 
@@ -78,10 +79,16 @@ class ModelPoolServicer(model_pool_pb2_grpc.ModelPoolServiceServicer):
 class PoolClient:
     """Fetches artifacts from a remote pool into a local store, verifying each one."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = insecure_channel(address)
+    def __init__(self, address: str, security: ClientSecurity | None = None) -> None:
+        self._channel = open_channel(address, security=security)
         self._stub = model_pool_pb2_grpc.ModelPoolServiceStub(self._channel)
         self.address = address
+
+    def __enter__(self) -> PoolClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self._channel.close()

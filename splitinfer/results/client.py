@@ -7,7 +7,8 @@ from typing import Protocol
 import grpc
 
 from splitinfer.results.store import ResultStore
-from splitinfer.transport.channel import insecure_channel
+from splitinfer.security.tls import ClientSecurity
+from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.v1 import result_store_pb2, result_store_pb2_grpc
 
@@ -32,10 +33,10 @@ class LocalResults:
 
 
 class RemoteResults:
-    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 10.0, security: ClientSecurity | None = None) -> None:
         self.address = address
         self._timeout_s = timeout_s
-        self._stub = result_store_pb2_grpc.ResultStoreServiceStub(insecure_channel(address))
+        self._stub = result_store_pb2_grpc.ResultStoreServiceStub(open_channel(address, security=security))
 
     def put(self, result: result_store_pb2.StoredResult) -> bool:
         try:

@@ -1,4 +1,9 @@
-"""gRPC channel and server options, set explicitly everywhere."""
+"""gRPC channels and servers, with options set explicitly everywhere and security in one place.
+
+A process's outgoing security (CA, client certificate, token) is set once with :func:`configure_client`
+(daemons do it from ``--tls-dir``); every channel opened with :func:`open_channel` then uses it, unless a
+caller passes its own. Servers get TLS and the auth interceptor from a :class:`ServerSecurity`.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,34 @@ from concurrent import futures
 
 import grpc
 
-__all__ = ["MAX_MESSAGE_BYTES", "channel_options", "insecure_channel", "new_server"]
+from splitinfer.security.interceptor import AuthInterceptor
+from splitinfer.security.tls import ClientSecurity, ServerSecurity
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "bind",
+    "channel_options",
+    "client_security",
+    "configure_client",
+    "new_server",
+    "open_channel",
+]
 
 #: Largest single gRPC message. Tensors above DEFAULT_CHUNK_BYTES travel chunked, so this only bounds one chunk
 #: plus headers; it is generous so that other clients sending whole tensors still work.
 MAX_MESSAGE_BYTES = 64 << 20
+
+_client_security: ClientSecurity | None = None
+
+
+def configure_client(security: ClientSecurity | None) -> None:
+    """Sets the security every channel of this process uses by default (None: plaintext)."""
+    global _client_security
+    _client_security = security
+
+
+def client_security() -> ClientSecurity | None:
+    return _client_security
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -22,13 +50,32 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
     ]
 
 
-def insecure_channel(address: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+def open_channel(
+    address: str, max_message_bytes: int = MAX_MESSAGE_BYTES, security: ClientSecurity | None = None
+) -> grpc.Channel:
+    """A channel to ``address``: TLS with ``security`` (or the process default) when set, else plaintext."""
+    security = security or _client_security
+    options = channel_options(max_message_bytes)
+    if security is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, security.credentials(), options=options)
 
 
-def new_server(max_workers: int, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Server:
+def new_server(
+    max_workers: int, max_message_bytes: int = MAX_MESSAGE_BYTES, security: ServerSecurity | None = None
+) -> grpc.Server:
+    """A server; with ``security`` every call is authenticated and checked against its role."""
+    interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(security.tokens)] if security is not None else []
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=channel_options(max_message_bytes),
         maximum_concurrent_rpcs=None,
+        interceptors=interceptors,
     )
+
+
+def bind(server: grpc.Server, address: str, security: ServerSecurity | None = None) -> int:
+    """Adds a listening port (TLS with ``security``); returns the bound port."""
+    if security is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, security.credentials())

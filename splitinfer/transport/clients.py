@@ -13,7 +13,8 @@ from splitinfer.codecs import DEFAULT_CHUNK_BYTES, TensorAssembler
 from splitinfer.errors import InvalidArgument, ResourceExhausted, Unavailable
 from splitinfer.routing import ReplicaBalancer, entry_steps
 from splitinfer.runtime import PartitionKey
-from splitinfer.transport.channel import MAX_MESSAGE_BYTES, insecure_channel
+from splitinfer.security.tls import ClientSecurity
+from splitinfer.transport.channel import MAX_MESSAGE_BYTES, open_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
@@ -34,11 +35,12 @@ class NodeClient:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         once_max_bytes: int = ONCE_MAX_BYTES,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.address = address
         self._once_max_bytes = once_max_bytes
         self._chunk_bytes = chunk_bytes
-        self._channel = insecure_channel(address, max_message_bytes)
+        self._channel = open_channel(address, max_message_bytes, security)
         self._stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel)
 
     def close(self) -> None:
@@ -121,16 +123,22 @@ class RouteClient:
     A refused call (unreachable or overloaded replica) before any answer is retried on another replica.
     """
 
-    def __init__(self, balancer: ReplicaBalancer | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        balancer: ReplicaBalancer | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.balancer = balancer or ReplicaBalancer()
         self._chunk_bytes = chunk_bytes
+        self._security = security
         self._lock = threading.Lock()
         self._clients: dict[str, NodeClient] = {}
 
     def _client(self, address: str) -> NodeClient:
         with self._lock:
             if address not in self._clients:
-                self._clients[address] = NodeClient(address, self._chunk_bytes)
+                self._clients[address] = NodeClient(address, self._chunk_bytes, security=self._security)
             return self._clients[address]
 
     def close(self) -> None:

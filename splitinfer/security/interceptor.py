@@ -1,0 +1,91 @@
+"""A server interceptor that authenticates every call and checks its role (see :mod:`.auth`).
+
+The caller is identified by a bearer token (``authorization: Bearer <token>`` metadata) when one is sent,
+else by its verified client certificate (mutual TLS). A call without a valid credential ends with
+UNAUTHENTICATED, one whose identity lacks the role with PERMISSION_DENIED; both are logged with the method
+and the peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from splitinfer.security.auth import (
+    Identity,
+    PermissionDenied,
+    TokenTable,
+    Unauthenticated,
+    authorize,
+    certificate_identity,
+)
+
+__all__ = ["AuthInterceptor"]
+
+log = logging.getLogger("splitinfer.security")
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    def __init__(self, tokens: TokenTable | None) -> None:
+        self._tokens = tokens or TokenTable()
+
+    def _identify(self, context: grpc.ServicerContext) -> Identity | None:
+        for key, value in context.invocation_metadata():
+            if key == "authorization":
+                scheme, _, token = str(value).partition(" ")
+                if scheme.lower() != "bearer" or not token:
+                    raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
+                return self._tokens.identify(token.strip())
+        names = context.auth_context().get("x509_common_name")
+        if names:
+            first = names if isinstance(names, bytes) else next(iter(names))
+            return certificate_identity(first.decode())
+        return None
+
+    def _check(self, method: str, context: grpc.ServicerContext) -> None:
+        try:
+            authorize(method, self._identify(context))
+        except Unauthenticated as exc:
+            log.warning("refused %s from %s: unauthenticated: %s", method, context.peer(), exc)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except PermissionDenied as exc:
+            log.warning("refused %s from %s: permission denied: %s", method, context.peer(), exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:  # fmt: skip
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        check = self._check
+
+        def guard(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+            def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+                check(method, context)
+                return behaviour(request, context)
+
+            return guarded
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                guard(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                guard(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                guard(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                guard(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return handler

@@ -66,7 +66,7 @@ class GrpcForwarder:
             header.timeout_ms = max(1, int(timeout_s * 1e3))
         tried: set[str] = set()
         while True:
-            address = self.balancer.choose(list(step.addresses), frozenset(tried))
+            address = self.balancer.choose(list(step.addresses), frozenset(tried), list(step.fallback_addresses))
             tried.add(address)
             answered = False
             try:
@@ -80,7 +80,7 @@ class GrpcForwarder:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code in _RETRYABLE and not answered and not scope.cancelled.is_set():
                     self.balancer.failed(address)
-                    if len(tried) < len(set(step.addresses)):
+                    if self.balancer.untried(step.addresses, step.fallback_addresses, tried):
                         log.warning(
                             "request %s: %s refused (%s); trying another replica", header.request_id, address, code
                         )

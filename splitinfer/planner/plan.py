@@ -177,6 +177,11 @@ def _route(problem: PlanningProblem, a: Assignment, codec_of: dict[str, CodecSpe
                     model=variant.model, variant=variant.variant, partition=variant.partitions[p].name
                 ),
                 addresses=[problem.servers[a.location(p, n)].address],
+                fallback_addresses=[
+                    s.address
+                    for k, s in enumerate(problem.servers)
+                    if k != a.location(p, n) and s.can_run(variant.model, variant.variant, variant.partitions[p].name)
+                ],
                 input_names=inputs,
                 outputs=list(outputs.values()),
             )

@@ -46,10 +46,19 @@ class ReplicaBalancer:
         failed = self._failed_at.get(address)
         return failed is None or now - failed >= self._cooldown_s
 
-    def choose(self, addresses: Sequence[str], exclude: frozenset[str] = frozenset()) -> str:
+    def choose(
+        self, addresses: Sequence[str], exclude: frozenset[str] = frozenset(), fallbacks: Sequence[str] = ()
+    ) -> str:
+        """A replica among ``addresses`` not in ``exclude``, by load; once all of them are excluded, the first
+        healthy one of ``fallbacks`` (in order)."""
         candidates = [a for a in dict.fromkeys(addresses) if a not in exclude]
         if not candidates:
-            raise Unavailable(f"no replica left to try among {list(addresses)}")
+            spare = [a for a in dict.fromkeys(fallbacks) if a not in exclude]
+            if not spare:
+                raise Unavailable(f"no replica left to try among {[*addresses, *fallbacks]}")
+            now = self._clock()
+            with self._lock:
+                return next((a for a in spare if self._healthy(a, now)), spare[0])
         now = self._clock()
         with self._lock:
             healthy = [a for a in candidates if self._healthy(a, now)]
@@ -59,6 +68,11 @@ class ReplicaBalancer:
             return healthy[0]
         a, b = self._rng.sample(healthy, 2)
         return a if self.load(a) <= self.load(b) else b
+
+    @staticmethod
+    def untried(addresses: Sequence[str], fallbacks: Sequence[str], tried: set[str]) -> bool:
+        """Whether a replica is left to try."""
+        return any(a not in tried for a in (*addresses, *fallbacks))
 
     @contextmanager
     def track(self, address: str) -> Iterator[None]:

@@ -151,9 +151,10 @@ class RouteClient:
         self, route: route_pb2.Route, step: int, request_id: str, tensors: list[tensor_pb2.Tensor], timeout_s: float
     ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
         addresses = list(route.steps[step].addresses)
+        fallbacks = list(route.steps[step].fallback_addresses)
         tried: set[str] = set()
         while True:
-            address = self.balancer.choose(addresses, frozenset(tried))
+            address = self.balancer.choose(addresses, frozenset(tried), fallbacks)
             tried.add(address)
             header = model_server_pb2.RequestHeader(request_id=request_id, route=route, entry_step=step)
             try:
@@ -163,7 +164,7 @@ class RouteClient:
                 return result
             except (Unavailable, ResourceExhausted):
                 self.balancer.failed(address)
-                if len(tried) >= len(set(addresses)):
+                if not self.balancer.untried(addresses, fallbacks, tried):
                     raise
 
     def run(

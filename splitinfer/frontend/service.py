@@ -58,9 +58,12 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
             start = time.perf_counter()
             stored = self._already_stored(request_id)
             if stored is not None:  # a retry: answer from the store, do not run it twice
-                if stored.plan_summary != Plan.from_proto(header.plan).summary():
+                # A retry may come with a new plan (a node died, conditions changed); it is the same request
+                # as long as it asks the same model.
+                if stored.model != header.plan.model:
                     raise FailedPrecondition(
-                        f"request id {request_id!r} was already used for another plan; use a new id for a new request"
+                        f"request id {request_id!r} was already used for model {stored.model!r}; "
+                        "use a new id for a new request"
                     )
                 outputs, trace = list(stored.outputs), frontend_pb2.InferTrace(device_ms=header.device_ms)
             else:

@@ -44,7 +44,10 @@ class _EtcdRegistration:
         self._lease: Any = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._establish()
+        try:
+            self._establish()
+        except Exception as exc:  # etcd is down: serve anyway, the keepalive loop registers once it is back
+            log.warning("cannot register %s yet (%s); retrying in the background", record.address, exc)
         self._thread = threading.Thread(target=self._keepalive, name=f"lease-{record.address}", daemon=True)
         self._thread.start()
 

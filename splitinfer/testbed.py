@@ -113,6 +113,12 @@ class Testbed:
                      *self._rate_args(mbps))  # fmt: skip
         self.uplink_mbps = mbps
 
+    def set_link(self, up: bool) -> None:
+        """Cuts (or restores) the device<->edge link, as when a device loses its network."""
+        self.run("device", "ip", "link", "set", f"dv{self.tag}", "up" if up else "down")
+        if up:
+            self.run("device", "ip", "route", "replace", "default", "via", self.address["edge"])
+
     def run(self, host: str, *command: str) -> None:
         _run("ip", "netns", "exec", self.ns(host), *command)
 

@@ -99,3 +99,67 @@ def test_pipeline_crosses_hosts_and_transfer_time_follows_the_shaped_link(cluste
         assert ideal * 0.95 <= seconds <= ideal * 1.5 + 0.25, (mbps, seconds, ideal)
     slow, fast = timings[4.0][0], timings[16.0][0]
     assert 2.5 <= slow / fast <= 4.5, timings  # a quarter of the bandwidth: about four times the transfer time
+
+
+def test_device_network_cut_falls_back_and_recovers(tmp_path: Path) -> None:
+    """The device's link goes down: the agent answers on the device alone; the link returns: it uses the
+    servers again, without being restarted."""
+    ok, why = available()
+    if not ok:
+        pytest.skip(f"network namespaces are not available here: {why}")
+    from splitinfer.zoo import build
+
+    model, example = build("tiny_cnn")
+    program = export_program(model, example)
+    graph = ModelGraph.build(program, example)
+    pool = ModelPool(tmp_path / "pool")
+    sha = pool.add_division(partition_at(graph, "tiny_cnn", [len(graph.nodes) // 2]), variant="fp32",
+                            division_name="default")  # fmt: skip
+    exports = [tmp_path / "exports" / p for p in ("p0", "p1")]
+    for part, target in zip(("p0", "p1"), exports, strict=True):
+        pool.export_partition(sha, part, target)
+    with Testbed.create(uplink_mbps=50.0) as bed:
+        edge = bed.address["edge"]
+        url = f"http://{edge}:2379"
+        bed.spawn("edge", ["etcd", "--name", "e", "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls", url,
+                           "--advertise-client-urls", url, "--listen-peer-urls", f"http://{edge}:2380",
+                           "--initial-advertise-peer-urls", f"http://{edge}:2380",
+                           "--initial-cluster", f"e=http://{edge}:2380"], tmp_path / "etcd.log")  # fmt: skip
+        bed.spawn("edge", [sys.executable, "-m", "server_node", "--host", edge, "--port", "50051", "--registry",
+                           f"etcd://{edge}:2379", "--torch-threads", "1", "--load", str(exports[0]), "--load",
+                           str(exports[1]), "--port-file", str(tmp_path / "node.port")], tmp_path / "node.log")  # fmt: skip
+        bed.spawn("edge", [sys.executable, "-m", "splitinfer.frontend", "--host", edge, "--port", "50050",
+                           "--pool-dir", str(pool.root), "--results-db", str(tmp_path / "results.db"), "--registry",
+                           f"etcd://{edge}:2379", "--port-file", str(tmp_path / "fe.port")], tmp_path / "fe.log")  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not ((tmp_path / "node.port").exists() and (tmp_path / "fe.port").exists()):
+            assert time.monotonic() < deadline, (tmp_path / "fe.log").read_text()[-2000:]
+            time.sleep(0.1)
+        stop = tmp_path / "stop"
+        agent = subprocess.Popen(
+            bed.command("device", [sys.executable, str(Path(__file__).with_name("_netns_agent.py")), f"{edge}:50050",
+                                   str(tmp_path / "agent"), program.input_names[0], str(stop)]),
+            stdout=subprocess.PIPE, stderr=(tmp_path / "agent.log").open("wb"), text=True, cwd=ROOT,
+        )  # fmt: skip
+        phases: dict[str, list[dict]] = {"before": [], "cut": [], "after": []}  # type: ignore[type-arg]
+        try:
+            assert agent.stdout is not None
+            phase, deadline = "before", time.monotonic() + 120
+            for line in agent.stdout:
+                result = json.loads(line)
+                assert result["ok"], result  # every answer is right, wherever it ran
+                phases[phase].append(result)
+                if phase == "before" and sum(not r["fallback"] for r in phases["before"]) >= 2:
+                    bed.set_link(False)
+                    phase = "cut"
+                elif phase == "cut" and sum(r["fallback"] for r in phases["cut"]) >= 2:
+                    bed.set_link(True)
+                    phase = "after"
+                elif phase == "after" and not result["fallback"]:
+                    break
+                assert time.monotonic() < deadline, phases
+        finally:
+            stop.touch()
+            agent.wait(timeout=30)
+        assert any(r["fallback"] for r in phases["cut"]), phases
+        assert phases["after"] and not phases["after"][-1]["fallback"], phases

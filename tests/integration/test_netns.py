@@ -127,10 +127,12 @@ def test_device_network_cut_falls_back_and_recovers(tmp_path: Path) -> None:
                            "--initial-cluster", f"e=http://{edge}:2380"], tmp_path / "etcd.log")  # fmt: skip
         bed.spawn("edge", [sys.executable, "-m", "server_node", "--host", edge, "--port", "50051", "--registry",
                            f"etcd://{edge}:2379", "--torch-threads", "1", "--load", str(exports[0]), "--load",
-                           str(exports[1]), "--port-file", str(tmp_path / "node.port")], tmp_path / "node.log")  # fmt: skip
+                           str(exports[1]), "--port-file", str(tmp_path / "node.port")],
+                  tmp_path / "node.log")  # fmt: skip
         bed.spawn("edge", [sys.executable, "-m", "splitinfer.frontend", "--host", edge, "--port", "50050",
                            "--pool-dir", str(pool.root), "--results-db", str(tmp_path / "results.db"), "--registry",
-                           f"etcd://{edge}:2379", "--port-file", str(tmp_path / "fe.port")], tmp_path / "fe.log")  # fmt: skip
+                           f"etcd://{edge}:2379", "--port-file", str(tmp_path / "fe.port")],
+                  tmp_path / "fe.log")  # fmt: skip
         deadline = time.monotonic() + 60
         while not ((tmp_path / "node.port").exists() and (tmp_path / "fe.port").exists()):
             assert time.monotonic() < deadline, (tmp_path / "fe.log").read_text()[-2000:]

@@ -106,6 +106,10 @@ cluster-status: install
 cluster-down: install
 	$(PY) -m splitinfer.cluster down --run-dir $(CLUSTER_DIR)
 
+# The fuzz tests at length (CI runs a bounded number of examples of the same tests).
+fuzz: install
+	SPLITINFER_FUZZ_PROFILE=fuzz $(PY) -m pytest tests/integration/test_fuzz.py tests/unit/test_codecs_properties.py
+
 # A development CA, server/cluster/admin certificates and device/cluster/admin tokens (see docs/reliability.md).
 CERTS_DIR ?= certs
 certs: install

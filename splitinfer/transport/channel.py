@@ -13,6 +13,7 @@ import grpc
 
 from splitinfer.security.interceptor import AuthInterceptor
 from splitinfer.security.tls import ClientSecurity, ServerSecurity
+from splitinfer.transport.guard import MalformedRequestGuard
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -66,6 +67,7 @@ def new_server(
 ) -> grpc.Server:
     """A server; with ``security`` every call is authenticated and checked against its role."""
     interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(security.tokens)] if security is not None else []
+    interceptors.append(MalformedRequestGuard())
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=channel_options(max_message_bytes),

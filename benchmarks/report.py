@@ -162,11 +162,45 @@ def planner_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def load_section(data: dict[str, Any]) -> list[str]:
+    targets = data["targets"]
+    lines = [
+        "## Load and concurrency (`benchmarks/load.py`)",
+        "",
+        f"{data['model']} split over {data['nodes']} server nodes (each hosting every partition), etcd and the",
+        "front-end, all as separate processes on loopback; N devices send requests back to back as thin clients",
+        f"for {data['seconds_per_level']:.0f} s per level. Peak resident memory per component sampled every 100 ms.",
+        "",
+        f"Machine: {_machine(data)}.",
+        "",
+        "| devices | requests/s | errors | p50 ms | p99 ms | peak RSS MiB (front-end, nodes, etcd) |",
+        "| ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for level in data["levels"]:
+        rss = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in level["peak_rss_bytes"].items())
+        lines.append(
+            f"| {level['devices']} | {level['throughput_rps']:.1f} | {level['errors']} | {level['p50_ms']:.1f} | "
+            f"{level['p99_ms']:.1f} | {rss} |"
+        )
+    verdict = {True: "met", False: "**not met**"}
+    lines += [
+        "",
+        "Targets: throughput does not fall as concurrency rises (each level >= 90% of the previous): "
+        f"{verdict[targets['throughput_non_decreasing']]}; every component under 1 GiB: "
+        f"{verdict[targets['memory_bounded_1GiB']]}; no errors: {verdict[targets['no_errors']]}.",
+        "",
+        "![load](img/load.png)",
+        "",
+    ]
+    return lines
+
+
 SECTIONS = {
     "codecs": codecs_section,
     "divider": divider_section,
     "pipeline": pipeline_section,
     "planner": planner_section,
+    "load": load_section,
 }
 
 

@@ -1,0 +1,255 @@
+"""Load and concurrency benchmark: N devices for T seconds against a real cluster on loopback.
+
+etcd, two server nodes (each hosting every partition of a ResNet-style CNN) and the front-end run as their
+own processes. For each concurrency level (devices = client threads, each sending requests back to back as a
+thin client that runs nothing itself), the run reports requests/s, errors, p50/p99 latency and the peak
+resident memory of every component (sampled every 100 ms). It stops by itself after each level's duration.
+
+Targets: throughput does not fall as concurrency rises (within 10% run-to-run noise), and every
+component's peak memory stays under 1 GiB.
+
+    python benchmarks/load.py --out benchmarks/results/load.json [--levels 1 4 16] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import contextlib
+import itertools
+
+from _common import machine_info, write_json
+
+from server_node.process import NodeProcess, spawn_node
+from splitinfer.codecs import TensorAssembler, encode_tensor
+from splitinfer.divider import partition_at
+from splitinfer.graph import ModelGraph, narrow_cuts
+from splitinfer.pool import ModelPool
+from splitinfer.program import export_program
+from splitinfer.registry import EtcdRegistry
+from splitinfer.registry.etcd_server import start_etcd
+from splitinfer.runtime import PartitionKey
+from splitinfer.transport.channel import open_channel
+from splitinfer.transport.clients import NodeClient
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
+from splitinfer.zoo import build
+
+MODEL = "residual_cnn"
+MEMORY_LIMIT_BYTES = 1 << 30
+
+
+class Sampler:
+    """Peak RSS of each process, sampled in the background."""
+
+    def __init__(self, processes: dict[str, int], interval_s: float = 0.1) -> None:
+        self._processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.peak = dict.fromkeys(processes, 0)
+        self._stop = threading.Event()
+        self._interval_s = interval_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            for name, process in self._processes.items():
+                with contextlib.suppress(psutil.Error):
+                    self.peak[name] = max(self.peak[name], process.memory_info().rss)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _device(index: int) -> plan_pb2.DeviceState:
+    return plan_pb2.DeviceState(device_id=f"load-{index}", compute_flops=0, uplink_mbps=1000, rtt_ms=0.2)
+
+
+def _worker(address: str, index: int, x: torch.Tensor, input_name: str, until: float, out: dict[str, Any]) -> None:
+    device = _device(index)
+    latencies, errors = [], 0
+    with open_channel(address) as channel:
+        stub = frontend_pb2_grpc.FrontEndServiceStub(channel)
+        plan = stub.Plan(frontend_pb2.PlanRequest(model=MODEL, device=device), timeout=30).plan
+        tensor = encode_tensor(x, input_name)
+        while time.monotonic() < until:
+            header = frontend_pb2.InferHeader(request_id=uuid.uuid4().hex, device=device, plan=plan, timeout_ms=30_000)
+            start = time.perf_counter()
+            try:
+                assembler = TensorAssembler()
+                got = 0
+                messages = [frontend_pb2.InferRequest(header=header), frontend_pb2.InferRequest(tensor=tensor)]
+                for response in stub.Infer(iter(messages), timeout=30):
+                    kind = response.WhichOneof("kind")
+                    if kind in ("tensor", "chunk") and assembler.add(getattr(response, kind)) is not None:
+                        got += 1
+                if got == 0:
+                    raise RuntimeError("no output")
+                latencies.append(time.perf_counter() - start)
+            except Exception:
+                errors += 1
+    out[f"device{index}"] = (latencies, errors)
+
+
+def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input_name: str,
+              processes: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    results: dict[str, Any] = {}
+    until = time.monotonic() + seconds
+    threads = [
+        threading.Thread(target=_worker, args=(address, k, x, input_name, until, results)) for k in range(devices)
+    ]
+    with Sampler(processes) as sampler:
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+    latencies = sorted(s for samples, _ in results.values() for s in samples)
+    errors = sum(e for _, e in results.values())
+    quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else 0.0  # noqa: E731
+    return {
+        "devices": devices,
+        "seconds": elapsed,
+        "requests": len(latencies),
+        "errors": errors,
+        "throughput_rps": len(latencies) / elapsed,
+        "p50_ms": quantile(0.5),
+        "p99_ms": quantile(0.99),
+        "mean_ms": statistics.fmean(latencies) * 1e3 if latencies else 0.0,
+        "peak_rss_bytes": dict(sampler.peak),
+        "latencies_ms": [s * 1e3 for s in latencies],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true", help="levels 1 and 4, 2 s each (CI smoke run)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.levels, args.seconds = [1, 4], 2.0
+    console = Console(width=140)
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="splitinfer-load-"))
+    etcd = start_etcd(work / "etcd")
+    nodes: list[NodeProcess] = []
+    frontend = None
+    try:
+        model, example = build(MODEL)
+        program = export_program(model, example)
+        graph = ModelGraph.build(program, example)
+        cuts = [c.position for c in narrow_cuts(graph)][1:-1]
+        pool = ModelPool(work / "pool")
+        sha = pool.add_division(partition_at(graph, MODEL, cuts[:: max(1, len(cuts) // 2)]), variant="fp32",
+                                division_name="default")  # fmt: skip
+        for _ in range(2):
+            nodes.append(spawn_node(["--registry", f"etcd://{etcd.endpoint}", "--torch-threads", "1"], log_dir=work))
+        parts = [p["name"] for p in pool.manifest(sha)["partitions"]]
+        for part in parts:
+            target = work / "exports" / part
+            part_sha = pool.export_partition(sha, part, target)
+            for node in nodes:
+                with NodeClient(node.address) as client:
+                    client.load_partition(str(target), PartitionKey(MODEL, "fp32", part), part_sha)
+        registry = EtcdRegistry(etcd.endpoint)
+        while any(len(registry.replicas(f"{MODEL}@fp32/{p}")) < 2 for p in parts):
+            time.sleep(0.1)
+        registry.close()
+        port_file = work / "frontend.port"
+        frontend = subprocess.Popen(
+            [sys.executable, "-m", "splitinfer.frontend", "--pool-dir", str(pool.root), "--results-db",
+             str(work / "results.db"), "--registry", f"etcd://{etcd.endpoint}", "--port-file", str(port_file),
+             "--log-level", "WARNING"],
+        )  # fmt: skip
+        while not port_file.exists():
+            time.sleep(0.05)
+        address = f"127.0.0.1:{port_file.read_text()}"
+        processes = {"front-end": frontend.pid, "etcd": etcd.process.pid}
+        processes.update({f"node{k}": n.process.pid for k, n in enumerate(nodes)})
+        run_level(address, 1, 1.0, example[0], program.input_names[0], processes)  # warm-up, not reported
+        levels = [run_level(address, d, args.seconds, example[0], program.input_names[0], processes)
+                  for d in args.levels]  # fmt: skip
+    finally:
+        if frontend is not None:
+            frontend.terminate()
+            frontend.wait(timeout=20)
+        for node in nodes:
+            node.stop()
+        etcd.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    table = Table(title=f"load: {MODEL} over 2 nodes, thin clients on loopback")
+    for column in ("devices", "req/s", "errors", "p50 ms", "p99 ms", "peak RSS (MiB) per component"):
+        table.add_column(column, justify="right")
+    for level in levels:
+        rss = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in level["peak_rss_bytes"].items())
+        table.add_row(str(level["devices"]), f"{level['throughput_rps']:.1f}", str(level["errors"]),
+                      f"{level['p50_ms']:.1f}", f"{level['p99_ms']:.1f}", rss)  # fmt: skip
+    console.print(table)
+    throughputs = [level["throughput_rps"] for level in levels]
+    non_decreasing = all(b >= 0.9 * a for a, b in itertools.pairwise(throughputs))
+    bounded = all(v < MEMORY_LIMIT_BYTES for level in levels for v in level["peak_rss_bytes"].values())
+    no_errors = all(level["errors"] == 0 for level in levels)
+    targets = {
+        "throughput_non_decreasing": non_decreasing,
+        "memory_bounded_1GiB": bounded,
+        "no_errors": no_errors,
+    }
+    console.print(f"targets: {targets}")
+    write_json(args.out, {
+        "benchmark": "load", "machine": machine_info(), "model": MODEL, "nodes": 2, "seconds_per_level": args.seconds,
+        "parameters": {"levels": args.levels, "seconds": args.seconds, "torch_threads": 1},
+        "levels": levels, "targets": targets,
+    })  # fmt: skip
+    # The full run's plot goes with docs/benchmarks.md; a quick run's stays beside its (git-ignored) JSON.
+    _plot(
+        levels,
+        args.out.with_suffix(".png")
+        if args.quick
+        else Path(__file__).resolve().parents[1] / "docs" / "img" / "load.png",
+    )
+    return 0
+
+
+def _plot(levels: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    devices = [level["devices"] for level in levels]
+    left.plot(devices, [level["throughput_rps"] for level in levels], marker="o")
+    left.set(xlabel="concurrent devices", ylabel="requests/s", title="throughput", xscale="log")
+    right.plot(devices, [level["p50_ms"] for level in levels], marker="o", label="p50")
+    right.plot(devices, [level["p99_ms"] for level in levels], marker="s", label="p99")
+    right.set(xlabel="concurrent devices", ylabel="latency (ms)", title="latency", xscale="log")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from splitinfer.codecs import CodecSpec
-from splitinfer.planner.cost import DEVICE, Assignment, Evaluation
+from splitinfer.planner.cost import DEVICE, Assignment, Evaluation, compute_terms
 from splitinfer.planner.problem import PlanningProblem
 from splitinfer.v1 import plan_pb2, route_pb2
 
@@ -147,6 +147,26 @@ class Plan:
         return hash(self.to_proto().SerializeToString(deterministic=True))
 
 
+#: Replicas whose predicted compute time is within this factor of the chosen server's share its load.
+EQUIVALENT_COMPUTE_FACTOR = 1.25
+
+
+def _equivalent_replicas(problem: PlanningProblem, v: int, p: int, chosen: int) -> list[int]:
+    """The chosen server first, then every other server hosting the partition that is about as fast: the
+    balancer spreads requests over them (identical replicas would otherwise sit idle behind one plan)."""
+    variant = problem.variants[v]
+    name = variant.partitions[p].name
+    limit = compute_terms(problem, variant, p, chosen) * EQUIVALENT_COMPUTE_FACTOR + 1e-3
+    others = [
+        k
+        for k, s in enumerate(problem.servers)
+        if k != chosen
+        and s.can_run(variant.model, variant.variant, name)
+        and compute_terms(problem, variant, p, k) <= limit
+    ]
+    return [chosen, *others]
+
+
 def _route(problem: PlanningProblem, a: Assignment, codec_of: dict[str, CodecSpec]) -> route_pb2.Route:
     """The server part of the plan: one step per server partition, outputs routed to server consumers and
     delivered back when the device needs them."""
@@ -154,6 +174,7 @@ def _route(problem: PlanningProblem, a: Assignment, codec_of: dict[str, CodecSpe
     n = len(variant.partitions)
     server_parts = [p for p in range(n) if a.location(p, n) != DEVICE]
     step_of = {p: i for i, p in enumerate(server_parts)}
+    equivalent = {p: _equivalent_replicas(problem, a.variant, p, a.location(p, n)) for p in server_parts}
     steps = []
     for p in server_parts:
         inputs = list(dict.fromkeys(e.tensor for e in variant.edges if e.dst == p))
@@ -176,11 +197,11 @@ def _route(problem: PlanningProblem, a: Assignment, codec_of: dict[str, CodecSpe
                 partition=route_pb2.PartitionRef(
                     model=variant.model, variant=variant.variant, partition=variant.partitions[p].name
                 ),
-                addresses=[problem.servers[a.location(p, n)].address],
+                addresses=[problem.servers[k].address for k in equivalent[p]],
                 fallback_addresses=[
                     s.address
                     for k, s in enumerate(problem.servers)
-                    if k != a.location(p, n) and s.can_run(variant.model, variant.variant, variant.partitions[p].name)
+                    if k not in equivalent[p] and s.can_run(variant.model, variant.variant, variant.partitions[p].name)
                 ],
                 input_names=inputs,
                 outputs=list(outputs.values()),

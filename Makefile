@@ -84,6 +84,7 @@ bench-quick: install
 	$(PY) benchmarks/pipeline.py --quick --out benchmarks/results/pipeline-quick.json
 	$(PY) benchmarks/planner.py --quick --out benchmarks/results/planner-quick.json
 	$(PY) benchmarks/load.py --quick --out benchmarks/results/load-quick.json
+	$(PY) benchmarks/adaptation.py --quick --out benchmarks/results/adaptation-quick.json
 
 # Full run on this machine; docs/benchmarks.md is rewritten from the results.
 bench: install
@@ -92,6 +93,7 @@ bench: install
 	$(PY) benchmarks/pipeline.py --out benchmarks/results/pipeline.json
 	$(PY) benchmarks/planner.py --out benchmarks/results/planner.json
 	$(PY) benchmarks/load.py --out benchmarks/results/load.json
+	$(PY) benchmarks/adaptation.py --out benchmarks/results/adaptation.json
 	$(PY) benchmarks/report.py
 
 # A cluster on this machine: etcd, the front door and server nodes as background processes (see

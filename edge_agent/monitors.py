@@ -74,12 +74,21 @@ class NetworkEstimator:
         with self._lock:
             return self._rtt
 
+    #: An observation this many times above or below the estimate is a step (the device changed networks),
+    #: not noise: the estimate jumps to it instead of averaging, so the next plan already follows.
+    STEP_FACTOR = 2.0
+
     def observe_transfer(self, nbytes: int, seconds: float) -> None:
         """A request sent ``nbytes`` and its network share took ``seconds``."""
         if nbytes < 16_384 or seconds <= 0:
             return  # too small to say anything about bandwidth
+        observed = nbytes * 8 / seconds / 1e6
         with self._lock:
-            self._uplink = (1 - self._alpha) * self._uplink + self._alpha * (nbytes * 8 / seconds / 1e6)
+            ratio = observed / self._uplink if self._uplink > 0 else float("inf")
+            if ratio > self.STEP_FACTOR or ratio < 1 / self.STEP_FACTOR:
+                self._uplink = observed
+            else:
+                self._uplink = (1 - self._alpha) * self._uplink + self._alpha * observed
 
     def observe_rtt(self, seconds: float) -> None:
         with self._lock:

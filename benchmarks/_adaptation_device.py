@@ -1,0 +1,185 @@
+"""The device side of the adaptation experiment; runs inside the device network namespace.
+
+    python _adaptation_device.py CONFIG.json measure   # every fixed strategy, the planner's and Neurosurgeon's
+    python _adaptation_device.py CONFIG.json step      # re-plans from measured bandwidth while it is stepped
+
+A strategy is a device cut (i, j): partitions [0, i) and [j, n) run here, [i, j) on the edge node. The device
+is emulated ``slowdown`` times slower than it is (each local run is stretched by sleeping). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edge_agent.monitors import NetworkEstimator
+from splitinfer.codecs import CodecSpec, decode_tensor, encode_tensor
+from splitinfer.planner import AutoSolver, NeurosurgeonSolver
+from splitinfer.planner.base import Solver
+from splitinfer.planner.build import problem_from
+from splitinfer.planner.profiles import DEFAULT_CODECS
+from splitinfer.pool import ModelPool
+from splitinfer.program.interpreter import CompiledProgram
+from splitinfer.program.serde import load_program
+from splitinfer.registry import ServerRecord
+from splitinfer.runtime.compute import measure_flops
+from splitinfer.transport.clients import RouteClient
+from splitinfer.v1 import plan_pb2, route_pb2
+
+
+class Device:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.pool = ModelPool(Path(config["pool"]))
+        self.manifest = self.pool.manifest(config["sha"])
+        self.parts = self.manifest["partitions"]
+        self.programs = [CompiledProgram(load_program(Path(config["exports"]) / p["name"])) for p in self.parts]
+        torch.set_num_threads(1)
+        self.slowdown = float(config["slowdown"])
+        self.flops = measure_flops(0.3) / self.slowdown
+        self.server_flops = float(config["server_flops"])
+        self.client = RouteClient()
+        self.input_name = self.manifest["inputs"][0].split(":", 1)[0]
+        torch.manual_seed(0)
+        self.x = torch.randn(*config["input_shape"])
+        self.codecs = tuple(c for c in DEFAULT_CODECS if str(c.codec) == "none")
+
+    def _local(self, k: int, values: dict[str, torch.Tensor]) -> None:
+        start = time.perf_counter()
+        values.update(self.programs[k](values))
+        time.sleep((time.perf_counter() - start) * (self.slowdown - 1))  # emulate the slower device
+
+    def run(self, i: int, j: int, request_id: str) -> tuple[float, int]:
+        """One request under cut (i, j); returns (seconds, bytes uploaded)."""
+        start = time.perf_counter()
+        values: dict[str, torch.Tensor] = {self.input_name: self.x}
+        for k in range(i):
+            self._local(k, values)
+        sent = 0
+        if i < j:
+            route = self._route(i, j)
+            produced = {o.tensor_name for step in route.steps for o in step.outputs}
+            needed = {n for step in route.steps for n in step.input_names} - produced
+            messages = {n: encode_tensor(values[n], n) for n in needed}
+            sent = sum(len(m.payload) for m in messages.values())
+            delivered, timings = self.client.run(route, messages, request_id=request_id, timeout_s=300)
+            self.last_server_compute_s = sum(t.compute_ms for t in timings) / 1e3
+            values.update({n: decode_tensor(t) for n, t in delivered.items()})
+        for k in range(j, len(self.parts)):
+            self._local(k, values)
+        return time.perf_counter() - start, sent
+
+    def _route(self, i: int, j: int) -> route_pb2.Route:
+        """Partitions [i, j) on the edge node: outputs read inside go to their step, the rest come back."""
+        step_of = {p["name"]: k - i for k, p in enumerate(self.parts) if i <= k < j}
+        steps = []
+        for p in self.parts[i:j]:
+            outputs = []
+            for spec in p["outputs"]:
+                tensor = spec.split(":", 1)[0]
+                consumers = [step_of[c] for c in p["successors"].get(tensor, []) if c in step_of]
+                others = [c for c in p["successors"].get(tensor, []) if c not in step_of]
+                outputs.append(route_pb2.TensorRoute(
+                    tensor_name=tensor, encoding=CodecSpec().to_proto(), consumer_steps=consumers,
+                    deliver=bool(others) or not p["successors"].get(tensor),
+                ))  # fmt: skip
+            steps.append(route_pb2.RouteStep(
+                partition=route_pb2.PartitionRef(
+                    model=self.manifest["model"], variant=self.manifest["variant"], partition=p["name"]),
+                addresses=[self.config["node"]],
+                input_names=[s.split(":", 1)[0] for s in p["inputs"]],
+                outputs=outputs,
+            ))  # fmt: skip
+        return route_pb2.Route(steps=steps)
+
+    def compute_estimate_s(self, i: int, j: int) -> float:
+        flops = [p["flops"] for p in self.parts]
+        return sum(flops[:i] + flops[j:]) / self.flops + sum(flops[i:j]) / self.server_flops
+
+    def calibrate(self) -> None:
+        """Effective compute speeds from observed runs (as the planner's calibration does in the system):
+        FLOP counts alone overrate small operators, whose cost is mostly per-operator overhead."""
+        n, total = len(self.parts), sum(p["flops"] for p in self.parts)
+        self.run(n, n, "calibrate-warm")
+        self.flops = total / min(self.run(n, n, f"calibrate-{k}")[0] for k in range(2))
+        self.run(0, n, "calibrate-server-warm")
+        computes = []
+        for k in range(2):
+            self.run(0, n, f"calibrate-server-{k}")
+            computes.append(self.last_server_compute_s)
+        self.server_flops = total / max(1e-6, min(computes))
+
+    def plan(self, uplink_mbps: float, solver: Solver | None = None) -> tuple[int, int]:
+        """The device cut (i, j) the planner (or ``solver``) picks at ``uplink_mbps``."""
+        record = ServerRecord(
+            address=self.config["node"],
+            partitions=tuple(f"{self.manifest['model']}@{self.manifest['variant']}/{p['name']}" for p in self.parts),
+            compute_flops=self.server_flops,
+        )
+        state = plan_pb2.DeviceState(
+            device_id="adaptation", compute_flops=self.flops, uplink_mbps=uplink_mbps, downlink_mbps=uplink_mbps,
+            rtt_ms=2.0, battery_percent=100, charging=True,
+        )  # fmt: skip
+        problem = problem_from([self.manifest], [record], state, plan_pb2.Requirements(), self.codecs)
+        plan = (solver or AutoSolver()).solve(problem)
+        on_device = [p.on_device for p in plan.placements]
+        i = on_device.index(False) if False in on_device else len(on_device)
+        j = len(on_device) - on_device[::-1].index(False) if False in on_device else len(on_device)
+        return i, j
+
+
+def measure(device: Device, repeats: int, mbps: float) -> dict[str, Any]:
+    n = len(device.parts)
+    device.calibrate()
+    strategies: dict[str, tuple[int, int]] = {"server-only": (0, n)}
+    strategies.update({f"cut after {device.parts[k - 1]['name']}": (k, n) for k in range(1, n)})
+    strategies["device-only"] = (n, n)
+    planned, neurosurgeon = device.plan(mbps), device.plan(mbps, NeurosurgeonSolver())
+    results: dict[str, Any] = {}
+    for name, (i, j) in [*strategies.items(), ("planner", planned), ("neurosurgeon", neurosurgeon)]:
+        device.run(i, j, f"warm-{name}-{time.time_ns()}")
+        samples = []
+        for r in range(repeats):
+            seconds, sent = device.run(i, j, f"{name}-{r}-{time.time_ns()}")
+            samples.append(seconds * 1e3)
+        results[name] = {"cut": [i, j], "median_ms": statistics.median(samples), "samples_ms": samples, "bytes": sent}
+    return {"strategies": results, "device_flops": device.flops, "server_flops": device.server_flops, "partitions": n}
+
+
+def step(device: Device, config: dict[str, Any]) -> dict[str, Any]:
+    """Runs requests back to back, re-planning before each from the measured uplink, until told to stop."""
+    device.calibrate()
+    estimator = NetworkEstimator(initial_uplink_mbps=config["start_mbps"], initial_rtt_ms=2.0)
+    stop_file, log = Path(config["stop_file"]), []
+    while not stop_file.exists():
+        planned_at = time.monotonic()
+        i, j = device.plan(estimator.uplink_mbps)
+        seconds, sent = device.run(i, j, f"step-{time.time_ns()}")
+        if sent:
+            # The network share of the request: total minus the (known, emulated) compute on both sides.
+            estimator.observe_transfer(sent, max(1e-3, seconds - device.compute_estimate_s(i, j)))
+        log.append(
+            {"planned_at": planned_at, "cut": [i, j], "estimate_mbps": estimator.uplink_mbps, "ms": seconds * 1e3}
+        )
+    return {"log": log}
+
+
+def main() -> int:
+    config = json.loads(Path(sys.argv[1]).read_text())
+    device = Device(config)
+    if sys.argv[2] == "measure":
+        result = measure(device, int(config["repeats"]), float(config["mbps"]))
+    else:
+        result = step(device, config)
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The adaptation experiment: the planner's choice against the measured oracle under real, shaped uplinks.
+
+A device host and an edge host in network namespaces (splitinfer/testbed.py), the device<->edge link shaped
+with tc htb to each standard profile (CAT1 0.13, 3G 1.1, 4G 5.85, Wi-Fi 18.88 Mbps). The device is emulated
+``--slowdown`` times slower than this machine (each of its partition runs is stretched by sleeping); the
+edge node hosts every partition of a ResNet-18-shaped model divided at its narrow cuts. For every profile the
+device measures every fixed strategy (device-only, server-only, a head cut after each partition) to find the
+measured oracle, then the planner's choice and Neurosurgeon's, all with plain (uncompressed) tensors so that
+only the cut differs. Then the bandwidth is stepped from Wi-Fi to 3G mid-run while the device re-plans from
+its measured uplink before each request, and the time until its plan follows is measured.
+
+Targets: the planner within 10% of the oracle at every profile and never worse than device-only or
+server-only (5% measurement tolerance); plan follows a bandwidth step in < 1 s. Reported next to
+Neurosurgeon's published average speedup (3.1x latency vs cloud-only).
+
+    python benchmarks/adaptation.py --out benchmarks/results/adaptation.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import machine_info, write_json
+
+from splitinfer.divider import partition_at
+from splitinfer.graph import ModelGraph, narrow_cuts
+from splitinfer.pool import ModelPool
+from splitinfer.program import export_program
+from splitinfer.runtime.compute import measure_flops
+from splitinfer.testbed import Testbed, available
+from splitinfer.zoo import resnet18
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = {"CAT1": 0.13, "3G": 1.1, "4G": 5.85, "Wi-Fi": 18.88}
+NEUROSURGEON_PUBLISHED_SPEEDUP_VS_CLOUD = 3.1
+DEVICE_SCRIPT = Path(__file__).with_name("_adaptation_device.py")
+
+
+def _device(bed: Testbed, config: dict[str, Any], mode: str, work: Path, **popen: Any) -> Any:
+    path = work / f"device-{mode}.json"
+    path.write_text(json.dumps(config))
+    command = bed.command("device", [sys.executable, str(DEVICE_SCRIPT), str(path), mode])
+    if popen:
+        return subprocess.Popen(command, cwd=ROOT, **popen)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"device script failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--slowdown", type=float, default=10.0, help="how many times slower the device is")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="4G and Wi-Fi, one repeat, 32x32 (CI smoke run)")
+    args = parser.parse_args(argv)
+    profiles = dict(PROFILES)
+    if args.quick:
+        profiles = {k: PROFILES[k] for k in ("4G", "Wi-Fi")}
+        args.repeats, args.resolution = 1, 32
+    console = Console(width=140)
+    ok, why = available()
+    if not ok:
+        console.print(f"[yellow]adaptation experiment skipped: {why}")
+        write_json(args.out, {"benchmark": "adaptation", "machine": machine_info(), "skipped": why})
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="splitinfer-adapt-"))
+    try:
+        model, example = resnet18(args.resolution)
+        program = export_program(model, example)
+        graph = ModelGraph.build(program, example)
+        cuts = [c.position for c in narrow_cuts(graph)][1:-1]
+        chosen = cuts[:: max(1, len(cuts) // 5)][:5]
+        pool = ModelPool(work / "pool")
+        sha = pool.add_division(partition_at(graph, "resnet18", chosen), variant="fp32", division_name="default")
+        parts = [p["name"] for p in pool.manifest(sha)["partitions"]]
+        for part in parts:
+            pool.export_partition(sha, part, work / "exports" / part)
+        server_flops = measure_flops(0.3)
+        with Testbed.create(uplink_mbps=PROFILES["Wi-Fi"]) as bed:
+            edge = bed.address["edge"]
+            loads = [arg for part in parts for arg in ("--load", str(work / "exports" / part))]
+            bed.spawn("edge", [sys.executable, "-m", "server_node", "--host", edge, "--port", "50051",
+                               "--torch-threads", "1", "--port-file", str(work / "node.port"), *loads],
+                      work / "node.log")  # fmt: skip
+            deadline = time.monotonic() + 120
+            while not (work / "node.port").exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError((work / "node.log").read_text()[-2000:])
+                time.sleep(0.1)
+            config = {
+                "pool": str(pool.root), "sha": sha, "exports": str(work / "exports"), "node": f"{edge}:50051",
+                "slowdown": args.slowdown, "server_flops": server_flops, "input_shape": list(example[0].shape),
+                "repeats": args.repeats,
+            }  # fmt: skip
+            measured: dict[str, Any] = {}
+            for name, mbps in profiles.items():
+                bed.set_rate(mbps)
+                console.print(f"measuring {name} ({mbps} Mbps) ...")
+                measured[name] = _device(bed, {**config, "mbps": mbps}, "measure", work)
+            step = _step(bed, config, work, measured, console)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows, met = _report(measured, console)
+    speedups = {
+        "vs_server_only": statistics.fmean(r["server_only_ms"] / r["planner_ms"] for r in rows),
+        "vs_device_only": statistics.fmean(r["device_only_ms"] / r["planner_ms"] for r in rows),
+    }
+    console.print(
+        f"mean speedup of the planner: {speedups['vs_server_only']:.2f}x vs server-only, "
+        f"{speedups['vs_device_only']:.2f}x vs device-only (Neurosurgeon published "
+        f"{NEUROSURGEON_PUBLISHED_SPEEDUP_VS_CLOUD}x vs cloud-only)"
+    )
+    if step is not None:
+        console.print(f"bandwidth step Wi-Fi -> 3G: plan followed after {step['reaction_s']:.2f} s")
+    targets = {
+        "within_10pct_of_oracle": all(r["within_10pct"] for r in rows),
+        "never_worse_than_device_or_server_only": all(r["not_worse"] for r in rows),
+        "step_reaction_below_1s": step is not None and step["reaction_s"] is not None and step["reaction_s"] < 1.0,
+    }
+    write_json(args.out, {
+        "benchmark": "adaptation", "machine": machine_info(),
+        "parameters": {"resolution": args.resolution, "slowdown": args.slowdown, "repeats": args.repeats,
+                       "profiles": profiles, "partitions": len(parts), "server_flops": server_flops,
+                       "torch_threads": 1},
+        "profiles": measured, "rows": rows, "speedups": speedups, "step": step, "targets": targets,
+        "neurosurgeon_published_speedup_vs_cloud": NEUROSURGEON_PUBLISHED_SPEEDUP_VS_CLOUD,
+    })  # fmt: skip
+    _plot(rows, args.out.with_suffix(".png") if args.quick else ROOT / "docs" / "img" / "adaptation.png")
+    console.print(f"targets: {targets} (all met: {met and targets['step_reaction_below_1s']})")
+    return 0
+
+
+def _step(bed: Testbed, config: dict[str, Any], work: Path, measured: dict[str, Any], console: Console) -> Any:
+    """Wi-Fi -> 3G mid-run; the time from the step until a request is planned with the 3G plan."""
+    if "3G" not in measured:
+        return None
+    target_cut = measured["3G"]["strategies"]["planner"]["cut"]
+    if target_cut == measured["Wi-Fi"]["strategies"]["planner"]["cut"]:
+        console.print("the planner picks the same cut at Wi-Fi and 3G: no step to follow")
+        return None
+    bed.set_rate(PROFILES["Wi-Fi"])
+    stop = work / "stop"
+    process = _device(bed, {**config, "start_mbps": PROFILES["Wi-Fi"], "stop_file": str(stop)}, "step", work,
+                      stdout=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(8.0)  # settled on Wi-Fi
+    stepped_at = time.monotonic()
+    bed.set_rate(PROFILES["3G"])
+    time.sleep(12.0)
+    stop.touch()
+    out, _ = process.communicate(timeout=300)
+    log = json.loads(out)["log"]
+    after = [e for e in log if e["planned_at"] > stepped_at and e["cut"] == target_cut]
+    reaction = after[0]["planned_at"] - stepped_at if after else None
+    return {"from": "Wi-Fi", "to": "3G", "target_cut": target_cut, "reaction_s": reaction, "log": log,
+            "stepped_at": stepped_at}  # fmt: skip
+
+
+def _report(measured: dict[str, Any], console: Console) -> tuple[list[dict[str, Any]], bool]:
+    table = Table(title="adaptation: measured median latency (ms) per strategy")
+    names = list(next(iter(measured.values()))["strategies"])
+    table.add_column("profile")
+    for name in names:
+        table.add_column(name, justify="right")
+    rows = []
+    for profile, data in measured.items():
+        s = data["strategies"]
+        fixed = {k: v["median_ms"] for k, v in s.items() if k not in ("planner", "neurosurgeon")}
+        oracle_name = min(fixed, key=lambda k: fixed[k])
+        planner = s["planner"]["median_ms"]
+        row = {
+            "profile": profile, "oracle": oracle_name, "oracle_ms": fixed[oracle_name], "planner_ms": planner,
+            "planner_cut": s["planner"]["cut"], "neurosurgeon_ms": s["neurosurgeon"]["median_ms"],
+            "server_only_ms": fixed["server-only"], "device_only_ms": fixed["device-only"],
+            "within_10pct": planner <= 1.10 * fixed[oracle_name],
+            "not_worse": planner <= 1.05 * min(fixed["server-only"], fixed["device-only"]),
+            "strategies_ms": {k: v["median_ms"] for k, v in s.items()},
+        }  # fmt: skip
+        rows.append(row)
+        table.add_row(profile, *(f"{s[n]['median_ms']:.0f}" + (" *" if n == oracle_name else "") for n in names))
+    console.print(table)
+    return rows, all(r["within_10pct"] and r["not_worse"] for r in rows)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    names = list(rows[0]["strategies_ms"])
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [i + k * width for i in range(len(rows))]
+        ax.bar(xs, [r["strategies_ms"][name] for r in rows], width, label=name,
+               edgecolor="black" if name == "planner" else None)  # fmt: skip
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r["profile"] for r in rows])
+    ax.set(yscale="log", ylabel="median latency (ms)", title="every strategy, measured, per uplink profile")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

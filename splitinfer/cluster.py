@@ -48,6 +48,49 @@ class ClusterConfig:
     results_db: str = "results.db"
     #: Seconds to wait for every component's health check.
     start_timeout_s: float = 60.0
+    #: Several machines: host name -> {"address", "etcd": bool, "etcd_port", "frontend": bool,
+    #: "frontend_port", "nodes": [...]}; each machine runs ``up --host NAME`` with the same file. Empty: the
+    #: whole cluster on this machine, on loopback.
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: etcd endpoints (etcd://host:port[,...]) when etcd runs outside the cluster; otherwise the host with
+    #: ``"etcd": true`` runs it.
+    etcd_endpoints: str = ""
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """What ``up`` starts on this machine."""
+
+    address: str = "127.0.0.1"
+    etcd: bool = True
+    etcd_port: int = 0
+    frontend: bool = True
+    frontend_port: int = 0
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def host_plan(config: ClusterConfig, host: str) -> tuple[HostPlan, str]:
+    """This machine's share of the cluster and the registry endpoint everyone uses."""
+    if not config.hosts:
+        if host:
+            raise ValueError("--host needs a config with a 'hosts' section")
+        return HostPlan(nodes=config.nodes), ""
+    if host not in config.hosts:
+        raise ValueError(f"host {host!r} is not in the config; hosts: {sorted(config.hosts)}")
+    known = {f.name for f in HostPlan.__dataclass_fields__.values()}
+    for name, spec in config.hosts.items():
+        unknown = set(spec) - known
+        if unknown:
+            raise ValueError(f"host {name!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    plans = {name: HostPlan(**{"etcd": False, "frontend": False, "etcd_port": 2379, **spec})
+             for name, spec in config.hosts.items()}  # fmt: skip
+    registry = config.etcd_endpoints
+    if not registry:
+        with_etcd = [p for p in plans.values() if p.etcd]
+        if len(with_etcd) != 1:
+            raise ValueError('exactly one host needs "etcd": true, or give etcd_endpoints')
+        registry = f"etcd://{with_etcd[0].address}:{with_etcd[0].etcd_port}"
+    return plans[host], registry
 
 
 def _alive(pid: int) -> bool:
@@ -93,13 +136,13 @@ def _read_state(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _pids(state: dict[str, Any]) -> list[int]:
-    return [c["pid"] for c in [*state["nodes"], state["frontend"], state["etcd"]]]
+    return [c["pid"] for c in [*state["nodes"], state["frontend"], state["etcd"]] if c.get("pid")]
 
 
-def up(config: ClusterConfig, run_dir: Path) -> int:
-    state = _read_state(run_dir)
-    if state is not None and any(_alive(pid) for pid in _pids(state)):
-        print(f"a cluster is already running from {run_dir} (pids {_pids(state)}); run `make cluster-down` first")
+def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
+    existing = _read_state(run_dir)
+    if existing is not None and any(_alive(pid) for pid in _pids(existing)):
+        print(f"a cluster is already running from {run_dir} (pids {_pids(existing)}); run `make cluster-down` first")
         return 1
     run_dir.mkdir(parents=True, exist_ok=True)
     logs = run_dir / "logs"
@@ -108,54 +151,70 @@ def up(config: ClusterConfig, run_dir: Path) -> int:
         stale.unlink()
     pool_dir = run_dir / config.pool_dir
     ModelPool(pool_dir)  # creates it
-    etcd = start_etcd(run_dir / "etcd")
-    state = {"etcd": {"pid": etcd.process.pid, "endpoint": etcd.endpoint}, "frontend": {}, "nodes": []}
+    plan, registry = host_plan(config, host)
+    state: dict[str, Any] = {"etcd": {}, "frontend": {}, "nodes": [], "host": host}
+    if plan.etcd:
+        etcd = start_etcd(run_dir / "etcd", host=plan.address, client_port=plan.etcd_port)
+        state["etcd"] = {"pid": etcd.process.pid, "endpoint": etcd.endpoint}
+        registry = registry or f"etcd://{etcd.endpoint}"
+    state["registry"] = registry
     _state_path(run_dir).write_text(json.dumps(state, indent=1))  # so that `down` can clean up a failed start
-    registry = f"etcd://{etcd.endpoint}"
     python = sys.executable
-    pid, port = _spawn(
-        [python, "-m", "splitinfer.frontend", "--pool-dir", str(pool_dir), "--results-db",
-         str(run_dir / config.results_db), "--registry", registry, "--port-file", str(run_dir / "frontend.port")],
-        logs / "frontend.log", run_dir / "frontend.port", config.start_timeout_s,
-    )  # fmt: skip
-    state["frontend"] = {"pid": pid, "address": f"127.0.0.1:{port}"}
-    _state_path(run_dir).write_text(json.dumps(state, indent=1))
-    for index, node in enumerate(config.nodes):
+    if plan.frontend:
+        pid, port = _spawn(
+            [python, "-m", "splitinfer.frontend", "--host", plan.address, "--port", str(plan.frontend_port),
+             "--pool-dir", str(pool_dir), "--results-db", str(run_dir / config.results_db), "--registry", registry,
+             "--port-file", str(run_dir / "frontend.port")],
+            logs / "frontend.log", run_dir / "frontend.port", config.start_timeout_s,
+        )  # fmt: skip
+        state["frontend"] = {"pid": pid, "address": f"{plan.address}:{port}"}
+        _state_path(run_dir).write_text(json.dumps(state, indent=1))
+    for index, node in enumerate(plan.nodes):
         node_config = run_dir / f"node{index}.json"
         node_config.write_text(
             json.dumps({"metrics_port": 0, **node, "cache_dir": str(run_dir / f"node{index}-cache")})
         )
         pid, port = _spawn(
-            [python, "-m", "server_node", "--config", str(node_config), "--registry", registry,
-             "--port", "0", "--port-file", str(run_dir / f"node{index}.port")],
+            [python, "-m", "server_node", "--config", str(node_config), "--registry", registry, "--host",
+             plan.address, "--port", "0", "--port-file", str(run_dir / f"node{index}.port")],
             logs / f"node{index}.log", run_dir / f"node{index}.port", config.start_timeout_s,
         )  # fmt: skip
-        state["nodes"].append({"pid": pid, "address": f"127.0.0.1:{port}", "name": f"node{index}"})
+        state["nodes"].append({"pid": pid, "address": f"{plan.address}:{port}", "name": f"node{index}"})
         _state_path(run_dir).write_text(json.dumps(state, indent=1))
     deadline = time.monotonic() + config.start_timeout_s
-    addresses = [state["frontend"]["address"], *(n["address"] for n in state["nodes"])]
+    addresses = [a for a in [state["frontend"].get("address"), *(n["address"] for n in state["nodes"])] if a]
     while not all(_healthy(a) for a in addresses):
         if time.monotonic() > deadline:
             print(f"components did not become healthy within {config.start_timeout_s}s; logs in {logs}")
             return 1
         time.sleep(0.2)
-    deployed = deploy(run_dir)
-    print(f"cluster up ({run_dir}):")
-    print(f"  etcd        {etcd.endpoint}")
-    print(f"  front-end   {state['frontend']['address']}  (FrontEndService, ModelPoolService, ResultStoreService)")
+    deployed = deploy(run_dir) if plan.frontend else 0
+    print(f"cluster up ({run_dir}{f', host {host}' if host else ''}):")
+    print(f"  registry    {registry}{'  (etcd started here)' if plan.etcd else ''}")
+    if plan.frontend:
+        print(f"  front-end   {state['frontend']['address']}  (FrontEndService, Open Inference Protocol, "
+              "ModelPoolService, ResultStoreService)")  # fmt: skip
     for node in state["nodes"]:
         print(f"  {node['name']:<11} {node['address']}")
-    print(f"  deployed    {deployed} partitions from {pool_dir}")
+    if plan.frontend:
+        print(f"  deployed    {deployed} partitions from {pool_dir} onto every registered node")
     return 0
 
 
 def deploy(run_dir: Path) -> int:
-    """Loads every partition of every model's default division in the pool onto every node."""
+    """Loads every partition of every model's default division in the pool onto every node: this machine's
+    and every other one in the registry (nodes of other hosts, started before this front-end)."""
     state = _read_state(run_dir)
     if state is None:
         raise RuntimeError(f"no cluster state in {run_dir}")
+    if not state["frontend"]:
+        raise RuntimeError("deploy runs on the host with the front-end (it serves the pool)")
     pool = ModelPool(run_dir / ClusterConfig().pool_dir)
     frontend = state["frontend"]["address"]
+    targets = {n["address"] for n in state["nodes"]}
+    registry = EtcdRegistry(state["registry"].removeprefix("etcd://"), timeout_s=5.0)
+    targets |= set(registry.servers())
+    registry.close()
     count = 0
     for entry in pool.variants():
         sha = entry.divisions.get("default")
@@ -163,8 +222,8 @@ def deploy(run_dir: Path) -> int:
             continue
         for part in pool.manifest(sha)["partitions"]:
             key = PartitionKey(entry.model, entry.variant, part["name"])
-            for node in state["nodes"]:
-                with NodeClient(node["address"]) as client:
+            for address in sorted(targets):
+                with NodeClient(address) as client:
                     client.load_partition(f"pool://{frontend}/{sha}/{part['name']}", key)
                 count += 1
     return count
@@ -175,8 +234,11 @@ def status(run_dir: Path) -> int:
     if state is None:
         print(f"no cluster is running from {run_dir}")
         return 1
-    rows: list[tuple[str, int, str, bool]] = [("etcd", state["etcd"]["pid"], state["etcd"]["endpoint"], False)]
-    rows.append(("front-end", state["frontend"].get("pid", 0), state["frontend"].get("address", "-"), True))
+    rows: list[tuple[str, int, str, bool]] = []
+    if state["etcd"]:
+        rows.append(("etcd", state["etcd"]["pid"], state["etcd"]["endpoint"], False))
+    if state["frontend"]:
+        rows.append(("front-end", state["frontend"].get("pid", 0), state["frontend"].get("address", "-"), True))
     rows += [(n["name"], n["pid"], n["address"], True) for n in state["nodes"]]
     print(f"{'component':<11} {'pid':>7} {'address':<22} state")
     for name, pid, address, grpc_health in rows:
@@ -184,7 +246,7 @@ def status(run_dir: Path) -> int:
         health = "-" if not alive else ("SERVING" if (not grpc_health or _healthy(address)) else "NOT SERVING")
         print(f"{name:<11} {pid:>7} {address:<22} {'running' if alive else 'stopped'} {health}")
     try:
-        registry = EtcdRegistry(state["etcd"]["endpoint"], timeout_s=2.0)
+        registry = EtcdRegistry(state["registry"].removeprefix("etcd://"), timeout_s=2.0)
         servers = registry.servers()
         registry.close()
     except Exception as exc:
@@ -269,10 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "status", "down", "deploy"])
     parser.add_argument("--config", type=Path, help="cluster config (JSON); default: two nodes")
     parser.add_argument("--run-dir", type=Path, default=Path("run/cluster"))
+    parser.add_argument("--host", default="", help="with a multi-host config: start this machine's share")
     args = parser.parse_args(argv)
     config = load_config(ClusterConfig, args.config) if args.config else ClusterConfig()
     if args.action == "up":
-        return up(config, args.run_dir)
+        try:
+            return up(config, args.run_dir, args.host)
+        except ValueError as exc:
+            print(f"cannot bring the cluster up: {exc}")
+            return 2
     if args.action == "status":
         return status(args.run_dir)
     if args.action == "deploy":

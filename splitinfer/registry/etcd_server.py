@@ -32,10 +32,12 @@ class EtcdServer:
     peer_port: int
     data_dir: Path
     log_path: Path
+    #: Address etcd listens on and advertises.
+    host: str = "127.0.0.1"
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     def healthy(self) -> bool:
         try:
@@ -55,7 +57,7 @@ class EtcdServer:
 
     def restart(self, timeout_s: float = 30.0) -> None:
         """Starts etcd again on the same ports and data (after :meth:`stop`)."""
-        self.process = _spawn(self.data_dir, self.client_port, self.peer_port, self.log_path)
+        self.process = _spawn(self.data_dir, self.client_port, self.peer_port, self.log_path, self.host)
         _wait_healthy(self, timeout_s)
 
     def cleanup(self) -> None:
@@ -63,12 +65,14 @@ class EtcdServer:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def _spawn(data_dir: Path, client_port: int, peer_port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    data_dir: Path, client_port: int, peer_port: int, log_path: Path, host: str = "127.0.0.1"
+) -> subprocess.Popen[bytes]:
     etcd = shutil.which("etcd")
     if etcd is None:
         raise FileNotFoundError("etcd is not installed (Debian package etcd-server; `make install` adds it)")
-    client = f"http://127.0.0.1:{client_port}"
-    peer = f"http://127.0.0.1:{peer_port}"
+    client = f"http://{host}:{client_port}"
+    peer = f"http://{host}:{peer_port}"
     with log_path.open("ab") as log:
         # fmt: off
         return subprocess.Popen(
@@ -108,20 +112,29 @@ def _wait_healthy(server: EtcdServer, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def start_etcd(data_dir: Path | None = None, timeout_s: float = 30.0, attempts: int = 5) -> EtcdServer:
-    """Starts etcd on free loopback ports with its own data directory; returns once it is healthy."""
+def start_etcd(
+    data_dir: Path | None = None,
+    timeout_s: float = 30.0,
+    attempts: int = 5,
+    *,
+    host: str = "127.0.0.1",
+    client_port: int = 0,
+) -> EtcdServer:
+    """Starts etcd with its own data directory; returns once it is healthy. By default on free loopback
+    ports; ``host`` and ``client_port`` (peer port: the next one) pin it, for clusters that span machines."""
     base = data_dir or Path(tempfile.mkdtemp(prefix="splitinfer-etcd-"))
     base.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for _ in range(attempts):
         server = EtcdServer(
             process=None,  # type: ignore[arg-type]
-            client_port=_free_port(),
-            peer_port=_free_port(),
+            client_port=client_port or _free_port(),
+            peer_port=client_port + 1 if client_port else _free_port(),
             data_dir=base,
             log_path=base / "etcd.log",
+            host=host,
         )
-        server.process = _spawn(base, server.client_port, server.peer_port, server.log_path)
+        server.process = _spawn(base, server.client_port, server.peer_port, server.log_path, host)
         try:
             _wait_healthy(server, timeout_s)
             return server

@@ -165,3 +165,62 @@ def test_device_network_cut_falls_back_and_recovers(tmp_path: Path) -> None:
             agent.wait(timeout=30)
         assert any(r["fallback"] for r in phases["cut"]), phases
         assert phases["after"] and not phases["after"][-1]["fallback"], phases
+
+
+def test_one_cluster_config_brings_up_components_on_several_hosts(tmp_path: Path) -> None:
+    """The same config file on two hosts: the cloud host runs etcd and a node, the edge host the front-end and
+    a node, each with ``cluster up --host NAME``; the edge host deploys onto both; a device uses it."""
+    ok, why = available()
+    if not ok:
+        pytest.skip(f"network namespaces are not available here: {why}")
+    from splitinfer.zoo import build
+
+    with Testbed.create(uplink_mbps=50.0) as bed:
+        edge, cloud = bed.address["edge"], bed.address["cloud"]
+        config = tmp_path / "cluster.json"
+        config.write_text(json.dumps({"hosts": {
+            "cloud": {"address": cloud, "etcd": True, "nodes": [{"torch_threads": 1}]},
+            "edge": {"address": edge, "frontend": True, "frontend_port": 50050, "nodes": [{"torch_threads": 1}]},
+        }}))  # fmt: skip
+        model, example = build("tiny_cnn")
+        program = export_program(model, example)
+        graph = ModelGraph.build(program, example)
+        pool = ModelPool(tmp_path / "edge" / "pool")
+        pool.add_division(partition_at(graph, "tiny_cnn", [len(graph.nodes) // 2]), variant="fp32",
+                          division_name="default")  # fmt: skip
+
+        def cluster(host: str, *args: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "splitinfer.cluster", *args, "--run-dir", str(tmp_path / host)]
+            return subprocess.run(bed.command(host, command), capture_output=True, text=True, timeout=180, cwd=ROOT)
+
+        run_dirs = []
+        try:
+            for host in ("cloud", "edge"):  # etcd first; the front-end's host deploys onto every node
+                done = cluster(host, "up", "--config", str(config), "--host", host)
+                run_dirs.append(host)
+                assert done.returncode == 0, done.stdout + done.stderr
+            assert "deployed    4 partitions" in done.stdout, done.stdout  # 2 partitions x 2 nodes
+            status = cluster("edge", "status")
+            assert "registry: 2 servers" in status.stdout, status.stdout
+            assert f"{cloud}:" in status.stdout and f"{edge}:" in status.stdout
+            thin = subprocess.run(
+                bed.command("device", [sys.executable, str(Path(__file__).with_name("_netns_thin.py")),
+                                       f"{edge}:50050", "tiny_cnn"]),
+                capture_output=True, text=True, timeout=120, cwd=ROOT,
+            )  # fmt: skip
+            assert thin.returncode == 0, thin.stderr[-3000:]
+            assert json.loads(thin.stdout)["ok"]
+        finally:
+            states = [json.loads((tmp_path / h / "state.json").read_text()) for h in run_dirs
+                      if (tmp_path / h / "state.json").exists()]  # fmt: skip
+            for host in reversed(run_dirs):
+                cluster(host, "down")
+        pids = [c["pid"] for s in states for c in [*s["nodes"], s["frontend"], s["etcd"]] if c.get("pid")]
+        assert pids and not any(Path(f"/proc/{pid}").exists() and _running(pid) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

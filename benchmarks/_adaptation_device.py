@@ -13,6 +13,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,19 @@ class Device:
         self.slowdown = float(config["slowdown"])
         self.flops = measure_flops(0.3) / self.slowdown
         self.server_flops = float(config["server_flops"])
+        self.partition_factors: tuple[tuple[str, float], ...] = ()
         self.client = RouteClient()
         self.input_name = self.manifest["inputs"][0].split(":", 1)[0]
         torch.manual_seed(0)
         self.x = torch.randn(*config["input_shape"])
         self.codecs = tuple(c for c in DEFAULT_CODECS if str(c.codec) == "none")
 
-    def _local(self, k: int, values: dict[str, torch.Tensor]) -> None:
+    def _local(self, k: int, values: dict[str, torch.Tensor]) -> float:
         start = time.perf_counter()
         values.update(self.programs[k](values))
-        time.sleep((time.perf_counter() - start) * (self.slowdown - 1))  # emulate the slower device
+        elapsed = time.perf_counter() - start
+        time.sleep(elapsed * (self.slowdown - 1))  # emulate the slower device
+        return elapsed * self.slowdown
 
     def run(self, i: int, j: int, request_id: str) -> tuple[float, int]:
         """One request under cut (i, j); returns (seconds, bytes uploaded)."""
@@ -108,6 +112,18 @@ class Device:
         n, total = len(self.parts), sum(p["flops"] for p in self.parts)
         self.run(n, n, "calibrate-warm")
         self.flops = total / min(self.run(n, n, f"calibrate-{k}")[0] for k in range(2))
+        # Each partition's own device time against its FLOPs at that speed: the planner's per-partition
+        # calibration (in the system, agents report these timings to the front-end with each request).
+        per_partition = [float("inf")] * n
+        for _ in range(2):
+            values: dict[str, torch.Tensor] = {self.input_name: self.x}
+            for k in range(n):
+                per_partition[k] = min(per_partition[k], self._local(k, values))
+        key = f"{self.manifest['model']}@{self.manifest['variant']}"
+        self.partition_factors = tuple(
+            (f"{key}/{p['name']}", per_partition[k] / max(1e-9, p["flops"] / self.flops))
+            for k, p in enumerate(self.parts)
+        )
         self.run(0, n, "calibrate-server-warm")
         computes = []
         for k in range(2):
@@ -127,6 +143,7 @@ class Device:
             rtt_ms=2.0, battery_percent=100, charging=True,
         )  # fmt: skip
         problem = problem_from([self.manifest], [record], state, plan_pb2.Requirements(), self.codecs)
+        problem = replace(problem, device=replace(problem.device, partition_factors=self.partition_factors))
         plan = (solver or AutoSolver()).solve(problem)
         on_device = [p.on_device for p in plan.placements]
         i = on_device.index(False) if False in on_device else len(on_device)

@@ -38,7 +38,7 @@ from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.transport.stream import stream_messages
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2
 
 __all__ = ["AgentResult", "EdgeAgent"]
 
@@ -75,6 +75,9 @@ def _client_security(config: AgentConfig) -> ClientSecurity | None:
 
 
 class EdgeAgent:
+    #: Device partition timings kept for the next request's header (older ones are dropped).
+    MAX_REPORTED_STEPS = 64
+
     def __init__(
         self,
         config: AgentConfig,
@@ -104,6 +107,7 @@ class EdgeAgent:
         self._lock = threading.Lock()
         self._plans: dict[tuple[Any, ...], tuple[Plan, float]] = {}
         self._programs: dict[tuple[str, str, str], CompiledProgram] = {}
+        self._device_steps: list[model_server_pb2.StepTiming] = []
         self._manifest_sha: dict[tuple[str, str], str] = {}
         self._fallback_ready: set[tuple[str, str]] = set()
         self.plans_made = 0
@@ -180,16 +184,19 @@ class EdgeAgent:
     def _manifest(self, model: str, variant: str) -> dict[str, Any]:
         key = (model, variant)
         sha = self._manifest_sha.get(key)
-        if sha is None:
+        # The listing names every variant's manifest, but only the one asked for is fetched: a variant known
+        # from an earlier listing may still be missing locally.
+        if sha is None or not self.local_pool.store.has(sha):
             client = PoolClient(self.config.pool, security=self._security)
             try:
-                for info in client.list_models(model):
-                    for v in info.variants:
-                        if DIVISION in v.division_manifests:
-                            self._manifest_sha[(info.name, v.name)] = v.division_manifests[DIVISION]
-                sha = self._manifest_sha.get(key)
                 if sha is None:
-                    raise NotFound(f"the pool has no division {DIVISION!r} of {model}@{variant}")
+                    for info in client.list_models(model):
+                        for v in info.variants:
+                            if DIVISION in v.division_manifests:
+                                self._manifest_sha[(info.name, v.name)] = v.division_manifests[DIVISION]
+                    sha = self._manifest_sha.get(key)
+                    if sha is None:
+                        raise NotFound(f"the pool has no division {DIVISION!r} of {model}@{variant}")
                 client.fetch(sha, self.local_pool.store)
             finally:
                 client.close()
@@ -222,13 +229,30 @@ class EdgeAgent:
         """Runs partitions in order, reading and adding to ``values``; returns the seconds it took
         (stretched by the emulated slowdown)."""
         start = time.perf_counter()
+        timings = []
         for name in names:
             program = self._program(model, variant, name)
+            begin = time.perf_counter()
             values.update(program({s: values[s] for s in program.program.input_names}))
+            timings.append((name, (time.perf_counter() - begin) * self.config.compute_slowdown))
         elapsed = time.perf_counter() - start
         if self.config.compute_slowdown > 1:
             time.sleep(elapsed * (self.config.compute_slowdown - 1))
+        with self._lock:  # reported with the next request, to calibrate the planner's device costs
+            for name, seconds in timings:
+                self._device_steps.append(
+                    model_server_pb2.StepTiming(
+                        partition=route_pb2.PartitionRef(model=model, variant=variant, partition=name),
+                        compute_ms=seconds * 1e3,
+                    )
+                )
+            del self._device_steps[: -self.MAX_REPORTED_STEPS]
         return elapsed * self.config.compute_slowdown
+
+    def _take_device_steps(self) -> list[model_server_pb2.StepTiming]:
+        with self._lock:
+            steps, self._device_steps = self._device_steps, []
+        return steps
 
     # --- requests --------------------------------------------------------------------------------------------
 
@@ -303,6 +327,7 @@ class EdgeAgent:
             plan=plan.to_proto(),
             timeout_ms=int(self.config.request_timeout_s * 1e3),
             device_ms=device_s * 1e3,
+            device_steps=self._take_device_steps(),
         )
 
         def requests() -> Iterator[frontend_pb2.InferRequest]:

@@ -52,6 +52,13 @@ class PlanningService:
             raise NotFound(f"model {model!r} has no division named {self.division!r}")
         return manifests
 
+    def partition_flops(self, model: str, variant: str, partition: str) -> float:
+        manifest = self.pool.manifest(self.pool.resolve(model, variant, self.division))
+        for entry in manifest["partitions"]:
+            if entry["name"] == partition:
+                return float(entry["flops"])
+        raise NotFound(f"{model}@{variant} has no partition {partition!r}")
+
     def plan(
         self,
         model: str,

@@ -105,6 +105,21 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         except NotFound:
             return None
 
+    def _calibrate_device(self, header: frontend_pb2.InferHeader) -> None:
+        """The device's own partition timings against what its reported FLOP/s predict."""
+        if not header.device_steps or header.device.compute_flops <= 0:
+            return
+        calibration = self._planning.planner.calibration
+        for step in header.device_steps:
+            ref = step.partition
+            try:
+                flops = self._planning.partition_flops(ref.model, ref.variant, ref.partition)
+            except SplitInferError:
+                continue  # a partition the pool no longer has: nothing to learn
+            predicted_ms = flops / header.device.compute_flops * 1e3
+            key = f"{ref.model}@{ref.variant}/{ref.partition}"
+            calibration.observe_device_partition(header.device.device_id, key, step.compute_ms, predicted_ms)
+
     def _run(
         self,
         header: frontend_pb2.InferHeader,
@@ -128,6 +143,7 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
                 self._planning.planner.calibration.observe_server(
                     step.node, step.compute_ms, predicted[step.partition.partition]
                 )
+        self._calibrate_device(header)
         outputs = list(delivered.values())
         if self._results is not None:
             plan = Plan.from_proto(header.plan)

@@ -30,6 +30,7 @@ class Calibration:
     _server_ratio: dict[str, _Estimate] = field(default_factory=dict)
     _device_ratio: dict[str, _Estimate] = field(default_factory=dict)
     _uplink_mbps: dict[str, _Estimate] = field(default_factory=dict)
+    _device_partition_ratio: dict[str, dict[str, _Estimate]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _update(self, table: dict[str, _Estimate], key: str, sample: float) -> None:
@@ -53,6 +54,14 @@ class Calibration:
         if observed_ms > 0 and predicted_ms > 0:
             self._update(self._device_ratio, device_id, observed_ms / predicted_ms)
 
+    def observe_device_partition(self, device_id: str, partition: str, observed_ms: float, predicted_ms: float) -> None:
+        """One partition ("model@variant/partition") ran on the device in ``observed_ms`` where the FLOP-based
+        model, with the device's overall calibration applied, predicted ``predicted_ms``."""
+        if observed_ms > 0 and predicted_ms > 0:
+            with self._lock:
+                table = self._device_partition_ratio.setdefault(device_id, {})
+            self._update(table, partition, observed_ms / predicted_ms)
+
     def observe_uplink(self, device_id: str, nbytes: int, seconds: float) -> None:
         """A transfer of ``nbytes`` from the device took ``seconds`` (payload time, RTT excluded)."""
         if nbytes > 0 and seconds > 0:
@@ -67,6 +76,11 @@ class Calibration:
         with self._lock:
             ratio = self._device_ratio.get(device_id)
             uplink = self._uplink_mbps.get(device_id)
+            partitions = tuple(
+                sorted((k, e.published) for k, e in self._device_partition_ratio.get(device_id, {}).items())
+            )
+        if partitions:
+            profile = replace(profile, partition_factors=partitions)
         if ratio is not None:
             profile = replace(profile, flops=profile.flops / ratio.published)
         if uplink is not None:

@@ -111,7 +111,11 @@ def transfer_terms(
 def compute_terms(problem: PlanningProblem, variant: VariantProfile, partition: int, location: int) -> float:
     flops = variant.partitions[partition].flops
     if location == DEVICE:
-        return flops / problem.device.flops
+        device = problem.device
+        seconds = flops / device.flops
+        if device.partition_factors:
+            seconds *= device.factor(f"{variant.model}@{variant.variant}/{variant.partitions[partition].name}")
+        return seconds
     server = problem.servers[location]
     return flops / server.flops + server.queue_ms / 1e3
 

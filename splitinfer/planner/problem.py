@@ -75,6 +75,16 @@ class DeviceProfile:
     #: False for a client that runs no partition at all (a thin camera, or the front-end standing in for an
     #: Open Inference Protocol client): every partition is placed on a server.
     computes: bool = True
+    #: Observed/predicted device compute per partition ("model@variant/partition", ratio), from calibration:
+    #: FLOPs alone misjudge some partitions (per-operator overhead, memory-bound layers on small maps).
+    partition_factors: tuple[tuple[str, float], ...] = ()
+
+    def factor(self, key: str) -> float:
+        """How much slower (> 1) or faster than its FLOPs say a partition runs on this device."""
+        for name, value in self.partition_factors:
+            if name == key:
+                return value
+        return 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,3 +221,25 @@ def test_a_device_that_computes_nothing_needs_every_partition_served() -> None:
     thin = replace(problem, device=replace(problem.device, computes=False), servers=hosted_p0_only)
     with pytest.raises(Unavailable, match="runs no partition"):
         ChainSolver().solve(thin)
+
+
+def test_per_partition_device_calibration_moves_work_off_a_slow_partition() -> None:
+    """FLOPs say a partition is cheap on the device; the device measures it far slower: the planner stops
+    putting it there (and the cost model charges exactly the measured factor)."""
+    problem = _problem(uplink_mbps=0.13)  # a slow link: most work stays on the device
+    plan = CpSatSolver().solve(problem)
+    heavy = plan.device_partitions
+    assert heavy
+    variant = problem.variants[0]
+    from splitinfer.planner.cost import DEVICE, compute_terms
+
+    index = next(k for k, p in enumerate(variant.partitions) if p.name == heavy[0])
+    plain = compute_terms(problem, variant, index, DEVICE)
+    key = f"{variant.model}@{variant.variant}/{heavy[0]}"
+    calibration = Calibration()
+    for _ in range(3):
+        calibration.observe_device_partition("d1", key, observed_ms=plain * 1e3 * 1000, predicted_ms=plain * 1e3)
+    calibrated = replace(problem, device=calibration.device("d1", problem.device))
+    assert compute_terms(calibrated, variant, index, DEVICE) == pytest.approx(plain * 1000)
+    assert heavy[0] not in CpSatSolver().solve(calibrated).device_partitions
+    assert heavy[0] not in ChainSolver().solve(calibrated).device_partitions

@@ -14,6 +14,9 @@ component's peak memory stays under 1 GiB.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import itertools
 import shutil
 import statistics
 import subprocess
@@ -25,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
 import torch
 from rich.console import Console
@@ -32,8 +36,6 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import contextlib
-import itertools
 
 from _common import machine_info, write_json
 
@@ -46,7 +48,7 @@ from splitinfer.program import export_program
 from splitinfer.registry import EtcdRegistry
 from splitinfer.registry.etcd_server import start_etcd
 from splitinfer.runtime import PartitionKey
-from splitinfer.transport.channel import open_channel
+from splitinfer.transport.channel import channel_options
 from splitinfer.transport.clients import NodeClient
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
 from splitinfer.zoo import build
@@ -84,21 +86,20 @@ def _device(index: int) -> plan_pb2.DeviceState:
     return plan_pb2.DeviceState(device_id=f"load-{index}", compute_flops=0, uplink_mbps=1000, rtt_ms=0.2)
 
 
-def _worker(address: str, index: int, x: torch.Tensor, input_name: str, until: float, out: dict[str, Any]) -> None:
+async def _device_loop(address: str, index: int, tensor: Any, until: float, out: dict[str, Any]) -> None:
+    """One device: its own connection, requests back to back until ``until``."""
     device = _device(index)
     latencies, errors = [], 0
-    with open_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
         stub = frontend_pb2_grpc.FrontEndServiceStub(channel)
-        plan = stub.Plan(frontend_pb2.PlanRequest(model=MODEL, device=device), timeout=30).plan
-        tensor = encode_tensor(x, input_name)
+        plan = (await stub.Plan(frontend_pb2.PlanRequest(model=MODEL, device=device), timeout=30)).plan
         while time.monotonic() < until:
             header = frontend_pb2.InferHeader(request_id=uuid.uuid4().hex, device=device, plan=plan, timeout_ms=30_000)
+            messages = [frontend_pb2.InferRequest(header=header), frontend_pb2.InferRequest(tensor=tensor)]
             start = time.perf_counter()
             try:
-                assembler = TensorAssembler()
-                got = 0
-                messages = [frontend_pb2.InferRequest(header=header), frontend_pb2.InferRequest(tensor=tensor)]
-                for response in stub.Infer(iter(messages), timeout=30):
+                assembler, got = TensorAssembler(), 0
+                async for response in stub.Infer(iter(messages), timeout=30):
                     kind = response.WhichOneof("kind")
                     if kind in ("tensor", "chunk") and assembler.add(getattr(response, kind)) is not None:
                         got += 1
@@ -110,19 +111,20 @@ def _worker(address: str, index: int, x: torch.Tensor, input_name: str, until: f
     out[f"device{index}"] = (latencies, errors)
 
 
+async def _devices(address: str, devices: int, seconds: float, tensor: Any, out: dict[str, Any]) -> None:
+    until = time.monotonic() + seconds
+    await asyncio.gather(*(_device_loop(address, k, tensor, until, out) for k in range(devices)))
+
+
 def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input_name: str,
               processes: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    """``devices`` concurrent devices, driven by one asyncio loop (threads would add GIL contention on
+    the load generator's side of a small machine)."""
     results: dict[str, Any] = {}
-    until = time.monotonic() + seconds
-    threads = [
-        threading.Thread(target=_worker, args=(address, k, x, input_name, until, results)) for k in range(devices)
-    ]
+    tensor = encode_tensor(x, input_name)
     with Sampler(processes) as sampler:
         start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        asyncio.run(_devices(address, devices, seconds, tensor, results))
         elapsed = time.perf_counter() - start
     latencies = sorted(s for samples, _ in results.values() for s in samples)
     errors = sum(e for _, e in results.values())

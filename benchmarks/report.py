@@ -276,7 +276,7 @@ SECTIONS = {
 
 #: Why a target can be missed on this machine, printed next to a miss.
 MISS_REASONS = {
-    "load-throughput": "the 2-core machine runs the load generator (16 client threads), the front-end and both "
+    "load-throughput": "the 2-core machine runs the load generator, the front-end and both "
     "nodes at once; beyond saturation the extra threads cost context switches and GIL contention, so "
     "throughput drops instead of holding flat",
     "adaptation-oracle": "the planner's device cost is FLOPs over one device speed calibrated on the whole "

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
 from server_node.process import NodeProcess, spawn_node
-from splitinfer.codecs import TensorAssembler, decode_tensor, encode_tensor
 from splitinfer.divider import partition_at
+from splitinfer.errors import Unavailable
+from splitinfer.frontend.client import FrontEndClient
 from splitinfer.frontend.server import FrontEndConfig, RunningFrontEnd, start_frontend
 from splitinfer.graph import ModelGraph, narrow_cuts
 from splitinfer.pool import ModelPool
@@ -26,9 +26,8 @@ from splitinfer.program import export_program
 from splitinfer.registry import EtcdRegistry
 from splitinfer.registry.etcd_server import EtcdServer, start_etcd
 from splitinfer.runtime import PartitionKey
-from splitinfer.transport.channel import open_channel
 from splitinfer.transport.clients import NodeClient
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
+from splitinfer.v1 import plan_pb2
 from splitinfer.zoo import build
 
 MODEL = "tiny_cnn"
@@ -64,25 +63,10 @@ def _wait_for(registry: EtcdRegistry, count: int, timeout_s: float = 20.0) -> No
 
 def _infer(address: str, x: torch.Tensor, input_name: str, request_id: str, timeout_s: float = 30.0) -> torch.Tensor:
     """One request through the front-end as a thin client: plan, then Infer; returns the output."""
-    with open_channel(address) as channel:
-        stub = frontend_pb2_grpc.FrontEndServiceStub(channel)
-        plan = stub.Plan(frontend_pb2.PlanRequest(model=MODEL, device=THIN), timeout=timeout_s).plan
-        header = frontend_pb2.InferHeader(
-            request_id=request_id, device=THIN, plan=plan, timeout_ms=int(timeout_s * 1e3)
-        )
-        messages = [
-            frontend_pb2.InferRequest(header=header),
-            frontend_pb2.InferRequest(tensor=encode_tensor(x, input_name)),
-        ]
-        assembler = TensorAssembler()
-        outputs = []
-        for response in stub.Infer(iter(messages), timeout=timeout_s):
-            kind = response.WhichOneof("kind")
-            if kind in ("tensor", "chunk"):
-                done = assembler.add(getattr(response, kind))
-                if done is not None:
-                    outputs.append(decode_tensor(done))
-    [output] = outputs
+    with FrontEndClient(address) as client:
+        plan = client.plan(MODEL, THIN, timeout_s=timeout_s)
+        outputs, _ = client.infer(plan, THIN, {input_name: x}, request_id=request_id, timeout_s=timeout_s)
+    [output] = outputs.values()
     return output
 
 
@@ -144,9 +128,8 @@ def test_node_killed_mid_request_is_retried_on_a_replica_and_nothing_is_lost_or_
 
     # With no replica left, a new request fails with a clear status instead of hanging.
     cluster["nodes"][1].kill()
-    with pytest.raises(grpc.RpcError) as info:
+    with pytest.raises(Unavailable):
         _infer(frontend.address, cluster["x"], cluster["input"], "after-both-died", timeout_s=20)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
 
 
 OUTAGE_S = 30.0

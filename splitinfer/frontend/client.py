@@ -1,0 +1,78 @@
+"""A thin client of the FrontEndService: plan, then send tensors and read the outputs back.
+
+For applications that run no partition themselves (cameras, scripts, tests, the examples); the edge agent
+(``edge_agent``) is the client for devices that run heads and tails.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+import grpc
+import torch
+
+from splitinfer.codecs import TensorAssembler, decode_tensor, encode_tensor
+from splitinfer.security.tls import ClientSecurity
+from splitinfer.transport.channel import open_channel
+from splitinfer.transport.status import error_from_rpc
+from splitinfer.transport.stream import stream_messages
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
+
+__all__ = ["FrontEndClient"]
+
+
+class FrontEndClient:
+    def __init__(self, address: str, security: ClientSecurity | None = None) -> None:
+        self.address = address
+        self._channel = open_channel(address, security=security)
+        self._stub = frontend_pb2_grpc.FrontEndServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> FrontEndClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def plan(
+        self,
+        model: str,
+        device: plan_pb2.DeviceState,
+        requirements: plan_pb2.Requirements | None = None,
+        timeout_s: float = 30.0,
+    ) -> plan_pb2.ExecutionPlan:
+        request = frontend_pb2.PlanRequest(model=model, device=device, requirements=requirements)
+        try:
+            return self._stub.Plan(request, timeout=timeout_s).plan
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"front-end {self.address}") from None
+
+    def infer(
+        self,
+        plan: plan_pb2.ExecutionPlan,
+        device: plan_pb2.DeviceState,
+        inputs: Mapping[str, torch.Tensor],
+        *,
+        request_id: str = "",
+        timeout_s: float = 30.0,
+    ) -> tuple[dict[str, torch.Tensor], frontend_pb2.InferTrace]:
+        """Runs the plan's server part on ``inputs`` (plain tensors); returns the outputs and the trace."""
+        header = frontend_pb2.InferHeader(
+            request_id=request_id or uuid.uuid4().hex, device=device, plan=plan, timeout_ms=int(timeout_s * 1e3)
+        )
+        tensors = [encode_tensor(t, name) for name, t in inputs.items()]
+        requests = [frontend_pb2.InferRequest(header=header), *stream_messages(frontend_pb2.InferRequest, tensors)]
+        assembler, outputs, trace = TensorAssembler(), {}, frontend_pb2.InferTrace()
+        try:
+            for response in self._stub.Infer(iter(requests), timeout=timeout_s):
+                kind = response.WhichOneof("kind")
+                if kind == "trace":
+                    trace = response.trace
+                elif kind in ("tensor", "chunk") and (done := assembler.add(getattr(response, kind))) is not None:
+                    outputs[done.name] = decode_tensor(done)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"front-end {self.address}") from None
+        return outputs, trace

@@ -27,7 +27,7 @@ from splitinfer.frontend.planning import PlanningService
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
 from splitinfer.planner.plan import Plan
-from splitinfer.results.client import Results
+from splitinfer.results.client import Results, stored_result
 from splitinfer.transport.clients import RouteClient
 from splitinfer.transport.status import abort, status_for
 from splitinfer.v1 import plan_pb2, result_store_pb2
@@ -252,7 +252,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def _run_or_recall(
         self, plan: Plan, request_id: str, inputs: dict[str, torch.Tensor], remaining_s: float | None
     ) -> tuple[dict[str, torch.Tensor], int]:
-        stored = self._stored(request_id)
+        stored = stored_result(self._results, request_id)
         if stored is not None:
             if stored.model != plan.model:
                 raise FailedPrecondition(f"request id {request_id!r} was already used for model {stored.model!r}")
@@ -278,14 +278,6 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 )
             )
         return {n: decode_tensor(t, self._limits) for n, t in delivered.items()}, compute_ns
-
-    def _stored(self, request_id: str) -> result_store_pb2.StoredResult | None:
-        if self._results is None:
-            return None
-        try:
-            return self._results.get(request_id)
-        except NotFound:
-            return None
 
     def _record(self, model: str, variant: str, *, ok: bool, elapsed_ns: int, compute_ns: int = 0) -> None:
         with self._lock:

@@ -52,12 +52,10 @@ class PlanningService:
             raise NotFound(f"model {model!r} has no division named {self.division!r}")
         return manifests
 
-    def partition_flops(self, model: str, variant: str, partition: str) -> float:
+    def partition_flops(self, model: str, variant: str) -> dict[str, float]:
+        """FLOPs of each partition of a variant's division (one manifest read)."""
         manifest = self.pool.manifest(self.pool.resolve(model, variant, self.division))
-        for entry in manifest["partitions"]:
-            if entry["name"] == partition:
-                return float(entry["flops"])
-        raise NotFound(f"{model}@{variant} has no partition {partition!r}")
+        return {entry["name"]: float(entry["flops"]) for entry in manifest["partitions"]}
 
     def plan(
         self,

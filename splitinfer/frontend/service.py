@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import grpc
 
 from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits, TensorAssembler
-from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError
+from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.planner.plan import Plan
-from splitinfer.results.client import Results
+from splitinfer.results.client import Results, stored_result
 from splitinfer.transport.clients import RouteClient
 from splitinfer.transport.status import abort
 from splitinfer.transport.stream import stream_messages
@@ -56,7 +56,7 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
             header, tensors = self._read(request_iterator)
             request_id = header.request_id
             start = time.perf_counter()
-            stored = self._already_stored(request_id)
+            stored = stored_result(self._results, request_id)
             if stored is not None:  # a retry: answer from the store, do not run it twice
                 # A retry may come with a new plan (a node died, conditions changed); it is the same request
                 # as long as it asks the same model.
@@ -97,25 +97,22 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         assembler.finish()
         return header, tensors
 
-    def _already_stored(self, request_id: str) -> result_store_pb2.StoredResult | None:
-        if self._results is None:
-            return None
-        try:
-            return self._results.get(request_id)
-        except NotFound:
-            return None
-
     def _calibrate_device(self, header: frontend_pb2.InferHeader) -> None:
         """The device's own partition timings against what its reported FLOP/s predict."""
         if not header.device_steps or header.device.compute_flops <= 0:
             return
         calibration = self._planning.planner.calibration
+        flops_of: dict[tuple[str, str], dict[str, float]] = {}
         for step in header.device_steps:
             ref = step.partition
-            try:
-                flops = self._planning.partition_flops(ref.model, ref.variant, ref.partition)
-            except SplitInferError:
-                continue  # a partition the pool no longer has: nothing to learn
+            if (ref.model, ref.variant) not in flops_of:
+                try:
+                    flops_of[(ref.model, ref.variant)] = self._planning.partition_flops(ref.model, ref.variant)
+                except SplitInferError:
+                    flops_of[(ref.model, ref.variant)] = {}  # a variant the pool no longer has
+            flops = flops_of[(ref.model, ref.variant)].get(ref.partition)
+            if flops is None:
+                continue  # nothing to learn about a partition the pool does not know
             predicted_ms = flops / header.device.compute_flops * 1e3
             key = f"{ref.model}@{ref.variant}/{ref.partition}"
             calibration.observe_device_partition(header.device.device_id, key, step.compute_ms, predicted_ms)

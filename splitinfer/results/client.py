@@ -6,19 +6,30 @@ from typing import Protocol
 
 import grpc
 
+from splitinfer.errors import NotFound
 from splitinfer.results.store import ResultStore
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.v1 import result_store_pb2, result_store_pb2_grpc
 
-__all__ = ["LocalResults", "RemoteResults", "Results"]
+__all__ = ["LocalResults", "RemoteResults", "Results", "stored_result"]
 
 
 class Results(Protocol):
     def put(self, result: result_store_pb2.StoredResult) -> bool: ...
 
     def get(self, request_id: str) -> result_store_pb2.StoredResult: ...
+
+
+def stored_result(results: Results | None, request_id: str) -> result_store_pb2.StoredResult | None:
+    """The result already stored under ``request_id`` (a retry), or None."""
+    if results is None:
+        return None
+    try:
+        return results.get(request_id)
+    except NotFound:
+        return None
 
 
 class LocalResults:

@@ -22,6 +22,7 @@ from splitinfer.security.auth import (
     authorize,
     certificate_identity,
 )
+from splitinfer.transport.handlers import Behaviour, rewrap
 
 __all__ = ["AuthInterceptor"]
 
@@ -65,27 +66,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         check = self._check
 
-        def guard(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def guard(behaviour: Behaviour) -> Behaviour:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:
                 check(method, context)
                 return behaviour(request, context)
 
             return guarded
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                guard(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                guard(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                guard(handler.stream_unary), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                guard(handler.stream_stream), handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        # A streamed request is checked before its first message is read, as a unary one is.
+        return rewrap(handler, unary_request=guard, stream_request=guard)

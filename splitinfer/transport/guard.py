@@ -13,9 +13,9 @@ from typing import Any
 
 import grpc
 
-__all__ = ["MalformedRequestGuard"]
+from splitinfer.transport.handlers import Behaviour, rewrap
 
-_Behaviour = Callable[[Any, grpc.ServicerContext], Any]
+__all__ = ["MalformedRequestGuard"]
 
 
 class _Malformed:
@@ -51,7 +51,7 @@ class MalformedRequestGuard(grpc.ServerInterceptor):
         def refuse(context: grpc.ServicerContext, marker: _Malformed) -> None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request: {marker.error}")
 
-        def single(behaviour: _Behaviour) -> _Behaviour:
+        def single(behaviour: Behaviour) -> Behaviour:
             def checked(request: Any, context: grpc.ServicerContext) -> Any:
                 if isinstance(request, _Malformed):
                     refuse(context, request)
@@ -59,9 +59,7 @@ class MalformedRequestGuard(grpc.ServerInterceptor):
 
             return checked
 
-        def streamed(
-            behaviour: Callable[[Any, grpc.ServicerContext], Any],
-        ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def streamed(behaviour: Behaviour) -> Behaviour:
             def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
                 def each() -> Iterator[Any]:
                     for request in requests:
@@ -73,19 +71,9 @@ class MalformedRequestGuard(grpc.ServerInterceptor):
 
             return checked
 
-        parse = _tolerant(handler.request_deserializer)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(single(handler.unary_unary), parse, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                single(handler.unary_stream), parse, handler.response_serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                streamed(handler.stream_unary), parse, handler.response_serializer
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                streamed(handler.stream_stream), parse, handler.response_serializer
-            )
-        return handler
+        return rewrap(
+            handler,
+            unary_request=single,
+            stream_request=streamed,
+            request_deserializer=_tolerant(handler.request_deserializer),
+        )

@@ -1,15 +1,18 @@
 """The Dockerfile and Kubernetes manifests cannot run here (no container engine, no cluster), so they are
 checked statically: every manifest parses, every reference resolves (Services to pods, ports, volumes,
 claims, ConfigMap keys, $(VAR)s), probes use gRPC health on declared ports, and every container's command
-line is accepted by the real daemon's argument parser with the flags it actually has."""
+line is accepted by the real daemon's argument parser with the flags it actually has; and every document
+validates, strictly, against the Kubernetes schema (kubernetes-validate)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -153,3 +156,26 @@ def test_dockerfile_copies_what_exists_and_generates_every_proto() -> None:
     assert pinned is not None and f"grpcio-tools=={pinned.group(1)}" in text, "the image must generate with our pin"
     torch_pin = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
     assert torch_pin is not None and f"torch=={torch_pin.group(1)}" in text
+
+
+#: The Kubernetes release whose published OpenAPI schemas the manifests are validated against.
+KUBERNETES_VERSION = "1.37.0"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_every_document_validates_against_the_kubernetes_schema(doc: dict[str, Any]) -> None:
+    """Strict validation: unknown fields (a misspelt ``livenesProbe``) fail as well as wrong types."""
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schema_validator_refuses_a_broken_manifest() -> None:
+    """The validation above can fail: a wrong type and a misspelt field are both caught."""
+    workload = copy.deepcopy(next(d for d in DOCS if d["kind"] == "Deployment"))
+    workload["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(workload, KUBERNETES_VERSION, strict=True)
+    workload = copy.deepcopy(next(d for d in DOCS if d["kind"] == "Deployment"))
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+    container["livenesProbe"] = container.pop("livenessProbe", {})
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(workload, KUBERNETES_VERSION, strict=True)

@@ -1,88 +1,287 @@
-"""Online calibration: observed compute times and transfer rates correct the cost model's inputs.
+"""Online calibration: measured step times correct the cost model's compute predictions, per place.
 
-Each estimate is an exponentially weighted moving average of observed/predicted ratios (compute per server
-and per device) or of observed rates (uplink per device). ``version`` changes whenever an estimate moves by
-more than ``significant`` (10%) since the last change, so plan caches keyed on it re-plan only when
-predictions would really differ.
+The entry point is :meth:`Calibration.observe_request`: after a request ran, the owner of its plan passes the
+plan and the measured compute time of every partition (device steps and server steps alike). Each step is
+compared with the plan's *base* prediction (``Placement.base_ms``: FLOPs over the place's reported FLOP/s,
+no calibration applied), never with the calibrated prediction, so that estimates converge to the true
+ratio instead of its square root.
+
+Per place (a device id, or a server address) the calibration learns two things:
+
+- **per partition**, the factor measured / base (``partition_factors``): the cost model charges exactly
+  base x factor for a partition it has measured there;
+- **a place model** for partitions never measured there (a model the place has not run): measured ≈
+  ``compute_ratio`` x base + ``fixed_ms``, a line fitted by exponentially weighted least squares over the
+  place's recent (base, measured) pairs. ``fixed_ms`` is the per-partition fixed cost (dispatch,
+  framework overhead, small ops) that FLOPs cannot see; it is what makes a tiny model on a slow device
+  cost milliseconds rather than microseconds.
+
+Inputs are bounded and outlier-filtered: non-finite, non-positive or absurd times (> ``MAX_STEP_MS``) are
+dropped; a sample more than ``OUTLIER_FACTOR`` away from an established estimate is held back and only
+accepted when the next one agrees with it (a real change of conditions, not one slow run); while an
+estimate is young (< 3 samples), a much *faster* sample replaces it at once (the first run of a partition
+pays warm-up costs that later runs do not).
+
+``version`` changes whenever a published estimate moves by more than ``significant`` (10%), so plan caches
+keyed on it re-plan only when predictions would really differ.
+
+The older per-method API (``observe_server``, ``observe_device``, ``observe_device_partition``) still
+works; its samples are ratios the caller computed and feed the same tables.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from splitinfer.planner.cost import BASE_FLOOR_S
+from splitinfer.planner.plan import ON_DEVICE, Plan
 from splitinfer.planner.problem import DeviceProfile, ServerProfile
 
-__all__ = ["Calibration"]
+__all__ = ["Calibration", "MeasuredStep"]
+
+#: A step time above this is not a measurement of compute (a hung node, a clock jump): dropped.
+MAX_STEP_MS = 600_000.0
+#: Ratios measured / base outside this range are dropped as nonsense (bad FLOP counts or clocks).
+RATIO_RANGE = (1e-4, 1e7)
+#: A sample this many times away from an established estimate is an outlier until the next one agrees.
+OUTLIER_FACTOR = 3.0
+#: Samples an estimate needs before it counts as established.
+ESTABLISHED = 3
+#: A place model's ratio is at least this (a place can be faster than it reports, but not without limit).
+MIN_PLACE_RATIO = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredStep:
+    """One partition's measured compute time in a request, queueing and transfers excluded.
+
+    ``where`` is ``"device"`` for a step the device ran, else the address of the server node that ran it.
+    """
+
+    partition: str
+    where: str
+    compute_ms: float
 
 
 @dataclass
 class _Estimate:
+    """A robust exponentially weighted average of one ratio."""
+
     value: float
     published: float
+    count: int = 1
+    held: list[float] = field(default_factory=list)
+
+    def add(self, sample: float, alpha: float) -> None:
+        off = math.log(sample / self.value)
+        if abs(off) > math.log(OUTLIER_FACTOR):
+            if self.count < ESTABLISHED and off < 0:  # warm-up made the first runs slow: start again
+                self.value, self.count, self.held = sample, 1, []
+                return
+            if self.held and (math.log(self.held[-1] / self.value) > 0) != (off > 0):
+                self.held = []
+            self.held.append(sample)
+            if len(self.held) < 2:
+                return  # one run is not a change of conditions
+            self.value = math.exp(sum(math.log(h) for h in self.held) / len(self.held))
+            self.count, self.held = 1, []
+            return
+        self.held = []
+        self.value = (1 - alpha) * self.value + alpha * sample
+        self.count += 1
+
+
+@dataclass
+class _PlaceFit:
+    """Exponentially weighted least squares of measured ms on base ms at one place."""
+
+    sw: float = 0.0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+    published: tuple[float, float] | None = None
+
+    def decay(self, keep: float) -> None:
+        self.sw *= keep
+        self.sx *= keep
+        self.sy *= keep
+        self.sxx *= keep
+        self.sxy *= keep
+
+    def add(self, x: float, y: float) -> None:
+        self.sw += 1
+        self.sx += x
+        self.sy += y
+        self.sxx += x * x
+        self.sxy += x * y
+
+    def fit(self) -> tuple[float, float]:
+        """(ratio, fixed ms): a line with ratio >= MIN_PLACE_RATIO and fixed >= 0."""
+        mx, my = self.sx / self.sw, self.sy / self.sw
+        var = self.sxx / self.sw - mx * mx
+        through_origin = max(MIN_PLACE_RATIO, self.sxy / self.sxx) if self.sxx > 0 else 1.0
+        if var <= (0.05 * mx) ** 2:  # bases too alike to tell a ratio from a fixed cost
+            return through_origin, 0.0
+        slope = (self.sxy / self.sw - mx * my) / var
+        slope = max(MIN_PLACE_RATIO, slope)
+        fixed = my - slope * mx
+        if fixed < 0:
+            return through_origin, 0.0
+        return slope, fixed
+
+
+def _place(kind: str, name: str) -> str:
+    return f"{kind}:{name}"
 
 
 @dataclass
 class Calibration:
-    alpha: float = 0.3
+    alpha: float = 0.5
     significant: float = 0.1
+    #: Weight kept by a place's earlier samples each time a request observes it.
+    fit_keep: float = 0.7
     version: int = 0
-    _server_ratio: dict[str, _Estimate] = field(default_factory=dict)
-    _device_ratio: dict[str, _Estimate] = field(default_factory=dict)
+    #: place -> "model@variant/partition" -> measured / base.
+    _factors: dict[str, dict[str, _Estimate]] = field(default_factory=dict)
+    _fits: dict[str, _PlaceFit] = field(default_factory=dict)
+    #: The older API's whole-place ratios (observed / the caller's prediction).
+    _place_ratio: dict[str, _Estimate] = field(default_factory=dict)
     _uplink_mbps: dict[str, _Estimate] = field(default_factory=dict)
-    _device_partition_ratio: dict[str, dict[str, _Estimate]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _update(self, table: dict[str, _Estimate], key: str, sample: float) -> None:
+    # -- the entry point ------------------------------------------------------------------------------------
+
+    def observe_request(self, plan: Plan, steps: Iterable[MeasuredStep], *, device_id: str) -> int:
+        """Learn from one request that ran ``plan``: ``steps`` are the measured compute times of its
+        partitions (those the device ran, reported by the device, and those servers ran, from their
+        timings; a device-only plan has only device steps). Returns how many samples were used.
+
+        Each step is matched to the plan's placement of that partition and compared with its
+        ``base_ms``; steps of partitions the plan does not place, that ran on the device when the plan put
+        them on a server (or the other way round), with no base prediction, or whose time is not a
+        plausible measurement, are ignored. A step that ran on another server than planned (an equivalent
+        replica the balancer chose) calibrates the server that ran it, against the planned base.
+        """
+        placements = {p.partition: p for p in plan.placements}
+        accepted: dict[str, list[tuple[str, float, float]]] = {}
+        for step in steps:
+            placement = placements.get(step.partition)
+            if placement is None or not placement.base_ms > 0 or not math.isfinite(placement.base_ms):
+                continue
+            on_device = step.where == ON_DEVICE
+            if on_device != placement.on_device or (not on_device and not step.where):
+                continue
+            measured = step.compute_ms
+            if not (math.isfinite(measured) and 0 < measured <= MAX_STEP_MS):
+                continue
+            base = max(placement.base_ms, BASE_FLOOR_S * 1e3)
+            ratio = measured / base
+            if not RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1]:
+                continue
+            place = _place("device", device_id) if on_device else _place("server", step.where)
+            key = f"{plan.model}@{plan.variant}/{step.partition}"
+            accepted.setdefault(place, []).append((key, base, measured))
         with self._lock:
-            estimate = table.get(key)
-            if estimate is None:
-                table[key] = _Estimate(sample, sample)
-                self.version += 1
-                return
-            estimate.value = (1 - self.alpha) * estimate.value + self.alpha * sample
-            if abs(estimate.value - estimate.published) > self.significant * estimate.published:
-                estimate.published = estimate.value
-                self.version += 1
+            for place, samples in accepted.items():
+                table = self._factors.setdefault(place, {})
+                fit = self._fits.setdefault(place, _PlaceFit())
+                fit.decay(self.fit_keep)
+                for key, base, measured in samples:
+                    self._add(table, key, measured / base)
+                    fit.add(base, measured)
+                ratio, fixed = fit.fit()
+                if fit.published is None or self._moved(fit.published, (ratio, fixed)):
+                    fit.published = (ratio, fixed)
+                    self.version += 1
+        return sum(len(s) for s in accepted.values())
+
+    # -- the older per-method API ------------------------------------------------------------------------
 
     def observe_server(self, address: str, observed_ms: float, predicted_ms: float) -> None:
         """A partition ran on ``address`` in ``observed_ms`` where the model predicted ``predicted_ms``."""
-        if observed_ms > 0 and predicted_ms > 0:
-            self._update(self._server_ratio, address, observed_ms / predicted_ms)
+        self._observe_ratio(self._place_ratio, _place("server", address), observed_ms, predicted_ms)
 
     def observe_device(self, device_id: str, observed_ms: float, predicted_ms: float) -> None:
-        if observed_ms > 0 and predicted_ms > 0:
-            self._update(self._device_ratio, device_id, observed_ms / predicted_ms)
+        self._observe_ratio(self._place_ratio, _place("device", device_id), observed_ms, predicted_ms)
 
     def observe_device_partition(self, device_id: str, partition: str, observed_ms: float, predicted_ms: float) -> None:
-        """One partition ("model@variant/partition") ran on the device in ``observed_ms`` where the FLOP-based
-        model, with the device's overall calibration applied, predicted ``predicted_ms``."""
-        if observed_ms > 0 and predicted_ms > 0:
-            with self._lock:
-                table = self._device_partition_ratio.setdefault(device_id, {})
-            self._update(table, partition, observed_ms / predicted_ms)
+        """One partition ("model@variant/partition") ran on the device in ``observed_ms`` where FLOPs over the
+        device's reported FLOP/s predicted ``predicted_ms`` (the base prediction)."""
+        with self._lock:
+            table = self._factors.setdefault(_place("device", device_id), {})
+        self._observe_ratio(table, partition, observed_ms, max(predicted_ms, BASE_FLOOR_S * 1e3))
 
     def observe_uplink(self, device_id: str, nbytes: int, seconds: float) -> None:
         """A transfer of ``nbytes`` from the device took ``seconds`` (payload time, RTT excluded)."""
-        if nbytes > 0 and seconds > 0:
-            self._update(self._uplink_mbps, device_id, nbytes * 8 / seconds / 1e6)
+        if nbytes > 0 and math.isfinite(seconds) and seconds > 0:
+            rate = nbytes * 8 / seconds / 1e6
+            if 1e-6 <= rate <= 1e6:
+                with self._lock:
+                    self._add(self._uplink_mbps, device_id, rate)
+
+    # -- applying it ----------------------------------------------------------------------------------------
 
     def server(self, profile: ServerProfile) -> ServerProfile:
-        with self._lock:
-            estimate = self._server_ratio.get(profile.address)
-            return profile if estimate is None else replace(profile, flops=profile.flops / estimate.published)
+        ratio, fixed, factors = self._place_terms(_place("server", profile.address))
+        return replace(profile, compute_ratio=ratio, fixed_ms=fixed, partition_factors=factors)
 
     def device(self, device_id: str, profile: DeviceProfile) -> DeviceProfile:
+        ratio, fixed, factors = self._place_terms(_place("device", device_id))
         with self._lock:
-            ratio = self._device_ratio.get(device_id)
             uplink = self._uplink_mbps.get(device_id)
-            partitions = tuple(
-                sorted((k, e.published) for k, e in self._device_partition_ratio.get(device_id, {}).items())
-            )
-        if partitions:
-            profile = replace(profile, partition_factors=partitions)
-        if ratio is not None:
-            profile = replace(profile, flops=profile.flops / ratio.published)
+        profile = replace(profile, compute_ratio=ratio, fixed_ms=fixed, partition_factors=factors)
         if uplink is not None:
             profile = replace(profile, uplink_mbps=uplink.published)
         return profile
+
+    def predicted_ms(self, place_kind: str, name: str, key: str, base_ms: float) -> float:
+        """What the calibrated cost model predicts for partition ``key`` with ``base_ms`` at a place
+        (``place_kind`` "device" with a device id, or "server" with an address): for reports and tests."""
+        ratio, fixed, factors = self._place_terms(_place(place_kind, name))
+        factor = dict(factors).get(key)
+        if factor is not None:
+            return max(base_ms, BASE_FLOOR_S * 1e3) * factor
+        return base_ms * ratio + fixed
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _place_terms(self, place: str) -> tuple[float, float, tuple[tuple[str, float], ...]]:
+        with self._lock:
+            fit = self._fits.get(place)
+            old = self._place_ratio.get(place)
+            factors = tuple(sorted((k, e.published) for k, e in self._factors.get(place, {}).items()))
+        if fit is not None and fit.published is not None:
+            ratio, fixed = fit.published
+        else:
+            ratio, fixed = (old.published if old is not None else 1.0), 0.0
+        return ratio, fixed, factors
+
+    def _observe_ratio(self, table: dict[str, _Estimate], key: str, observed_ms: float, predicted_ms: float) -> None:
+        if not (math.isfinite(observed_ms) and math.isfinite(predicted_ms)):
+            return
+        if 0 < observed_ms <= MAX_STEP_MS and predicted_ms > 0:
+            ratio = observed_ms / predicted_ms
+            if RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1]:
+                with self._lock:
+                    self._add(table, key, ratio)
+
+    def _add(self, table: dict[str, _Estimate], key: str, sample: float) -> None:
+        """Caller holds the lock."""
+        estimate = table.get(key)
+        if estimate is None:
+            table[key] = _Estimate(sample, sample)
+            self.version += 1
+            return
+        estimate.add(sample, self.alpha)
+        if abs(estimate.value - estimate.published) > self.significant * estimate.published:
+            estimate.published = estimate.value
+            self.version += 1
+
+    def _moved(self, old: tuple[float, float], new: tuple[float, float]) -> bool:
+        ratio_moved = abs(new[0] - old[0]) > self.significant * old[0]
+        fixed_moved = abs(new[1] - old[1]) > self.significant * max(old[1], 0.05)
+        return ratio_moved or fixed_moved

@@ -20,12 +20,16 @@ from dataclasses import dataclass
 from splitinfer.planner.problem import CodecProfile, PlanningProblem, VariantProfile
 
 __all__ = [
+    "BASE_FLOOR_S",
     "DEVICE",
     "Assignment",
     "Evaluation",
+    "base_seconds",
+    "compute_terms",
     "crossing_tensors",
     "energy_weight_s_per_j",
     "evaluate",
+    "partition_key",
     "transfer_terms",
 ]
 
@@ -108,16 +112,38 @@ def transfer_terms(
     return link + nbytes * codec.seconds_per_byte, 0.0, 0.0, 0.0
 
 
-def compute_terms(problem: PlanningProblem, variant: VariantProfile, partition: int, location: int) -> float:
+#: Base times below this many seconds count as this much when a measured factor scales them, so that a
+#: partition of (almost) no FLOPs still carries its measured time (:mod:`splitinfer.planner.calibration`
+#: uses the same floor).
+BASE_FLOOR_S = 1e-6
+
+
+def partition_key(variant: VariantProfile, partition: int) -> str:
+    return f"{variant.model}@{variant.variant}/{variant.partitions[partition].name}"
+
+
+def base_seconds(problem: PlanningProblem, variant: VariantProfile, partition: int, location: int) -> float:
+    """The uncalibrated prediction: FLOPs over the place's reported FLOP/s (no queue, ratio or fixed cost)."""
     flops = variant.partitions[partition].flops
+    place = problem.device if location == DEVICE else problem.servers[location]
+    return flops / place.flops
+
+
+def compute_terms(problem: PlanningProblem, variant: VariantProfile, partition: int, location: int) -> float:
+    """Predicted seconds of compute of one partition at one place (a server's queue included).
+
+    A partition measured at that place takes its measured factor x its base time; any other takes the
+    place's calibrated ratio x base time plus the place's fixed per-partition cost.
+    """
+    base = base_seconds(problem, variant, partition, location)
+    place = problem.device if location == DEVICE else problem.servers[location]
+    factor = place.factor(partition_key(variant, partition)) if place.partition_factors else None
+    seconds = (
+        max(base, BASE_FLOOR_S) * factor if factor is not None else base * place.compute_ratio + place.fixed_ms / 1e3
+    )
     if location == DEVICE:
-        device = problem.device
-        seconds = flops / device.flops
-        if device.partition_factors:
-            seconds *= device.factor(f"{variant.model}@{variant.variant}/{variant.partitions[partition].name}")
         return seconds
-    server = problem.servers[location]
-    return flops / server.flops + server.queue_ms / 1e3
+    return seconds + problem.servers[location].queue_ms / 1e3
 
 
 def crossing_tensors(variant: VariantProfile, locations: tuple[int, ...]) -> list[str]:

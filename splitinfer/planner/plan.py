@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from splitinfer.codecs import CodecSpec
-from splitinfer.planner.cost import DEVICE, Assignment, Evaluation, compute_terms
+from splitinfer.planner.cost import BASE_FLOOR_S, DEVICE, Assignment, Evaluation, base_seconds, compute_terms
 from splitinfer.planner.problem import PlanningProblem
 from splitinfer.v1 import plan_pb2, route_pb2
 
@@ -20,6 +20,9 @@ class Placement:
     #: "device" or a server address.
     where: str
     predicted_ms: float
+    #: FLOPs over the place's reported FLOP/s, uncalibrated: what calibration observes measurements against
+    #: (0 when unknown, e.g. a plan from an older peer).
+    base_ms: float = 0.0
 
     @property
     def on_device(self) -> bool:
@@ -101,6 +104,7 @@ class Plan:
                     on_device=p.on_device,
                     address="" if p.on_device else p.where,
                     predicted_ms=p.predicted_ms,
+                    base_ms=p.base_ms,
                 )
             )
         for c in self.crossings:
@@ -122,7 +126,7 @@ class Plan:
             model=message.model,
             variant=message.variant,
             placements=tuple(
-                Placement(p.partition.partition, ON_DEVICE if p.on_device else p.address, p.predicted_ms)
+                Placement(p.partition.partition, ON_DEVICE if p.on_device else p.address, p.predicted_ms, p.base_ms)
                 for p in message.placements
             ),
             crossings=tuple(
@@ -219,6 +223,7 @@ def make_plan(problem: PlanningProblem, a: Assignment, ev: Evaluation, solver: s
             variant.partitions[p].name,
             ON_DEVICE if a.location(p, n) == DEVICE else problem.servers[a.location(p, n)].address,
             ev.compute_s[p] * 1e3,
+            max(base_seconds(problem, variant, p, a.location(p, n)), BASE_FLOOR_S) * 1e3,
         )
         for p in range(n)
     )

@@ -22,6 +22,13 @@ __all__ = [
 ]
 
 
+def _factor(factors: tuple[tuple[str, float], ...], key: str) -> float | None:
+    for name, value in factors:
+        if name == key:
+            return value
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionCost:
     """One partition of a variant's division."""
@@ -75,16 +82,18 @@ class DeviceProfile:
     #: False for a client that runs no partition at all (a thin camera, or the front-end standing in for an
     #: Open Inference Protocol client): every partition is placed on a server.
     computes: bool = True
-    #: Observed/predicted device compute per partition ("model@variant/partition", ratio), from calibration:
-    #: FLOPs alone misjudge some partitions (per-operator overhead, memory-bound layers on small maps).
+    #: Calibrated place model (see :func:`splitinfer.planner.cost.compute_terms`): a partition not measured
+    #: here takes ``compute_ratio`` x its base time (FLOPs / ``flops``) plus ``fixed_ms`` (dispatch, small ops).
+    compute_ratio: float = 1.0
+    fixed_ms: float = 0.0
+    #: Measured / base compute per partition ("model@variant/partition", ratio), from calibration: FLOPs alone
+    #: misjudge some partitions (per-operator overhead, memory-bound layers on small maps). A listed partition
+    #: takes exactly base x factor; the place model above applies only to the others.
     partition_factors: tuple[tuple[str, float], ...] = ()
 
-    def factor(self, key: str) -> float:
-        """How much slower (> 1) or faster than its FLOPs say a partition runs on this device."""
-        for name, value in self.partition_factors:
-            if name == key:
-                return value
-        return 1.0
+    def factor(self, key: str) -> float | None:
+        """Measured / base compute time of a partition on this device, or None when it was never measured."""
+        return _factor(self.partition_factors, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,14 @@ class ServerProfile:
     queue_ms: float = 0.0
     #: Partitions it hosts, "model@variant/partition"; None means it can run any partition.
     hosts: frozenset[str] | None = None
+    #: Calibrated place model, as for :class:`DeviceProfile`.
+    compute_ratio: float = 1.0
+    fixed_ms: float = 0.0
+    partition_factors: tuple[tuple[str, float], ...] = ()
+
+    def factor(self, key: str) -> float | None:
+        """Measured / base compute time of a partition on this server, or None when it was never measured."""
+        return _factor(self.partition_factors, key)
 
     def can_run(self, model: str, variant: str, partition: str) -> bool:
         return self.hosts is None or f"{model}@{variant}/{partition}" in self.hosts

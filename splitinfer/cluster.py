@@ -2,9 +2,10 @@
 
 ``up`` starts a real etcd, the front door (front-end, Model Pool and Result Store services) and N server
 nodes as background processes, with logs and a state file under one run directory, waits until every
-health check passes, deploys every model in the pool onto every node, and prints the endpoints. ``status``
-shows each component's health and the registry's view (servers, partitions, load). ``down`` stops what
-``up`` started. Starting twice, or stopping when nothing runs, says so.
+health check passes, deploys each model's partitions onto the nodes the Divider placed them on (see
+``placement``), and prints the endpoints. ``status`` shows each component's health and the registry's view
+(nodes by name, partitions, load, a live metrics summary). ``down`` stops what ``up`` started. Starting
+twice, or stopping when nothing runs, says so.
 
     python -m splitinfer.cluster up --config deploy/cluster.json --run-dir run/cluster
 """
@@ -35,13 +36,18 @@ from splitinfer.registry.etcd_server import start_etcd
 from splitinfer.runtime import PartitionKey
 from splitinfer.transport.clients import NodeClient
 
-__all__ = ["ClusterConfig", "main"]
+__all__ = ["ClusterConfig", "format_bytes", "main", "placement"]
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    #: Server nodes to start: each a JSON object of NodeConfig fields (slowdown_factor, torch_threads, ...).
+    #: Server nodes to start: each a JSON object of NodeConfig fields (torch_threads, compute_slots, ...) and
+    #: optionally a "name" (default node0, node1, ...): a division whose partitions were sized for servers of
+    #: these names (``splitinfer divide --capacities``) is deployed onto them.
     nodes: list[dict[str, Any]] = field(default_factory=lambda: [{"torch_threads": 1}, {"torch_threads": 1}])
+    #: Nodes that host each server partition (1: only the node it was placed on; more: the next nodes in
+    #: ring order too, as replicas the planner balances over).
+    replicas: int = 1
     #: Pool directory; relative paths are inside the run directory.
     pool_dir: str = "pool"
     #: Results database; relative to the run directory.
@@ -152,7 +158,7 @@ def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
     pool_dir = run_dir / config.pool_dir
     ModelPool(pool_dir)  # creates it
     plan, registry = host_plan(config, host)
-    state: dict[str, Any] = {"etcd": {}, "frontend": {}, "nodes": [], "host": host}
+    state: dict[str, Any] = {"etcd": {}, "frontend": {}, "nodes": [], "host": host, "replicas": config.replicas}
     if plan.etcd:
         etcd = start_etcd(run_dir / "etcd", host=plan.address, client_port=plan.etcd_port)
         state["etcd"] = {"pid": etcd.process.pid, "endpoint": etcd.endpoint}
@@ -169,7 +175,9 @@ def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
         )  # fmt: skip
         state["frontend"] = {"pid": pid, "address": f"{plan.address}:{port}"}
         _state_path(run_dir).write_text(json.dumps(state, indent=1))
-    for index, node in enumerate(plan.nodes):
+    for index, spec in enumerate(plan.nodes):
+        node = dict(spec)
+        name = str(node.pop("name", f"node{index}"))
         node_config = run_dir / f"node{index}.json"
         node_config.write_text(
             json.dumps({"metrics_port": 0, **node, "cache_dir": str(run_dir / f"node{index}-cache")})
@@ -179,7 +187,7 @@ def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
              plan.address, "--port", "0", "--port-file", str(run_dir / f"node{index}.port")],
             logs / f"node{index}.log", run_dir / f"node{index}.port", config.start_timeout_s,
         )  # fmt: skip
-        state["nodes"].append({"pid": pid, "address": f"{plan.address}:{port}", "name": f"node{index}"})
+        state["nodes"].append({"pid": pid, "address": f"{plan.address}:{port}", "name": name})
         _state_path(run_dir).write_text(json.dumps(state, indent=1))
     deadline = time.monotonic() + config.start_timeout_s
     addresses = [a for a in [state["frontend"].get("address"), *(n["address"] for n in state["nodes"])] if a]
@@ -188,7 +196,7 @@ def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
             print(f"components did not become healthy within {config.start_timeout_s}s; logs in {logs}")
             return 1
         time.sleep(0.2)
-    deployed = deploy(run_dir) if plan.frontend else 0
+    deployed = deploy(run_dir) if plan.frontend else []
     print(f"cluster up ({run_dir}{f', host {host}' if host else ''}):")
     print(f"  registry    {registry}{'  (etcd started here)' if plan.etcd else ''}")
     if plan.frontend:
@@ -197,13 +205,58 @@ def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
     for node in state["nodes"]:
         print(f"  {node['name']:<11} {node['address']}")
     if plan.frontend:
-        print(f"  deployed    {deployed} partitions from {pool_dir} onto every registered node")
+        print(f"  deployed    {len(deployed)} partition copies from {pool_dir}:")
+        for line in _placement_lines(deployed, {n["address"]: n["name"] for n in state["nodes"]}):
+            print(f"    {line}")
     return 0
 
 
-def deploy(run_dir: Path) -> int:
-    """Loads every partition of every model's default division in the pool onto every node: this machine's
-    and every other one in the registry (nodes of other hosts, started before this front-end)."""
+def placement(
+    partitions: list[tuple[str, str]], nodes: list[tuple[str, str]], replicas: int = 1
+) -> dict[str, list[str]]:
+    """Which nodes host each partition of one division.
+
+    ``partitions`` are (name, host) in topological order, where host is what the Divider sized the partition
+    for: a server name, "device" for a device head or tail, or "" when it was not sized for a server.
+    ``nodes`` are (name, address). A partition sized for a node of that name goes there; the other server
+    partitions are spread in order over the nodes that no partition named (consecutive partitions on
+    different nodes, so a request crosses nodes as the division intends); device partitions go on every node
+    (a plan runs them on a server when the device should not). Each server partition is also placed on the
+    next ``replicas - 1`` nodes in ring order.
+    """
+    if not nodes:
+        return {}
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    addresses = [address for _, address in nodes]
+    by_name = {name: index for index, (name, _) in enumerate(nodes)}
+    named = {by_name[host] for _, host in partitions if host in by_name}
+    free = [i for i in range(len(nodes)) if i not in named] or list(range(len(nodes)))
+    unmatched: dict[str, int] = {}  # a host name the cluster does not have -> the node standing in for it
+    placed: dict[str, list[str]] = {}
+    spread = 0
+    for name, host in partitions:
+        if host == "device":
+            placed[name] = list(addresses)
+            continue
+        if host in by_name:
+            first = by_name[host]
+        elif host and host in unmatched:
+            first = unmatched[host]
+        else:
+            first = free[spread % len(free)]
+            spread += 1
+            if host:
+                unmatched[host] = first
+        count = min(replicas, len(nodes))
+        placed[name] = [addresses[(first + k) % len(nodes)] for k in range(count)]
+    return placed
+
+
+def deploy(run_dir: Path) -> list[tuple[str, str, str]]:
+    """Loads every partition of every model's default division in the pool onto the nodes ``placement``
+    chooses, among this machine's nodes and every other node in the registry (nodes of other hosts, started
+    before this front-end). Returns (partition key, node address, how) for each copy loaded."""
     state = _read_state(run_dir)
     if state is None:
         raise RuntimeError(f"no cluster state in {run_dir}")
@@ -211,22 +264,46 @@ def deploy(run_dir: Path) -> int:
         raise RuntimeError("deploy runs on the host with the front-end (it serves the pool)")
     pool = ModelPool(run_dir / ClusterConfig().pool_dir)
     frontend = state["frontend"]["address"]
-    targets = {n["address"] for n in state["nodes"]}
+    nodes = [(n["name"], n["address"]) for n in state["nodes"]]
     registry = EtcdRegistry(state["registry"].removeprefix("etcd://"), timeout_s=5.0)
-    targets |= set(registry.servers())
+    known = {address for _, address in nodes}
+    nodes += [(address, address) for address in sorted(registry.servers()) if address not in known]
     registry.close()
-    count = 0
+    loaded: list[tuple[str, str, str]] = []
     for entry in pool.variants():
         sha = entry.divisions.get("default")
         if sha is None:
             continue
-        for part in pool.manifest(sha)["partitions"]:
-            key = PartitionKey(entry.model, entry.variant, part["name"])
-            for address in sorted(targets):
+        parts = [(part["name"], part.get("host", "")) for part in pool.manifest(sha)["partitions"]]
+        for name, addresses in placement(parts, nodes, int(state.get("replicas", 1))).items():
+            key = PartitionKey(entry.model, entry.variant, name)
+            for address in addresses:
                 with NodeClient(address) as client:
-                    client.load_partition(f"pool://{frontend}/{sha}/{part['name']}", key)
-                count += 1
-    return count
+                    client.load_partition(f"pool://{frontend}/{sha}/{name}", key)
+                loaded.append((str(key), address, dict(parts)[name] or "-"))
+    return loaded
+
+
+def _placement_lines(loaded: list[tuple[str, str, str]], names: dict[str, str]) -> list[str]:
+    by_partition: dict[str, list[str]] = {}
+    sized: dict[str, str] = {}
+    for key, address, host in loaded:
+        by_partition.setdefault(key, []).append(names.get(address, address))
+        sized[key] = host
+    return [
+        f"{key:<32} on {', '.join(where):<24} (sized for {sized[key]})" for key, where in sorted(by_partition.items())
+    ]
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes with a unit that keeps small counts visible: 512 B, 12.3 KiB, 4.00 MiB, 1.50 GiB."""
+    if count < 1024:
+        return f"{count:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        count /= 1024
+        if count < 1024 or unit == "TiB":
+            return f"{count:.1f} {unit}" if count < 100 else f"{count:.0f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def status(run_dir: Path) -> int:
@@ -252,16 +329,19 @@ def status(run_dir: Path) -> int:
     except Exception as exc:
         print(f"registry: unreachable ({exc})")
         return 1
+    names = {n["address"]: n["name"] for n in state["nodes"]}
     print(f"registry: {len(servers)} servers")
     for address, record in sorted(servers.items()):
         print(
-            f"  {address:<22} in flight {record.in_flight:>3}  {record.compute_flops / 1e9:6.1f} GFLOP/s  "
+            f"  {names.get(address, '-'):<8} {address:<22} in flight {record.in_flight:>3}  "
+            f"{record.compute_flops / 1e9:6.1f} GFLOP/s  "
             f"{len(record.partitions)} partitions: {', '.join(record.partitions[:6])}"
             + (" ..." if len(record.partitions) > 6 else "")
         )
     print("metrics (live, from each node's /metrics):")
     for address, record in sorted(servers.items()):
-        print(f"  {address:<22} {metrics_summary(address.rpartition(':')[0], record.metrics_port)}")
+        summary = metrics_summary(address.rpartition(":")[0], record.metrics_port)
+        print(f"  {names.get(address, '-'):<8} {address:<22} {summary}")
     return 0
 
 
@@ -293,7 +373,7 @@ def metrics_summary(host: str, port: int, timeout_s: float = 2.0) -> str:
                 bytes_by[key] = bytes_by.get(key, 0.0) + sample.value
     mean_ms = compute_sum / compute_count * 1e3 if compute_count else 0.0
     codes = ", ".join(f"{c} {v:.0f}" for c, v in sorted(error_codes.items()))
-    moved = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(bytes_by.items()))
+    moved = ", ".join(f"{k} {format_bytes(v)}" for k, v in sorted(bytes_by.items()))
     return (
         f"requests {requests:.0f}, errors {errors:.0f}{f' ({codes})' if codes else ''}, "
         f"partition runs {compute_count:.0f} (mean {mean_ms:.1f} ms), bytes {moved or '-'}"
@@ -343,7 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "status":
         return status(args.run_dir)
     if args.action == "deploy":
-        print(f"deployed {deploy(args.run_dir)} partitions")
+        loaded = deploy(args.run_dir)
+        state = _read_state(args.run_dir) or {"nodes": []}
+        print(f"deployed {len(loaded)} partition copies")
+        for line in _placement_lines(loaded, {n["address"]: n["name"] for n in state["nodes"]}):
+            print(f"  {line}")
         return 0
     return down(args.run_dir)
 

@@ -39,8 +39,9 @@ def test_cluster_up_serve_status_down(tmp_path: Path) -> None:
         json.dumps(
             {
                 "servers": [
-                    {"name": "a", "flops": 1e9, "memory_bytes": 60_000},
-                    {"name": "b", "flops": 1e9, "memory_bytes": 10**9},
+                    # Two equal servers: the Divider splits the model over both (p0 on a, p1 on b).
+                    {"name": "a", "flops": 1e9, "memory_bytes": 200_000},
+                    {"name": "b", "flops": 1e9, "memory_bytes": 200_000},
                 ]
             }
         )
@@ -57,12 +58,17 @@ def test_cluster_up_serve_status_down(tmp_path: Path) -> None:
     pids = [state["etcd"]["pid"], state["frontend"]["pid"], *(n["pid"] for n in state["nodes"])]
     try:
         assert "deployed" in up.stdout and all(_alive(pid) for pid in pids)
+        # The division was sized for two servers; each partition is deployed onto its own node.
+        assert "tiny_cnn@fp32/p0" in up.stdout and "tiny_cnn@fp32/p1" in up.stdout, up.stdout
+        placed = {line.split()[0]: line.split(" on ")[1].split()[0] for line in up.stdout.splitlines()
+                  if line.strip().startswith("tiny_cnn@fp32/")}  # fmt: skip
+        assert placed["tiny_cnn@fp32/p0"] != placed["tiny_cnn@fp32/p1"], up.stdout
         again = _make("cluster-up", run_dir)
         assert again.returncode != 0 and "already running" in again.stdout
         frontend = state["frontend"]["address"]
         agent = EdgeAgent(
             AgentConfig(device_id="op-test", frontend=frontend, pool=frontend, cache_dir=str(tmp_path / "agent")),
-            compute_flops=5e7,
+            compute_flops=1e3,  # a device this slow runs nothing: both partitions run on the servers
         )
         from splitinfer.zoo import build
 
@@ -78,7 +84,9 @@ def test_cluster_up_serve_status_down(tmp_path: Path) -> None:
         # The live metrics summary: the requests just served show up in the nodes' Prometheus counters.
         summaries = [line for line in status.stdout.splitlines() if "partition runs" in line]
         assert len(summaries) == 2, status.stdout
-        assert sum(int(line.split("requests ")[1].split(",")[0]) for line in summaries) >= 1, status.stdout
+        # The request crossed both nodes: each one served it.
+        assert all(int(line.split("requests ")[1].split(",")[0]) >= 1 for line in summaries), status.stdout
+        assert all(line.split()[0] in ("node0", "node1") for line in summaries), status.stdout
     finally:
         down = _make("cluster-down", run_dir)
     assert down.returncode == 0 and "stopped" in down.stdout

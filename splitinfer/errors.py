@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Internal",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
@@ -53,3 +54,8 @@ class Unauthenticated(SplitInferError):
 
 class PermissionDenied(SplitInferError):
     """The caller is known but lacks the role the operation needs."""
+
+
+class Internal(SplitInferError):
+    """Something went wrong inside a server (a bug, not the request); the message names a request id to find
+    the traceback in that server's log. Never retried on another replica."""

@@ -9,21 +9,39 @@ Public surface::
 Pure: no gRPC here. Decoding untrusted messages raises :class:`DecodeError` and nothing else.
 """
 
-from splitinfer.codecs.chunks import DEFAULT_CHUNK_BYTES, TensorAssembler, split_tensor
+from splitinfer.codecs.chunks import (
+    DEFAULT_CHUNK_BYTES,
+    ChunkAssembler,
+    TensorAssembler,
+    WireTensor,
+    split_tensor,
+    split_wire,
+)
 from splitinfer.codecs.errors import DecodeError, EncodeError
 from splitinfer.codecs.spec import CodecSpec
-from splitinfer.codecs.wire import DEFAULT_LIMITS, DecodeLimits, decode_tensor, encode_tensor, tensor_nbytes
+from splitinfer.codecs.wire import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    decode_tensor,
+    decode_wire,
+    encode_tensor,
+    tensor_nbytes,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_LIMITS",
+    "ChunkAssembler",
     "CodecSpec",
     "DecodeError",
     "DecodeLimits",
     "EncodeError",
     "TensorAssembler",
+    "WireTensor",
     "decode_tensor",
+    "decode_wire",
     "encode_tensor",
     "split_tensor",
+    "split_wire",
     "tensor_nbytes",
 ]

@@ -20,7 +20,7 @@ from splitinfer.codecs.lossy import LOSSY_STEPS
 from splitinfer.codecs.spec import CodecSpec
 from splitinfer.v1 import tensor_pb2
 
-__all__ = ["DecodeLimits", "decode_tensor", "encode_tensor", "tensor_nbytes"]
+__all__ = ["DecodeLimits", "decode_tensor", "decode_wire", "encode_tensor", "tensor_nbytes"]
 
 _NO_CODEC = CodecSpec()
 
@@ -53,7 +53,7 @@ def _as_buffer(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.numpy())  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
 
 
-def _from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+def _from_bytes(data: bytes | bytearray | memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """A new tensor holding a copy of ``data``, in memory from torch's allocator.
 
     Copying into a fresh torch buffer (rather than wrapping a bytearray) keeps the data 64-byte aligned, which
@@ -113,6 +113,14 @@ def decode_shape(message: tensor_pb2.Tensor, limits: DecodeLimits = DEFAULT_LIMI
 
 def decode_tensor(message: tensor_pb2.Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> torch.Tensor:
     """The tensor a complete wire message carries; DecodeError (INVALID_ARGUMENT) for anything malformed."""
+    return decode_wire(message, message.payload, limits)  # reading a bytes field copies it: read it once
+
+
+def decode_wire(
+    message: tensor_pb2.Tensor, payload: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS
+) -> torch.Tensor:
+    """The tensor whose metadata ``message`` holds and whose encoded bytes are ``payload`` (e.g. the one
+    buffer a stream was assembled into; ``message.payload`` is ignored). Same checks as decode_tensor."""
     dtype = dtypes.to_torch(message.dtype)
     shape = decode_shape(message, limits)
     encoding = message.encoding
@@ -127,7 +135,6 @@ def decode_tensor(message: tensor_pb2.Tensor, limits: DecodeLimits = DEFAULT_LIM
             f"tensor {message.name!r}: lossy codec {tensor_pb2.LossyCodec.Name(lossy)} "
             f"applies to floating-point tensors, not {dtype}"
         )
-    payload = message.payload  # reading a bytes field copies it: read it once
     if len(payload) != message.payload_size_bytes:
         raise DecodeError(
             f"tensor {message.name!r}: payload is {len(payload)} bytes but "
@@ -135,7 +142,7 @@ def decode_tensor(message: tensor_pb2.Tensor, limits: DecodeLimits = DEFAULT_LIM
         )
     step = LOSSY_STEPS[lossy]
     stored_dtype = step.stored_dtype(dtype)
-    raw = LOSSLESS_STEPS[lossless].decompress(payload, tensor_nbytes(shape, stored_dtype))
+    raw = LOSSLESS_STEPS[lossless].decompress(payload, tensor_nbytes(shape, stored_dtype))  # type: ignore[arg-type]
     stored = _from_bytes(raw, stored_dtype, shape)
     try:
         return step.decode(stored, dtype, encoding)

@@ -2,16 +2,19 @@
 
 A handler has one of four behaviours (unary or streamed request, unary or streamed response); an
 interceptor wraps it by request kind and keeps the (de)serializers, optionally replacing the deserializer.
+:func:`rewrap` is for synchronous servers, :func:`rewrap_aio` for ``grpc.aio`` ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import grpc
 
-__all__ = ["Behaviour", "rewrap"]
+__all__ = ["Around", "AsyncCheck", "Behaviour", "rewrap", "rewrap_aio"]
 
 Behaviour = Callable[[Any, grpc.ServicerContext], Any]
 Deserializer = Callable[[bytes], Any] | None
@@ -36,4 +39,87 @@ def rewrap(
         return grpc.stream_unary_rpc_method_handler(stream_request(handler.stream_unary), parse, serialize)
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(stream_request(handler.stream_stream), parse, serialize)
+    return handler
+
+
+AsyncCheck = Callable[[Any, Any], Awaitable[None]]
+Around = Callable[[Any], AbstractAsyncContextManager[None]]
+
+
+async def _result(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def rewrap_aio(
+    handler: grpc.RpcMethodHandler,
+    *,
+    around: Around | None = None,
+    check: AsyncCheck | None = None,
+    request_deserializer: Deserializer | None = None,
+) -> grpc.RpcMethodHandler:
+    """For ``grpc.aio`` servers: ``handler`` run inside ``around(context)`` (an async context manager entered
+    before the first request message is read and left when the call ends), with ``await check(request,
+    context)`` on every request message; ``request_deserializer`` replaces the handler's when given.
+
+    The wrapped behaviour may be a coroutine, an async generator, or a plain function or generator."""
+    parse = request_deserializer or handler.request_deserializer
+    serialize = handler.response_serializer
+
+    def enter(context: Any) -> AbstractAsyncContextManager[None]:
+        return around(context) if around is not None else nullcontext()
+
+    async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            if check is not None:
+                await check(request, context)
+            yield request
+
+    async def stream_out(value: Any) -> AsyncIterator[Any]:  # value: Any, as handlers come in three kinds
+        if inspect.isasyncgen(value):
+            async for item in value:
+                yield item
+        elif inspect.isawaitable(value):
+            await value  # a coroutine that writes its responses with context.write
+        else:
+            for item in value:
+                yield item
+
+    if handler.unary_unary:
+        uu: Any = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            async with enter(context):
+                if check is not None:
+                    await check(request, context)
+                return await _result(uu(request, context))
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
+    if handler.unary_stream:
+        us: Any = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            async with enter(context):
+                if check is not None:
+                    await check(request, context)
+                async for item in stream_out(us(request, context)):
+                    yield item
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
+    if handler.stream_unary:
+        su: Any = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: Any) -> Any:
+            async with enter(context):
+                return await _result(su(checked(requests, context) if check else requests, context))
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, parse, serialize)
+    if handler.stream_stream:
+        ss: Any = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+            async with enter(context):
+                async for item in stream_out(ss(checked(requests, context) if check else requests, context)):
+                    yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, parse, serialize)
     return handler

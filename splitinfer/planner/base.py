@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from splitinfer.errors import FailedPrecondition, Unavailable
-from splitinfer.planner.cost import DEVICE, Assignment, Evaluation, energy_weight_s_per_j, evaluate
+from splitinfer.planner.cost import DEVICE, Assignment, Evaluation, compute_terms, energy_weight_s_per_j, evaluate
 from splitinfer.planner.plan import Plan, make_plan
 from splitinfer.planner.problem import PlanningProblem
 
-__all__ = ["Solver", "allowed_servers", "device_cuts", "finish", "none_codec"]
+__all__ = ["Solver", "allowed_servers", "device_cuts", "finish", "none_codec", "undominated_servers"]
 
 
 class Solver(Protocol):
@@ -25,6 +25,34 @@ def allowed_servers(problem: PlanningProblem, variant: int, partition: int) -> l
     v = problem.variants[variant]
     name = v.partitions[partition].name
     return [s for s, server in enumerate(problem.servers) if server.can_run(v.model, v.variant, name)]
+
+
+def undominated_servers(problem: PlanningProblem) -> list[int]:
+    """Servers no other server dominates. Transfers cost the same between any two servers, so a server
+    that another can replace everywhere (it runs every partition the first runs, each at least as fast,
+    queue and calibration included) is never needed in an optimal plan: moving its partitions there keeps
+    every cost or lowers it. Ties keep the lower index."""
+    times: list[dict[tuple[int, int], float]] = []
+    for s in range(len(problem.servers)):
+        table = {}
+        for v, variant in enumerate(problem.variants):
+            for p, part in enumerate(variant.partitions):
+                if problem.servers[s].can_run(variant.model, variant.variant, part.name):
+                    table[(v, p)] = compute_terms(problem, variant, p, s)
+        times.append(table)
+    keep = []
+    for s, mine in enumerate(times):
+        dominated = False
+        for t, theirs in enumerate(times):
+            if t == s or not all(k in theirs and theirs[k] <= value for k, value in mine.items()):
+                continue
+            strictly = len(theirs) > len(mine) or any(theirs[k] < value for k, value in mine.items())
+            if strictly or t < s:
+                dominated = True
+                break
+        if not dominated:
+            keep.append(s)
+    return keep
 
 
 def device_cuts(problem: PlanningProblem) -> Iterator[tuple[int, int, int]]:

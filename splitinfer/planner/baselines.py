@@ -15,7 +15,7 @@ from __future__ import annotations
 from ortools.graph.python import max_flow
 
 from splitinfer.planner.base import allowed_servers, finish, none_codec, require_candidates
-from splitinfer.planner.cost import DEVICE, Assignment, compute_terms, evaluate, transfer_terms
+from splitinfer.planner.cost import DEVICE, Assignment, Evaluation, better, compute_terms, evaluate, transfer_terms
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.problem import PlanningProblem
 
@@ -42,7 +42,7 @@ class NeurosurgeonSolver:
         v, server = _anchor_choice(problem)
         n = len(problem.variants[v].partitions)
         raw = none_codec(problem)
-        best: tuple[float, Assignment] | None = None
+        best: tuple[Evaluation, Assignment] | None = None
         params = [p.param_bytes for p in problem.variants[v].partitions]
         cuts = [n] if server == DEVICE else range(n + 1)
         for cut in cuts:
@@ -51,9 +51,9 @@ class NeurosurgeonSolver:
             locations = tuple(DEVICE if p < cut else server for p in range(n))
             tensors = {e.tensor for e in problem.variants[v].edges}
             a = Assignment(v, locations, tuple((t, raw) for t in sorted(tensors)))
-            objective = evaluate(problem, a).objective
-            if best is None or objective < best[0] - 1e-12:
-                best = (objective, a)
+            ev = evaluate(problem, a)
+            if best is None or better(ev, best[0]):
+                best = (ev, a)
         assert best is not None
         return finish(problem, best[1], self.name)
 

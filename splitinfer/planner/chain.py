@@ -12,33 +12,47 @@ CP-SAT. Both are checked against the exhaustive optimum.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from splitinfer.planner.base import allowed_servers, finish, require_candidates
+from splitinfer.planner.base import allowed_servers, finish, require_candidates, undominated_servers
 from splitinfer.planner.cost import (
     ACCURACY_TIEBREAK_S,
     DEVICE,
     RECEIVE_POWER_FRACTION,
     Assignment,
+    Evaluation,
+    better,
     compute_terms,
     energy_weight_s_per_j,
     evaluate,
     transfer_terms,
 )
-from splitinfer.planner.cpsat import CpSatSolver, undominated_servers
+from splitinfer.planner.dag import DagSolver
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.problem import Edge, PlanningProblem, VariantProfile
 
-__all__ = ["AutoSolver", "ChainSolver", "is_chain"]
+__all__ = ["AutoSolver", "ChainSolver", "is_chain", "is_simple_chain"]
 
 HEAD, TAIL = -2, -3  # device places: before the servers, after them
 
 
 def is_chain(variant: VariantProfile) -> bool:
+    """Every edge runs between consecutive partitions (the model input into the first, outputs out of the
+    last); a cut may carry several tensors."""
     n = len(variant.partitions)
     return all(e.dst == e.src + 1 or (e.src == -1 and e.dst == 0) for e in variant.edges) and all(
         any(e.src == p - 1 and e.dst == p for e in variant.edges) for p in range(n)
     )
+
+
+def is_simple_chain(variant: VariantProfile) -> bool:
+    """A chain with exactly one tensor on every cut and one model output: what the label solver below
+    handles. Others go to :class:`~splitinfer.planner.dag.DagSolver`."""
+    n = len(variant.partitions)
+    into = [0] * (n + 1)
+    for e in variant.edges:
+        into[e.dst] += 1
+    return is_chain(variant) and all(count == 1 for count in into)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +84,15 @@ class ChainSolver:
 
     def solve(self, problem: PlanningProblem) -> Plan:
         require_candidates(problem)
-        best: tuple[float, Assignment] | None = None
-        for v, variant in enumerate(problem.variants):
-            if not is_chain(variant):
-                raise ValueError(f"{variant.model}@{variant.variant} is not chain-shaped; use CP-SAT")
+        if not all(is_simple_chain(v) for v in problem.variants):
+            # Several tensors on a cut, or several outputs: the DP over live tensors is exact for those.
+            return replace(DagSolver().solve(problem), solver=self.name)
+        best: tuple[Evaluation, Assignment] | None = None
+        for v in range(len(problem.variants)):
             for a in self._candidates(problem, v):
-                objective = evaluate(problem, a).objective
-                if best is None or objective < best[0] - 1e-12:
-                    best = (objective, a)
+                ev = evaluate(problem, a)
+                if best is None or better(ev, best[0]):
+                    best = (ev, a)
         if best is None:
             raise ValueError("no variant fits the device and its servers")
         return finish(problem, best[1], self.name)
@@ -198,15 +213,16 @@ class ChainSolver:
 
 
 class AutoSolver:
-    """The planner's default: the exact chain solver when every variant is chain-shaped, CP-SAT otherwise."""
+    """The planner's default: the exact label solver when every variant is a simple chain, the exact DP over
+    live tensors (:class:`~splitinfer.planner.dag.DagSolver`) for every other shape."""
 
     name = "auto"
 
     def __init__(self) -> None:
         self.chain = ChainSolver()
-        self.cpsat = CpSatSolver()
+        self.dag = DagSolver()
 
     def solve(self, problem: PlanningProblem) -> Plan:
-        if problem.variants and all(is_chain(v) for v in problem.variants):
+        if problem.variants and all(is_simple_chain(v) for v in problem.variants):
             return self.chain.solve(problem)
-        return self.cpsat.solve(problem)
+        return self.dag.solve(problem)

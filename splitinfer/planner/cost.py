@@ -25,18 +25,23 @@ __all__ = [
     "Assignment",
     "Evaluation",
     "base_seconds",
+    "better",
     "compute_terms",
     "crossing_tensors",
     "energy_weight_s_per_j",
     "evaluate",
     "partition_key",
+    "rank_less",
     "transfer_terms",
+    "violation_of",
 ]
 
 #: Location index of the device; servers are 0..S-1.
 DEVICE = -1
-#: Objective weight of one unit of normalised requirement violation: always worse than any feasible plan.
-VIOLATION_WEIGHT_S = 1e6
+#: Violation units per unit of accuracy below the floor (a latency excess counts relative to the budget).
+ACCURACY_VIOLATION_WEIGHT = 10.0
+#: Two violations or objectives closer than this compare equal (float noise, not a real difference).
+RANK_TOLERANCE = 1e-12
 #: Tie-breaker: seconds of objective per unit of accuracy (1 ms for the whole range), so that among equally
 #: fast plans the more accurate one wins.
 ACCURACY_TIEBREAK_S = 1e-3
@@ -67,6 +72,11 @@ class Evaluation:
     device_compute_s: float
     transfer_s: float
     violated: tuple[str, ...]
+    #: How far the requirements are missed: latency excess / budget + 10 x accuracy shortfall; 0 when met.
+    violation: float
+    #: What is minimised among plans of equal violation: latency + energy weight x energy + accuracy
+    #: tie-break. Plans compare lexicographically, violation first (:func:`better`), so any plan that meets
+    #: the requirements beats any plan that does not, whatever the objective.
     objective: float
     #: Per partition: seconds of compute (queue included).
     compute_s: tuple[float, ...]
@@ -160,6 +170,37 @@ def crossing_tensors(variant: VariantProfile, locations: tuple[int, ...]) -> lis
     return names
 
 
+def violation_of(problem: PlanningProblem, latency_s: float, accuracy: float) -> tuple[tuple[str, ...], float]:
+    """(requirements missed, violation) of a plan with this latency and accuracy."""
+    violated: list[str] = []
+    violation = 0.0
+    req = problem.requirements
+    if req.max_latency_ms > 0 and latency_s * 1e3 > req.max_latency_ms * (1 + 1e-12):
+        violated.append("max_latency_ms")
+        violation += (latency_s * 1e3 - req.max_latency_ms) / req.max_latency_ms
+    if req.min_accuracy > 0 and accuracy < req.min_accuracy - 1e-12:
+        violated.append("min_accuracy")
+        violation += (req.min_accuracy - accuracy) * ACCURACY_VIOLATION_WEIGHT
+    return tuple(violated), violation
+
+
+def better(a: Evaluation, b: Evaluation | None) -> bool:
+    """Whether ``a`` is strictly better than ``b`` (None: nothing yet): less violation, else a lower
+    objective (differences within RANK_TOLERANCE, relative, are ties)."""
+    if b is None:
+        return True
+    return rank_less((a.violation, a.objective), (b.violation, b.objective))
+
+
+def rank_less(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Lexicographic (violation, objective) order with a relative tolerance on each."""
+    if a[0] < b[0] - RANK_TOLERANCE * max(1.0, abs(b[0])):
+        return True
+    if a[0] > b[0] + RANK_TOLERANCE * max(1.0, abs(b[0])):
+        return False
+    return a[1] < b[1] - RANK_TOLERANCE * max(1.0, abs(b[1]))
+
+
 def evaluate(problem: PlanningProblem, a: Assignment) -> Evaluation:
     variant = problem.variants[a.variant]
     n = len(variant.partitions)
@@ -199,28 +240,16 @@ def evaluate(problem: PlanningProblem, a: Assignment) -> Evaluation:
         + transmit * device.transmit_power_w
         + receive * device.transmit_power_w * RECEIVE_POWER_FRACTION
     )
-    violated = []
-    penalty = 0.0
-    req = problem.requirements
-    if req.max_latency_ms > 0 and latency * 1e3 > req.max_latency_ms:
-        violated.append("max_latency_ms")
-        penalty += (latency * 1e3 - req.max_latency_ms) / req.max_latency_ms
-    if req.min_accuracy > 0 and accuracy < req.min_accuracy - 1e-12:
-        violated.append("min_accuracy")
-        penalty += (req.min_accuracy - accuracy) * 10
-    objective = (
-        latency
-        + energy_weight_s_per_j(problem) * energy
-        + ACCURACY_TIEBREAK_S * (1 - accuracy)
-        + VIOLATION_WEIGHT_S * penalty
-    )
+    violated, violation = violation_of(problem, latency, accuracy)
+    objective = latency + energy_weight_s_per_j(problem) * energy + ACCURACY_TIEBREAK_S * (1 - accuracy)
     return Evaluation(
         latency_s=latency,
         energy_j=energy,
         accuracy=accuracy,
         device_compute_s=device_compute,
         transfer_s=transfer,
-        violated=tuple(violated),
+        violated=violated,
+        violation=violation,
         objective=objective,
         compute_s=tuple(compute),
         crossing=crossing,

@@ -20,17 +20,20 @@ at least as much) are dropped first, which keeps solving exact and fast. The gre
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from ortools.sat.python import cp_model
 
-from splitinfer.planner.base import allowed_servers, finish, require_candidates
+from splitinfer.planner.base import allowed_servers, finish, require_candidates, undominated_servers
 from splitinfer.planner.cost import (
     ACCURACY_TIEBREAK_S,
+    ACCURACY_VIOLATION_WEIGHT,
     DEVICE,
     RECEIVE_POWER_FRACTION,
-    VIOLATION_WEIGHT_S,
     Assignment,
+    Evaluation,
+    better,
     compute_terms,
     crossing_tensors,
     energy_weight_s_per_j,
@@ -43,33 +46,9 @@ from splitinfer.planner.problem import PlanningProblem
 
 __all__ = ["CpSatSolver", "undominated_servers"]
 
-US = 1_000_000  # integer units per second (and per joule, per unit of accuracy)
+#: Integer units per unit of accuracy in the requirement constraints.
+ACCURACY_UNITS = 1_000_000
 Literal = cp_model.IntVar | int
-
-
-def _i(value: float) -> int:
-    return round(value * US)
-
-
-def undominated_servers(problem: PlanningProblem) -> list[int]:
-    """Servers no other server dominates. Transfers cost the same between any two servers, so a server
-    that is no faster, queues no less and hosts no more than another is never needed in an optimal plan
-    (ties keep the lower index)."""
-    keep = []
-    for s, a in enumerate(problem.servers):
-        dominated = False
-        for t, b in enumerate(problem.servers):
-            if t == s:
-                continue
-            hosts_more = b.hosts is None or (a.hosts is not None and a.hosts <= b.hosts)
-            better = b.flops >= a.flops and b.queue_ms <= a.queue_ms and hosts_more
-            strictly = b.flops > a.flops or b.queue_ms < a.queue_ms or (a.hosts != b.hosts)
-            if better and (strictly or t < s):
-                dominated = True
-                break
-        if not dominated:
-            keep.append(s)
-    return keep
 
 
 class CpSatSolver:
@@ -89,13 +68,23 @@ class CpSatSolver:
         order = []
         for v in range(len(problem.variants)):
             start = greedy.assignment(problem, variants=[v])
-            order.append((evaluate(problem, start).objective if start else float("inf"), v, start))
+            rank = (evaluate(problem, start).violation, evaluate(problem, start).objective) if start else (1e300, 0.0)
+            order.append((rank, v, start))
         order.sort(key=lambda item: item[0])
-        best: tuple[int, Assignment, bool] | None = None
-        for _, v, start in order:
-            found = self._solve_variant(problem, v, servers, start, None if best is None else best[0])
-            if found is not None and (best is None or found[0] < best[0]):
-                best = found
+        best: tuple[Evaluation, Assignment, bool] | None = None
+        # Lexicographic: first every variant with the requirements as hard constraints (conservatively
+        # rounded, so a plan CP-SAT accepts meets them); only when none can, minimise the violation.
+        for mode in ("feasible", "violation"):
+            for _, v, start in order:
+                bound = None if best is None else best[0].objective
+                found = self._solve_variant(problem, v, servers, start, mode, bound)
+                if found is None:
+                    continue
+                ev = evaluate(problem, found[0])
+                if best is None or better(ev, best[0]):
+                    best = (ev, found[0], found[1])
+            if best is not None:
+                break
         if best is None:
             raise RuntimeError("CP-SAT found no plan: no variant fits the device or its servers")
         _, assignment, optimal = best
@@ -107,15 +96,18 @@ class CpSatSolver:
         only: int,
         servers: list[int],
         start: Assignment | None,
-        bound: int | None,
-    ) -> tuple[int, Assignment, bool] | None:
-        """The best plan using variant ``only`` whose objective is below ``bound``, or None."""
+        mode: str,
+        bound: float | None,
+    ) -> tuple[Assignment, bool] | None:
+        """The best plan using variant ``only``, or None. ``mode`` "feasible": meeting the requirements
+        (None when none does), with an objective below ``bound`` (seconds) up to the rounding bound;
+        "violation": the least violation, then the least objective."""
         model = cp_model.CpModel()
         device = problem.device
         weight = energy_weight_s_per_j(problem)
-        latency_terms: list[tuple[int, Literal]] = []
-        energy_terms: list[tuple[int, Literal]] = []
-        accuracy_terms: list[tuple[int, Literal]] = []
+        latency_terms: list[tuple[float, Literal]] = []
+        energy_terms: list[tuple[float, Literal]] = []
+        accuracy_terms: list[tuple[float, Literal]] = []
 
         def both(a: Literal, b: Literal, name: str) -> Literal:
             """A literal equal to ``a AND b``."""
@@ -141,7 +133,7 @@ class CpSatSolver:
             if v != only:
                 continue
             n = len(variant.partitions)
-            accuracy_terms.append((_i(variant.accuracy), u[v]))
+            accuracy_terms.append((variant.accuracy, u[v]))
             device_bytes = []
             for p in range(n):
                 head[(v, p)] = model.new_bool_var(f"head{v},{p}")
@@ -157,12 +149,12 @@ class CpSatSolver:
                 if not device.computes:
                     model.add(dev[(v, p)] == 0)
                 device_s = compute_terms(problem, variant, p, DEVICE)
-                latency_terms.append((_i(device_s), dev[(v, p)]))
-                energy_terms.append((_i(device_s * device.compute_power_w), dev[(v, p)]))
+                latency_terms.append((device_s, dev[(v, p)]))
+                energy_terms.append((device_s * device.compute_power_w, dev[(v, p)]))
                 options = [s for s in allowed_servers(problem, v, p) if s in servers]
                 for s in options:
                     x[(v, p, s)] = model.new_bool_var(f"x{v},{p},{s}")
-                    latency_terms.append((_i(compute_terms(problem, variant, p, s)), x[(v, p, s)]))
+                    latency_terms.append((compute_terms(problem, variant, p, s), x[(v, p, s)]))
                 model.add(sum(x[(v, p, s)] for s in options) == srv[(v, p)])
             model.add(sum(k * var for k, var in device_bytes) <= device.memory_bytes)
 
@@ -201,13 +193,13 @@ class CpSatSolver:
                     for m, codec in enumerate(problem.codecs):
                         seconds, tx, rx, dev_codec = transfer_terms(problem, src, dst, edge.nbytes, codec)
                         g = both(flag, c[(v, edge.tensor, m)], f"g{v},{e_index},{src},{dst},{m}")
-                        latency_terms.append((_i(seconds), g))
+                        latency_terms.append((seconds, g))
                         joules = (
                             dev_codec * device.compute_power_w
                             + tx * device.transmit_power_w
                             + rx * device.transmit_power_w * RECEIVE_POWER_FRACTION
                         )
-                        energy_terms.append((_i(joules), g))
+                        energy_terms.append((joules, g))
             for t, flags in crossing_of.items():
                 drops = [
                     (m, codec.drop(variant.variant))
@@ -219,12 +211,18 @@ class CpSatSolver:
                 crosses = model.new_bool_var(f"cross{v},{t}")
                 model.add_max_equality(crosses, flags)
                 for m, drop in drops:
-                    accuracy_terms.append((-_i(drop), both(crosses, c[(v, t, m)], f"h{v},{t},{m}")))
+                    accuracy_terms.append((-drop, both(crosses, c[(v, t, m)], f"h{v},{t},{m}")))
 
-        # The objective in microsecond units, one coefficient per variable, rounded once.
+        # Per-instance scale: integer units per second chosen so that the largest possible objective stays
+        # far inside int64 (no overflow whatever the budget), at most 1 ns resolution. Each objective
+        # coefficient is rounded to the nearest unit, so a plan's objective is off by at most (terms in it)
+        # / 2 units: CP-SAT's optimum is within ``len(terms) / scale`` seconds of the true one (the
+        # candidates are scored again exactly by evaluate()). Requirement constraints round
+        # conservatively (latency up, accuracy down): a plan CP-SAT accepts meets them; a plan within
+        # that bound of a limit may be rejected.
         coefficient: dict[int, float] = defaultdict(float)
         variables: dict[int, cp_model.IntVar] = {}
-        offset = ACCURACY_TIEBREAK_S * US
+        offset = ACCURACY_TIEBREAK_S
         for factor, terms in ((1.0, latency_terms), (weight, energy_terms), (-ACCURACY_TIEBREAK_S, accuracy_terms)):
             for k, var in terms:
                 if isinstance(var, int):
@@ -232,35 +230,49 @@ class CpSatSolver:
                     continue
                 coefficient[var.index] += factor * k
                 variables[var.index] = var
-        latency = sum(k * var for k, var in latency_terms)
-        accuracy = sum(k * var for k, var in accuracy_terms)
+        largest = abs(offset) + sum(abs(k) for k in coefficient.values()) + 1e-9
+        scale = min(1e9, 2.0**50 / largest)
+        latency_max = sum(max(0.0, k) for k, _ in latency_terms)
         req = problem.requirements
-        latency_bound = sum(max(0, k) for k, _ in latency_terms)  # keeps the objective within int64
-        if req.max_latency_ms > 0:
-            excess = model.new_int_var(0, max(0, latency_bound), "latency_excess")
-            model.add(excess >= latency - _i(req.max_latency_ms / 1e3))
-            coefficient[excess.index] += VIOLATION_WEIGHT_S * US / _i(req.max_latency_ms / 1e3)
-            variables[excess.index] = excess
-        if req.min_accuracy > 0:
-            short = model.new_int_var(0, US, "accuracy_short")
-            model.add(short >= _i(req.min_accuracy) - accuracy)
-            coefficient[short.index] += VIOLATION_WEIGHT_S * 10
-            variables[short.index] = short
+        lat_hi = sum(math.ceil(k * scale) * var for k, var in latency_terms)
+        acc_lo = sum(math.floor(k * ACCURACY_UNITS) * var for k, var in accuracy_terms)
+        budget = math.floor(req.max_latency_ms / 1e3 * scale) if req.max_latency_ms > 0 else None
+        floor = math.ceil(req.min_accuracy * ACCURACY_UNITS) if req.min_accuracy > 0 else None
         objective = cp_model.LinearExpr.weighted_sum(
-            [variables[k] for k in coefficient], [round(coefficient[k]) for k in coefficient]
-        ) + round(offset)
-        if bound is not None:
-            model.add(objective < bound)
-        model.minimize(objective)
-        if self.hint and start is not None:
-            self._add_hint(model, start, head, tail, x, servers)
-        solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = self.time_limit_s
-        solver.parameters.num_workers = self.workers
-        solver.parameters.cp_model_probing_level = 0  # measured faster on these models, still exact
-        status = solver.solve(model)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return None  # cannot beat the bound (or the variant fits nowhere)
+            [variables[k] for k in coefficient], [round(coefficient[k] * scale) for k in coefficient]
+        ) + round(offset * scale)
+        if mode == "feasible":
+            if budget is not None:
+                model.add(lat_hi <= budget)
+            if floor is not None:
+                model.add(acc_lo >= floor)
+            if bound is not None:
+                model.add(objective <= round(bound * scale) + len(coefficient))
+            model.minimize(objective)
+        else:
+            violation: list[tuple[int, cp_model.IntVar]] = []
+            if budget is not None:
+                excess = model.new_int_var(0, math.ceil(latency_max * scale) + len(latency_terms), "latency_excess")
+                model.add(excess >= lat_hi - budget)
+                violation.append((1, excess))  # in budget units x budget
+            if floor is not None:
+                short = model.new_int_var(0, ACCURACY_UNITS, "accuracy_short")
+                model.add(short >= floor - acc_lo)
+                per_budget = max(budget or 1, 1) * ACCURACY_VIOLATION_WEIGHT / ACCURACY_UNITS
+                violation.append((max(1, round(per_budget)), short))
+            if not violation:
+                return None  # nothing to violate: the feasible pass found every plan there is
+            total = sum(k * var for k, var in violation)
+            model.minimize(total)
+            first = self._run(model, start, head, tail, x, servers)
+            if first is None:
+                return None
+            model.add(total <= round(first[0].objective_value))
+            model.minimize(objective)
+        result = self._run(model, start, head, tail, x, servers)
+        if result is None:
+            return None  # cannot meet the requirements or beat the bound (or the variant fits nowhere)
+        solver, optimal = result
         v = only
         variant = problem.variants[v]
         n = len(variant.partitions)
@@ -274,7 +286,31 @@ class CpSatSolver:
         codecs = tuple(
             (t, next(m for m in range(len(problem.codecs)) if solver.boolean_value(c[(v, t, m)]))) for t in names
         )
-        return round(solver.objective_value), Assignment(v, locations, codecs), status == cp_model.OPTIMAL
+        return Assignment(v, locations, codecs), optimal
+
+    def _run(
+        self,
+        model: cp_model.CpModel,
+        start: Assignment | None,
+        head: dict[tuple[int, int], cp_model.IntVar],
+        tail: dict[tuple[int, int], cp_model.IntVar],
+        x: dict[tuple[int, int, int], cp_model.IntVar],
+        servers: list[int],
+    ) -> tuple[cp_model.CpSolver, bool] | None:
+        """The solved model and whether it is proven optimal; None when it has no solution."""
+        model.clear_hints()
+        if self.hint and start is not None:
+            self._add_hint(model, start, head, tail, x, servers)
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = self.time_limit_s
+        solver.parameters.num_workers = self.workers
+        solver.parameters.cp_model_probing_level = 0  # measured faster on these models, still exact
+        status = solver.solve(model)
+        if status == cp_model.MODEL_INVALID:
+            raise RuntimeError(f"CP-SAT model invalid: {model.validate()}")
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None
+        return solver, status == cp_model.OPTIMAL
 
     @staticmethod
     def _add_hint(

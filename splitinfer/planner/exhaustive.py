@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 from splitinfer.planner.base import allowed_servers, device_cuts, finish, require_candidates
-from splitinfer.planner.cost import DEVICE, Assignment, crossing_tensors, evaluate
+from splitinfer.planner.cost import DEVICE, Assignment, Evaluation, better, crossing_tensors, evaluate
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.problem import PlanningProblem
 
@@ -21,7 +21,7 @@ class ExhaustiveSolver:
 
     def solve(self, problem: PlanningProblem) -> Plan:
         require_candidates(problem)
-        best: tuple[float, Assignment] | None = None
+        best: tuple[Evaluation, Assignment] | None = None
         seen = 0
         for v, i, j in device_cuts(problem):
             variant = problem.variants[v]
@@ -36,8 +36,8 @@ class ExhaustiveSolver:
                     if seen > self.max_candidates:
                         raise ValueError(f"more than {self.max_candidates} candidates: instance too large")
                     a = Assignment(v, tuple(locations), tuple(zip(names, codes, strict=True)))
-                    objective = evaluate(problem, a).objective
-                    if best is None or objective < best[0] - 1e-12:
-                        best = (objective, a)
+                    ev = evaluate(problem, a)
+                    if best is None or better(ev, best[0]):
+                        best = (ev, a)
         assert best is not None  # device-only always qualifies unless no variant fits the device
         return finish(problem, best[1], self.name)

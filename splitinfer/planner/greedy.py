@@ -4,7 +4,7 @@ then codecs improved one tensor at a time, keeping a change only when it lowers 
 from __future__ import annotations
 
 from splitinfer.planner.base import allowed_servers, device_cuts, finish, require_candidates
-from splitinfer.planner.cost import DEVICE, Assignment, compute_terms, crossing_tensors, evaluate
+from splitinfer.planner.cost import DEVICE, Assignment, Evaluation, better, compute_terms, crossing_tensors, evaluate
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.problem import PlanningProblem
 
@@ -27,7 +27,7 @@ class GreedySolver:
     def assignment(self, problem: PlanningProblem, variants: list[int] | None = None) -> Assignment | None:
         """The greedy choice among ``variants`` (all when None); None when none can run."""
         lossless = next((k for k, c in enumerate(problem.codecs) if not c.codec.is_lossy), 0)
-        best: tuple[float, Assignment] | None = None
+        best: tuple[Evaluation, Assignment] | None = None
         for v, i, j in device_cuts(problem):
             if variants is not None and v not in variants:
                 continue
@@ -47,9 +47,9 @@ class GreedySolver:
                 continue
             names = crossing_tensors(variant, tuple(locations))
             a = Assignment(v, tuple(locations), tuple((t, lossless) for t in names))
-            objective = evaluate(problem, a).objective
-            if best is None or objective < best[0] - 1e-12:
-                best = (objective, a)
+            ev = evaluate(problem, a)
+            if best is None or better(ev, best[0]):
+                best = (ev, a)
         if best is None:
             return None
         current, a = best
@@ -57,7 +57,7 @@ class GreedySolver:
         for tensor in list(codes):
             for k in range(len(problem.codecs)):
                 trial = {**codes, tensor: k}
-                objective = evaluate(problem, Assignment(a.variant, a.locations, tuple(trial.items()))).objective
-                if objective < current - 1e-12:
-                    codes, current = trial, objective
+                ev = evaluate(problem, Assignment(a.variant, a.locations, tuple(trial.items())))
+                if better(ev, current):
+                    codes, current = trial, ev
         return Assignment(a.variant, a.locations, tuple(codes.items()))

@@ -41,17 +41,36 @@ DEFAULT_CODECS: tuple[CodecProfile, ...] = (
 )
 
 
-def random_variant(rng: random.Random, model: str, variant: str, n: int, dag: bool, accuracy: float) -> VariantProfile:
-    """A chain (or, with ``dag``, a DAG with skip edges and fan-out) of ``n`` partitions."""
+def random_variant(
+    rng: random.Random,
+    model: str,
+    variant: str,
+    n: int,
+    dag: bool,
+    accuracy: float,
+    *,
+    wide: float = 0.0,
+    outputs: int = 1,
+) -> VariantProfile:
+    """A chain (or, with ``dag``, a DAG with skip edges and fan-out) of ``n`` partitions. ``wide``: chance
+    that a cut carries a second tensor (sizes from 1 KB to 10 MB); ``outputs``: model outputs, each from
+    the last partition or, in a DAG, from an earlier one."""
     partitions = tuple(PartitionCost(f"p{i}", rng.uniform(5e7, 5e8), rng.randint(1 << 16, 1 << 22)) for i in range(n))
     edges = [Edge("input", -1, 0, rng.choice([150_528, 602_112]))]
+    if wide and rng.random() < wide:
+        edges.append(Edge("input2", -1, 0, rng.choice([1_000, 10_000_000])))
     for i in range(n - 1):
         edges.append(Edge(f"t{i}", i, i + 1, rng.randint(2_000, 800_000)))
+        if wide and rng.random() < wide:
+            edges.append(Edge(f"w{i}", i, i + 1, rng.choice([1_000, 40_000, 10_000_000])))
         if dag and i + 2 < n and rng.random() < 0.4:
             edges.append(Edge(f"t{i}", i, i + 2, 0))  # fan-out: the same tensor to a later partition
     if dag:
         edges = [Edge(e.tensor, e.src, e.dst, e.nbytes or _bytes_of(edges, e.tensor)) for e in edges]
     edges.append(Edge("output", n - 1, n, rng.choice([40, 4_000])))
+    for k in range(1, outputs):
+        src = rng.randrange(n) if dag else n - 1
+        edges.append(Edge(f"output{k}", src, n, rng.choice([40, 4_000, 400_000])))
     return VariantProfile(model, variant, accuracy, False, partitions, tuple(edges))
 
 
@@ -68,11 +87,24 @@ def random_problem(
     codecs: int = 3,
     dag: bool = False,
     hosting: bool = True,
+    wide: float = 0.0,
+    outputs: int = 1,
+    budget_ms: tuple[float, ...] = (0.0, 100.0, 500.0, 2000.0),
+    objectives: tuple[str, ...] = ("auto", "latency", "energy"),
 ) -> PlanningProblem:
     """A reproducible random instance; small ones are what the exhaustive oracle can check."""
     rng = random.Random(seed)
     vs = tuple(
-        random_variant(rng, "m", ["fp32", "fp16", "int8", "small"][k % 4], partitions, dag, 0.9 - 0.02 * k)
+        random_variant(
+            rng,
+            "m",
+            ["fp32", "fp16", "int8", "small"][k % 4],
+            partitions,
+            dag,
+            0.9 - 0.02 * k,
+            wide=wide,
+            outputs=outputs,
+        )
         for k in range(variants)
     )
     server_profiles = []
@@ -91,8 +123,8 @@ def random_problem(
         memory_bytes=rng.choice([1 << 30, 1 << 22]),
     )
     requirements = Requirements(
-        max_latency_ms=rng.choice([0.0, 100.0, 500.0, 2000.0]),
+        max_latency_ms=rng.choice(budget_ms),
         min_accuracy=rng.choice([0.0, 0.85, 0.895]),
-        objective=rng.choice(["auto", "latency", "energy"]),
+        objective=rng.choice(objectives),
     )
     return PlanningProblem(vs, device, tuple(server_profiles), DEFAULT_CODECS[:codecs], requirements)

@@ -30,13 +30,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitinfer.config import load_config
+from splitinfer.controller.placement import placement
 from splitinfer.pool import ModelPool
 from splitinfer.registry import EtcdRegistry
 from splitinfer.registry.etcd_server import start_etcd
 from splitinfer.runtime import PartitionKey
 from splitinfer.transport.clients import NodeClient
 
-__all__ = ["ClusterConfig", "format_bytes", "main", "placement"]
+__all__ = ["ClusterConfig", "format_bytes", "main"]
 
 
 @dataclass(frozen=True)
@@ -209,48 +210,6 @@ def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
         for line in _placement_lines(deployed, {n["address"]: n["name"] for n in state["nodes"]}):
             print(f"    {line}")
     return 0
-
-
-def placement(
-    partitions: list[tuple[str, str]], nodes: list[tuple[str, str]], replicas: int = 1
-) -> dict[str, list[str]]:
-    """Which nodes host each partition of one division.
-
-    ``partitions`` are (name, host) in topological order, where host is what the Divider sized the partition
-    for: a server name, "device" for a device head or tail, or "" when it was not sized for a server.
-    ``nodes`` are (name, address). A partition sized for a node of that name goes there; the other server
-    partitions are spread in order over the nodes that no partition named (consecutive partitions on
-    different nodes, so a request crosses nodes as the division intends); device partitions go on every node
-    (a plan runs them on a server when the device should not). Each server partition is also placed on the
-    next ``replicas - 1`` nodes in ring order.
-    """
-    if not nodes:
-        return {}
-    if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
-    addresses = [address for _, address in nodes]
-    by_name = {name: index for index, (name, _) in enumerate(nodes)}
-    named = {by_name[host] for _, host in partitions if host in by_name}
-    free = [i for i in range(len(nodes)) if i not in named] or list(range(len(nodes)))
-    unmatched: dict[str, int] = {}  # a host name the cluster does not have -> the node standing in for it
-    placed: dict[str, list[str]] = {}
-    spread = 0
-    for name, host in partitions:
-        if host == "device":
-            placed[name] = list(addresses)
-            continue
-        if host in by_name:
-            first = by_name[host]
-        elif host and host in unmatched:
-            first = unmatched[host]
-        else:
-            first = free[spread % len(free)]
-            spread += 1
-            if host:
-                unmatched[host] = first
-        count = min(replicas, len(nodes))
-        placed[name] = [addresses[(first + k) % len(nodes)] for k in range(count)]
-    return placed
 
 
 def deploy(run_dir: Path) -> list[tuple[str, str, str]]:

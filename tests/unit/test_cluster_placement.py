@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.cluster import format_bytes, placement
+from splitinfer.cluster import format_bytes
+from splitinfer.controller.placement import placement
 
 NODES = [("node0", "10.0.0.1:1"), ("node1", "10.0.0.2:1"), ("node2", "10.0.0.3:1")]
 

@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from server_node.compute import ComputeHook
 from server_node.config import NodeConfig
 from server_node.server import start_node
 from splitinfer.daemon import announce, wait_for_shutdown
@@ -37,14 +38,19 @@ def parser() -> argparse.ArgumentParser:
     return cli
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, compute_hook: ComputeHook | None = None) -> int:
+    """Runs a node until SIGTERM; ``compute_hook`` is for emulation only (``python -m splitinfer.testbed node``)."""
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    config = NodeConfig.from_file(args.config) if args.config else NodeConfig()
+    try:
+        config = NodeConfig.from_file(args.config) if args.config else NodeConfig()
+    except ValueError as exc:
+        logging.getLogger("splitinfer.server").error("%s", exc)
+        return 2
     overrides = {
         "host": args.host,
         "port": args.port,
@@ -54,10 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         "metrics_port": args.metrics_port,
         "tls_dir": args.tls_dir,
     }
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        logging.getLogger("splitinfer.server").error("%s", exc)
+        return 2
     if config.tls_dir:  # other nodes, sinks and pools are called with the cluster certificate
         configure_client(client_security_from_dir(Path(config.tls_dir), "cluster"))
-    node = start_node(config)
+    node = start_node(config, compute_hook=compute_hook)
     try:
         for source in args.load:
             node.host.load(source, None)

@@ -1,8 +1,13 @@
-"""Server node configuration: one frozen dataclass, units in names, every limit explicit."""
+"""Server node configuration: one frozen dataclass, units in names, every limit explicit, checked on load.
+
+Contradictions are refused when the config is built or read (``NodeConfig(...)``, ``from_file``), not at
+run time: e.g. ``max_in_flight`` above ``max_streams`` (admission could never trigger), a per-peer cap above
+the total, non-positive timeouts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from splitinfer.config import load_config
@@ -18,12 +23,29 @@ class NodeConfig:
     port: int = 0
     #: Address other nodes and clients use to reach this one; defaults to host:bound-port.
     advertise_address: str = ""
-    #: gRPC worker threads (concurrent calls).
-    grpc_workers: int = 16
-    #: Partitions run at once on this node; more requests wait in the queue.
-    compute_slots: int = 1
-    #: Requests admitted at once (running or queued); beyond that the node answers RESOURCE_EXHAUSTED.
+    #: Partitions run at once on this node (threads of the compute pool); 0: one per torch_threads cores.
+    compute_slots: int = 0
+    #: Requests admitted at once (reading, queued, running or forwarding); beyond that RESOURCE_EXHAUSTED.
     max_in_flight: int = 64
+    #: Data-plane streams (Process, ProcessOnce) open at once, idle ones included; beyond: RESOURCE_EXHAUSTED.
+    max_streams: int = 2048
+    #: Data-plane streams open at once from one peer (IP address).
+    max_streams_per_peer: int = 1024
+    #: Seconds a Process stream may take to send its header; then the node closes it (DEADLINE_EXCEEDED).
+    first_message_timeout_s: float = 5.0
+    #: Seconds a Process stream may stay silent between two messages; then the node closes it.
+    idle_timeout_s: float = 10.0
+    #: Longest a request may run, seconds: a header with timeout_ms 0 (none) or above this is clamped to it.
+    max_timeout_s: float = 300.0
+    #: Most steps a route may have.
+    max_route_steps: int = 64
+    #: Most consumer steps one output (and one step, all outputs together) may feed.
+    max_fanout: int = 16
+    #: Most payload bytes one request may send to this node; 0: what its step's inputs need (raw size,
+    #: plus the small overhead a compressed payload can add).
+    max_request_bytes: int = 0
+    #: Payload and decoded bytes of all requests in flight together; beyond it RESOURCE_EXHAUSTED.
+    max_in_flight_bytes: int = 4 << 30
     #: torch intra-op threads; 0 leaves torch's default.
     torch_threads: int = 0
     #: Largest single gRPC message, in bytes.
@@ -38,6 +60,8 @@ class NodeConfig:
     join_timeout_s: float = 30.0
     #: Seconds a replica that refused a call is avoided.
     replica_cooldown_s: float = 5.0
+    #: Replicas tried at most per forwarded call.
+    forward_attempts: int = 3
     #: Registry endpoint ("etcd://host:port[,host:port]"); empty: do not register.
     registry: str = ""
     #: Lease time-to-live in the registry, seconds: a dead node disappears within it.
@@ -48,16 +72,45 @@ class NodeConfig:
     metrics_port: int = -1
     #: Where partitions pulled from a remote pool are cached (a temporary directory when empty).
     cache_dir: str = ""
-    #: Emulated slowness: each partition run is stretched to this many times its real duration (>= 1).
-    #: For demos and tests of heterogeneous clusters on one machine; reported compute_flops is divided by it.
-    slowdown_factor: float = 1.0
     #: Seconds of the start-up compute microbenchmark (0 skips it and reports 0 FLOP/s).
     benchmark_s: float = 0.2
     #: Directory with ca.pem, server.pem/key and cluster.pem/key (``make certs``): serve mutual TLS and
     #: check every caller's role. Empty: plaintext, no authentication (development only).
     tls_dir: str = ""
 
+    def __post_init__(self) -> None:
+        problems = []
+        positive = (
+            "max_in_flight", "max_streams", "max_streams_per_peer", "first_message_timeout_s", "idle_timeout_s",
+            "max_timeout_s", "max_route_steps", "max_fanout", "max_in_flight_bytes", "max_message_bytes",
+            "max_tensor_bytes", "chunk_bytes", "join_timeout_s", "forward_attempts", "registry_ttl_s",
+            "status_interval_s",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("compute_slots", "torch_threads", "max_request_bytes", "benchmark_s", "shutdown_grace_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_in_flight > self.max_streams:
+            problems.append(
+                f"max_in_flight ({self.max_in_flight}) > max_streams ({self.max_streams}): admission control "
+                "could never trigger"
+            )
+        if self.max_streams_per_peer > self.max_streams:
+            problems.append(f"max_streams_per_peer ({self.max_streams_per_peer}) > max_streams ({self.max_streams})")
+        if self.chunk_bytes >= self.max_message_bytes:
+            problems.append(f"chunk_bytes ({self.chunk_bytes}) must be below max_message_bytes")
+        if not -1 <= self.metrics_port <= 65535 or not 0 <= self.port <= 65535:
+            problems.append("port must be in 0..65535 and metrics_port in -1..65535")
+        if problems:
+            raise ValueError("invalid NodeConfig: " + "; ".join(problems))
+
     @classmethod
     def from_file(cls, path: Path) -> NodeConfig:
-        """Reads a JSON object whose keys are field names; unknown keys are an error."""
+        """Reads a JSON object whose keys are field names; unknown keys and contradictions are errors."""
         return load_config(cls, path)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

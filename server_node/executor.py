@@ -1,104 +1,67 @@
 """What a node does with one request: run its steps of the route, forward, join, deliver.
 
-Transport-free: the servicer hands in the decoded header, the tensors received, and a ``Forwarder`` that
-calls other nodes (and the sink). Outputs are encoded once with the codec their route names and the same
-encoded message goes to every consumer (fan-out without re-encoding); tensors that came in encoded and
-only travel on are forwarded as received. Forwards to several nodes run in parallel.
+Transport-free and asynchronous: the servicer hands in the header, the tensors received (still encoded, as
+:class:`~splitinfer.codecs.WireTensor`), the request's :class:`~splitinfer.transport.deadline.Deadline`, and
+a :class:`Forwarder` that calls other nodes (and the sink). Partitions run on the node's
+:class:`~server_node.compute.ComputePool`; nothing here blocks the event loop. Outputs are encoded once with
+the codec their route names and the same encoded bytes go to every consumer (fan-out without re-encoding);
+tensors that came in encoded and only travel on are relayed from the buffer they arrived in. Forwards to
+several nodes run as concurrent tasks; when one fails, the others are cancelled.
+
+The deadline is checked before decoding, after compute (by the pool) and before forwarding or delivering.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
-from collections.abc import Iterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-import grpc
 import torch
 
+from server_node.compute import ComputePool
 from server_node.host import PartitionHost
 from server_node.joins import JoinTable
-from splitinfer.codecs import CodecSpec, DecodeLimits, decode_tensor, encode_tensor
-from splitinfer.errors import DeadlineExceeded, InvalidArgument
+from splitinfer.codecs import CodecSpec, DecodeLimits, WireTensor, decode_wire, encode_wire
+from splitinfer.errors import InvalidArgument
+from splitinfer.routing import downstream_planned_s
 from splitinfer.runtime import PartitionKey
-from splitinfer.v1 import model_server_pb2, route_pb2, tensor_pb2
+from splitinfer.transport.deadline import Deadline
+from splitinfer.v1 import model_server_pb2, route_pb2
 
-__all__ = ["CallScope", "Forwarder", "RequestExecutor", "key_of", "validate_route"]
+__all__ = ["Delivered", "Forwarder", "RequestExecutor", "key_of"]
 
-Delivered = tensor_pb2.Tensor | model_server_pb2.StepTiming
+Delivered = WireTensor | model_server_pb2.StepTiming
 
-
-class CallScope:
-    """The outgoing calls of one request, cancelled together when the request is cancelled or fails."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls: list[grpc.Future] = []
-        self.cancelled = threading.Event()
-
-    def add(self, call: grpc.Future) -> None:
-        with self._lock:
-            self._calls.append(call)
-            cancelled = self.cancelled.is_set()
-        if cancelled:
-            call.cancel()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        with self._lock:
-            calls = list(self._calls)
-        for call in calls:
-            call.cancel()
+#: Tensors at least this large are decoded and encoded on a codec thread, not on the event loop.
+OFFLOAD_BYTES = 64 << 10
 
 
 class Forwarder(Protocol):
-    """Sends a request on to the node of ``step`` and yields what it delivers back."""
+    """Sends a request on to the node of a step (replicas, retries) and to sinks."""
 
-    def forward(
+    async def forward(
         self,
         header: model_server_pb2.RequestHeader,
         step: route_pb2.RouteStep,
-        tensors: list[tensor_pb2.Tensor],
-        timeout_s: float | None,
-        scope: CallScope,
-    ) -> Iterator[Delivered]: ...
+        tensors: list[WireTensor],
+        deadline: Deadline,
+        planned_s: float | None,
+    ) -> list[Delivered]: ...
 
-    def deliver(
+    async def deliver(
         self,
         sink: str,
         request_id: str,
-        tensors: list[tensor_pb2.Tensor],
+        tensors: list[WireTensor],
         timings: list[model_server_pb2.StepTiming],
-        timeout_s: float | None,
+        deadline: Deadline,
     ) -> None: ...
 
 
 def key_of(ref: route_pb2.PartitionRef) -> PartitionKey:
     return PartitionKey(ref.model, ref.variant, ref.partition)
-
-
-def validate_route(header: model_server_pb2.RequestHeader) -> None:
-    """InvalidArgument unless the route is a well-formed DAG in topological order."""
-    steps = header.route.steps
-    if not header.request_id:
-        raise InvalidArgument("request header has no request_id")
-    if not steps:
-        raise InvalidArgument("route has no steps")
-    if header.entry_step >= len(steps):
-        raise InvalidArgument(f"entry_step {header.entry_step} is out of range for a route of {len(steps)} steps")
-    for index, step in enumerate(steps):
-        ref = step.partition
-        if not (ref.model and ref.variant and ref.partition):
-            raise InvalidArgument(f"route step {index} does not name model, variant and partition")
-        for out in step.outputs:
-            for consumer in out.consumer_steps:
-                if consumer <= index or consumer >= len(steps):
-                    raise InvalidArgument(
-                        f"route step {index} sends {out.tensor_name!r} to step {consumer}: "
-                        "consumers must come later in the route (topological order)"
-                    )
 
 
 def _is_join(steps: Sequence[route_pb2.RouteStep], index: int) -> bool:
@@ -111,23 +74,10 @@ def _is_join(steps: Sequence[route_pb2.RouteStep], index: int) -> bool:
 
 
 @dataclass
-class _Deadline:
-    at: float | None  # time.monotonic() value
-
-    def remaining_s(self) -> float | None:
-        if self.at is None:
-            return None
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceeded("request deadline passed")
-        return left
-
-
-@dataclass
 class _State:
     """Tensors of one request on this node, encoded (as received or sent) and decoded (as computed)."""
 
-    encoded: dict[str, tensor_pb2.Tensor]
+    encoded: dict[str, WireTensor]
     decoded: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def has(self, name: str) -> bool:
@@ -140,7 +90,7 @@ class _State:
         if isinstance(value, torch.Tensor):
             self.decoded.setdefault(name, value)
         else:
-            assert isinstance(value, tensor_pb2.Tensor)
+            assert isinstance(value, WireTensor)
             self.encoded.setdefault(name, value)
 
 
@@ -152,44 +102,42 @@ class RequestExecutor:
         host: PartitionHost,
         address: str,
         forwarder: Forwarder,
+        pool: ComputePool,
         limits: DecodeLimits,
         *,
         join_timeout_s: float = 30.0,
-        slowdown_factor: float = 1.0,
     ) -> None:
-        self._slowdown_factor = slowdown_factor
         self._host = host
         self._address = address
         self._forwarder = forwarder
+        self._pool = pool
         self._limits = limits
         self._join_timeout_s = join_timeout_s
         self.joins = JoinTable()
 
-    def _is_local(self, step: route_pb2.RouteStep) -> bool:
+    def is_local(self, step: route_pb2.RouteStep) -> bool:
+        """Whether this node runs ``step`` when it has its inputs."""
         return not step.addresses or self._address in step.addresses
 
-    def execute(
-        self,
-        header: model_server_pb2.RequestHeader,
-        received: dict[str, tensor_pb2.Tensor],
-        timeout_s: float | None,
-        scope: CallScope | None = None,
-    ) -> Iterator[Delivered]:
+    def may_enter(self, step: route_pb2.RouteStep) -> bool:
+        """Whether a caller may send ``step`` here (as a replica or a fallback)."""
+        return self.is_local(step) or self._address in step.fallback_addresses
+
+    async def execute(
+        self, header: model_server_pb2.RequestHeader, received: dict[str, WireTensor], deadline: Deadline
+    ) -> AsyncIterator[Delivered]:
         """Yields delivered tensors (encoded) and step timings, in the order they become available.
 
-        With a sink in the route, delivered tensors go to the sink instead (with this node's timings) and
-        only timings are yielded.
+        The route must have been validated (``server_node.checks.validate_route``). With a sink in the route,
+        delivered tensors go to the sink instead (with this node's timings) and only timings are yielded.
         """
-        validate_route(header)
-        scope = scope or CallScope()
-        deadline = _Deadline(None if timeout_s is None else time.monotonic() + timeout_s)
         steps = header.route.steps
         sink = header.route.sink
         state = _State(dict(received))
         pending = [header.entry_step]
         remote: dict[int, None] = {}
         done: set[int] = set()
-        to_sink: list[tensor_pb2.Tensor] = []
+        to_sink: list[WireTensor] = []
         timings: list[model_server_pb2.StepTiming] = []
         while pending:
             index = pending.pop(0)
@@ -205,7 +153,7 @@ class RequestExecutor:
                     raise InvalidArgument(
                         f"partition {key_of(step.partition)} needs inputs {missing}, which this request did not carry"
                     )
-                joined = self._join(header.request_id, index, needed, state, deadline)
+                joined = await self._join(header.request_id, index, needed, state, deadline)
                 if joined is None:
                     continue  # another call completed the join and runs this step
             routes = list(step.outputs) or [
@@ -214,12 +162,12 @@ class RequestExecutor:
             local: list[int] = []
             to_encode: list[route_pb2.TensorRoute] = []
             for out in routes:
-                here = [c for c in out.consumer_steps if self._is_local(steps[c])]
+                here = [c for c in out.consumer_steps if self.is_local(steps[c])]
                 local.extend(here)
                 remote.update((c, None) for c in out.consumer_steps if c not in here)
                 if out.deliver or len(here) < len(out.consumer_steps):
                     to_encode.append(out)
-            timing = self._run_step(step, to_encode, state, deadline)
+            timing = await self._run_step(step, to_encode, state, deadline)
             timings.append(timing)
             yield timing
             for out in routes:
@@ -232,8 +180,6 @@ class RequestExecutor:
                 if consumer not in done and consumer not in pending:
                     pending.append(consumer)
             pending.sort()
-        if to_sink:
-            self._forwarder.deliver(sink, header.request_id, to_sink, timings, deadline.remaining_s())
         jobs = []
         for consumer in remote:
             step = steps[consumer]
@@ -243,70 +189,56 @@ class RequestExecutor:
             forward_header = model_server_pb2.RequestHeader()
             forward_header.CopyFrom(header)
             forward_header.entry_step = consumer
-            jobs.append((forward_header, step, [state.encoded[n] for n in carried]))
-        yield from self._forward_all(jobs, deadline, scope)
+            planned = downstream_planned_s(header.route, consumer)
+            jobs.append(
+                self._forwarder.forward(forward_header, step, [state.encoded[n] for n in carried], deadline, planned)
+            )
+        if to_sink:
+            deadline.check("before delivering to the sink")
+            jobs.append(self._deliver(sink, header.request_id, to_sink, timings, deadline))
+        if jobs:
+            deadline.check("before forwarding")
+            for item in await _all(jobs):
+                yield item
 
-    def _join(
-        self, request_id: str, index: int, needed: list[str], state: _State, deadline: _Deadline
+    async def _deliver(
+        self,
+        sink: str,
+        request_id: str,
+        tensors: list[WireTensor],
+        timings: list[model_server_pb2.StepTiming],
+        deadline: Deadline,
+    ) -> list[Delivered]:
+        await self._forwarder.deliver(sink, request_id, tensors, timings, deadline)
+        return []
+
+    async def _join(
+        self, request_id: str, index: int, needed: list[str], state: _State, deadline: Deadline
     ) -> dict[str, object] | None:
         have = {n: state.value(n) for n in needed if state.has(n)}
-        remaining = deadline.remaining_s()
-        wait_s = self._join_timeout_s if remaining is None else min(self._join_timeout_s, remaining)
-        joined = self.joins.deposit((request_id, index), have, frozenset(needed), wait_s)
+        wait_s = min(self._join_timeout_s, deadline.check("before a join"))
+        joined = await self.joins.deposit((request_id, index), have, frozenset(needed), wait_s)
         if joined is not None:
             for name, value in joined.items():
                 state.add(name, value)
         return joined
 
-    def _forward_all(
-        self,
-        jobs: list[tuple[model_server_pb2.RequestHeader, route_pb2.RouteStep, list[tensor_pb2.Tensor]]],
-        deadline: _Deadline,
-        scope: CallScope,
-    ) -> Iterator[Delivered]:
-        if len(jobs) == 1:
-            header, step, tensors = jobs[0]
-            yield from self._forwarder.forward(header, step, tensors, deadline.remaining_s(), scope)
-            return
-        results: queue.Queue[object] = queue.Queue()
-        finished = object()
+    async def _decode(self, tensor: WireTensor) -> torch.Tensor:
+        if tensor.nbytes >= OFFLOAD_BYTES:
+            return await self._pool.offload(decode_wire, tensor.head, tensor.payload, self._limits)
+        return decode_wire(tensor.head, tensor.payload, self._limits)
 
-        def run(
-            header: model_server_pb2.RequestHeader, step: route_pb2.RouteStep, tensors: list[tensor_pb2.Tensor]
-        ) -> None:
-            try:
-                for item in self._forwarder.forward(header, step, tensors, deadline.remaining_s(), scope):
-                    results.put(item)
-                results.put(finished)
-            except BaseException as exc:
-                results.put(exc)
+    async def _encode(self, value: torch.Tensor, name: str, codec: CodecSpec) -> WireTensor:
+        if value.numel() * value.element_size() >= OFFLOAD_BYTES:
+            return await self._pool.offload(encode_wire, value, name, codec)
+        return encode_wire(value, name, codec)
 
-        for job in jobs:
-            threading.Thread(target=run, args=job, name="forward", daemon=True).start()
-        left = len(jobs)
-        try:
-            while left:
-                remaining = deadline.remaining_s()
-                try:
-                    item = results.get(timeout=remaining)
-                except queue.Empty:
-                    raise DeadlineExceeded("request deadline passed while waiting for downstream nodes") from None
-                if item is finished:
-                    left -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item  # type: ignore[misc]
-        except BaseException:
-            scope.cancel()  # stop the other branches: the request has failed
-            raise
-
-    def _run_step(
+    async def _run_step(
         self,
         step: route_pb2.RouteStep,
         to_encode: list[route_pb2.TensorRoute],
         state: _State,
-        deadline: _Deadline,
+        deadline: Deadline,
     ) -> model_server_pb2.StepTiming:
         """Runs one partition and encodes the outputs that leave this node; returns its timing."""
         key = key_of(step.partition)
@@ -315,32 +247,40 @@ class RequestExecutor:
         missing = [n for n in names if not state.has(n)]
         if missing:
             raise InvalidArgument(f"partition {key} needs inputs {missing}, which this request did not carry")
-        start = time.perf_counter()
+        deadline.check(f"before decoding the inputs of {key}")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for name in names:
             if name not in state.decoded:
-                state.decoded[name] = decode_tensor(state.encoded[name], self._limits)
+                state.decoded[name] = await self._decode(state.encoded[name])
         feeds = {name: state.decoded[name] for name in names}
-        decode_ms = (time.perf_counter() - start) * 1e3
-        with self._host.compute(key, deadline.remaining_s()) as queue_ms:
-            deadline.remaining_s()
-            start = time.perf_counter()
-            outputs = partition.run(feeds)
-            if self._slowdown_factor > 1:
-                time.sleep((time.perf_counter() - start) * (self._slowdown_factor - 1))
-            compute_ms = (time.perf_counter() - start) * 1e3
+        decode_ms = (loop.time() - start) * 1e3
+        outputs, run = await self._pool.run(partition, feeds, deadline)
         state.decoded.update(outputs)
-        start = time.perf_counter()
+        start = loop.time()
         for out in to_encode:
             if out.tensor_name not in outputs:
                 raise InvalidArgument(f"route for {key} names output {out.tensor_name!r}, which it does not produce")
-            state.encoded[out.tensor_name] = encode_tensor(
+            state.encoded[out.tensor_name] = await self._encode(
                 outputs[out.tensor_name], out.tensor_name, CodecSpec.from_proto(out.encoding)
             )
         return model_server_pb2.StepTiming(
             node=self._address,
             partition=step.partition,
-            queue_ms=queue_ms,
-            compute_ms=compute_ms,
+            queue_ms=run.queue_ms,
+            compute_ms=run.compute_ms,
             decode_ms=decode_ms,
-            encode_ms=(time.perf_counter() - start) * 1e3,
+            encode_ms=(loop.time() - start) * 1e3,
         )
+
+
+async def _all(jobs: list[Coroutine[Any, Any, list[Delivered]]]) -> list[Delivered]:
+    """Runs the coroutines as tasks; their results in order. The first failure cancels the others."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    return [item for result in results for item in result]

@@ -1,20 +1,28 @@
-"""Calls to other nodes and to sinks: replica choice, retries on another replica, cancellation."""
+"""Calls to other nodes and to sinks, on ``grpc.aio``: replica choice and retries by the one policy
+(:mod:`splitinfer.transport.retry`), payloads relayed from the buffers they arrived in.
+
+A forwarded call whose tensors add up to at most ``ONCE_MAX_BYTES`` goes as one ``ProcessOnce``; larger ones
+stream through ``Process``, each tensor cut into chunks straight from its buffer. Every attempt carries its
+budget as its gRPC timeout and in its header, so a hung replica is abandoned for the next one and its late
+answer discarded. When the request is cancelled (its caller went away, or a sibling branch failed), the
+task awaiting the call is cancelled, which cancels the call downstream.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 
-from server_node.executor import CallScope, Delivered, key_of
-from splitinfer.codecs import TensorAssembler
-from splitinfer.errors import Unavailable
+from server_node.executor import Delivered, key_of
+from splitinfer.codecs import ChunkAssembler, DecodeLimits, WireTensor, split_wire
 from splitinfer.routing import ReplicaBalancer
-from splitinfer.transport.channel import open_channel
+from splitinfer.transport.channel import open_aio_channel
+from splitinfer.transport.deadline import Deadline
+from splitinfer.transport.retry import RetryPolicy, call_replicas
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
+from splitinfer.transport.stream import ONCE_MAX_BYTES
 from splitinfer.v1 import (
     model_server_pb2,
     model_server_pb2_grpc,
@@ -28,124 +36,111 @@ __all__ = ["GrpcForwarder"]
 
 log = logging.getLogger("splitinfer.server")
 
-#: Failures that mean "this replica could not take the request"; anything else is the request's own fault.
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-
 
 class GrpcForwarder:
-    """Relays requests to the next node's Process, chunks and all, without decoding.
+    """Relays requests to the next node's Process, chunks and all, without decoding. Use from the node's
+    event loop only."""
 
-    The replica is chosen by ``balancer``; when a replica refuses the call before answering anything
-    (unreachable, overloaded) the next one is tried within the deadline. Calls are registered with the
-    request's CallScope so that cancelling the request cancels them.
-    """
-
-    def __init__(self, chunk_bytes: int, max_message_bytes: int, balancer: ReplicaBalancer) -> None:
+    def __init__(
+        self,
+        chunk_bytes: int,
+        max_message_bytes: int,
+        balancer: ReplicaBalancer,
+        policy: RetryPolicy,
+        limits: DecodeLimits,
+    ) -> None:
         self._chunk_bytes = chunk_bytes
         self._max_message_bytes = max_message_bytes
         self.balancer = balancer
-        self._lock = threading.Lock()
-        self._channels: dict[str, grpc.Channel] = {}
+        self.policy = policy
+        self._limits = limits
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def _channel(self, address: str) -> grpc.Channel:
-        with self._lock:
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = self._channels[address] = open_channel(address, self._max_message_bytes)
-            return channel
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = open_aio_channel(address, self._max_message_bytes)
+        return channel
 
-    def forward(
+    async def forward(
         self,
         header: model_server_pb2.RequestHeader,
         step: route_pb2.RouteStep,
-        tensors: list[tensor_pb2.Tensor],
-        timeout_s: float | None,
-        scope: CallScope,
-    ) -> Iterator[Delivered]:
-        if timeout_s is not None:
+        tensors: list[WireTensor],
+        deadline: Deadline,
+        planned_s: float | None,
+    ) -> list[Delivered]:
+        what = f"request {header.request_id}: step {header.entry_step} ({key_of(step.partition)})"
+
+        async def attempt(address: str, timeout_s: float) -> list[Delivered]:
             header.timeout_ms = max(1, int(timeout_s * 1e3))
-        tried: set[str] = set()
-        while True:
-            address = self.balancer.choose(list(step.addresses), frozenset(tried), list(step.fallback_addresses))
-            tried.add(address)
-            answered = False
             try:
-                with self.balancer.track(address):
-                    for item in self._call(address, header, tensors, timeout_s, scope):
-                        answered = True
-                        yield item
-                self.balancer.succeeded(address)
-                return
-            except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                if code in _RETRYABLE and not answered and not scope.cancelled.is_set():
-                    self.balancer.failed(address)
-                    if self.balancer.untried(step.addresses, step.fallback_addresses, tried):
-                        log.warning(
-                            "request %s: %s refused (%s); trying another replica", header.request_id, address, code
-                        )
-                        continue
+                return await self._call(address, header, tensors, timeout_s)
+            except grpc.aio.AioRpcError as exc:
                 raise error_from_rpc(exc, f"next hop {address} ({key_of(step.partition)})") from None
-            except Unavailable:
-                raise
 
-    def _call(
-        self,
-        address: str,
-        header: model_server_pb2.RequestHeader,
-        tensors: list[tensor_pb2.Tensor],
-        timeout_s: float | None,
-        scope: CallScope,
-    ) -> Iterator[Delivered]:
+        return await call_replicas(
+            self.policy, self.balancer, step.addresses, step.fallback_addresses, deadline, planned_s, attempt, what
+        )
+
+    async def _call(
+        self, address: str, header: model_server_pb2.RequestHeader, tensors: list[WireTensor], timeout_s: float
+    ) -> list[Delivered]:
         stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel(address))
-        if sum(t.payload_size_bytes for t in tensors) <= ONCE_MAX_BYTES:
-            future = stub.ProcessOnce.future(
-                model_server_pb2.ProcessOnceRequest(header=header, tensors=tensors), timeout=timeout_s
-            )
-            scope.add(future)
-            once = future.result()
-            yield from once.tensors
-            yield from once.done.timings
-            return
+        if sum(t.nbytes for t in tensors) <= ONCE_MAX_BYTES:
+            request = model_server_pb2.ProcessOnceRequest(header=header, tensors=[t.to_message() for t in tensors])
+            once = await stub.ProcessOnce(request, timeout=timeout_s)
+            return [*(WireTensor.from_message(t) for t in once.tensors), *once.done.timings]
 
-        def requests() -> Iterator[model_server_pb2.ProcessRequest]:
+        async def requests() -> AsyncIterator[model_server_pb2.ProcessRequest]:
             yield model_server_pb2.ProcessRequest(header=header)
-            yield from stream_messages(model_server_pb2.ProcessRequest, tensors, self._chunk_bytes)
+            for tensor in tensors:
+                for piece in split_wire(tensor, self._chunk_bytes):
+                    if isinstance(piece, tensor_pb2.Tensor):
+                        yield model_server_pb2.ProcessRequest(tensor=piece)
+                    else:
+                        yield model_server_pb2.ProcessRequest(chunk=piece)
 
         call = stub.Process(requests(), timeout=timeout_s)
-        scope.add(call)
-        assembler = TensorAssembler()
-        for response in call:
+        assembler = ChunkAssembler(self._limits)
+        delivered: list[Delivered] = []
+        async for response in call:
             kind = response.WhichOneof("kind")
             if kind == "done":
-                yield from response.done.timings
+                delivered.extend(response.done.timings)
             elif kind is not None:
                 complete = assembler.add(getattr(response, kind))
                 if complete is not None:
-                    yield complete
+                    delivered.append(complete)
         assembler.finish()
+        return delivered
 
-    def deliver(
+    async def deliver(
         self,
         sink: str,
         request_id: str,
-        tensors: list[tensor_pb2.Tensor],
+        tensors: list[WireTensor],
         timings: list[model_server_pb2.StepTiming],
-        timeout_s: float | None,
+        deadline: Deadline,
     ) -> None:
         header = result_sink_pb2.DeliverHeader(request_id=request_id, timings=timings)
 
-        def requests() -> Iterator[result_sink_pb2.DeliverRequest]:
+        async def requests() -> AsyncIterator[result_sink_pb2.DeliverRequest]:
             yield result_sink_pb2.DeliverRequest(header=header)
-            yield from stream_messages(result_sink_pb2.DeliverRequest, tensors, self._chunk_bytes)
+            for tensor in tensors:
+                for piece in split_wire(tensor, self._chunk_bytes):
+                    if isinstance(piece, tensor_pb2.Tensor):
+                        yield result_sink_pb2.DeliverRequest(tensor=piece)
+                    else:
+                        yield result_sink_pb2.DeliverRequest(chunk=piece)
 
+        stub = result_sink_pb2_grpc.ResultSinkServiceStub(self._channel(sink))
         try:
-            result_sink_pb2_grpc.ResultSinkServiceStub(self._channel(sink)).Deliver(requests(), timeout=timeout_s)
-        except grpc.RpcError as exc:
+            await stub.Deliver(requests(), timeout=deadline.check("before delivering"))
+        except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"sink {sink}") from None
 
-    def close(self) -> None:
-        with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(grace=None)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitinfer.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from splitinfer.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from splitinfer.runtime import LoadedPartition, PartitionKey, load_partition_artifact
 
 __all__ = ["PartitionHost"]
@@ -18,22 +17,23 @@ __all__ = ["PartitionHost"]
 @dataclass
 class _Slot:
     partition: LoadedPartition | None  # None while loading
-    queued: int = 0
 
 
 class PartitionHost:
     """Thread-safe table of hosted partitions with admission control.
 
-    ``admit`` bounds the requests in flight (RESOURCE_EXHAUSTED beyond ``max_in_flight``); ``compute`` bounds
-    the partitions running at once and measures the time a request waited for a slot.
+    ``admit`` bounds the requests in flight (RESOURCE_EXHAUSTED beyond ``max_in_flight``, counted in
+    ``refused``); ``queue_length`` reports the runs waiting for or on a compute thread per partition (the
+    compute pool's count, plugged in by the node).
     """
 
-    def __init__(self, *, compute_slots: int, max_in_flight: int) -> None:
+    def __init__(self, *, max_in_flight: int, queue_length: Callable[[str], int] = lambda key: 0) -> None:
         self._lock = threading.Lock()
         self._slots: dict[PartitionKey, _Slot] = {}
-        self._compute = threading.BoundedSemaphore(compute_slots)
         self._max_in_flight = max_in_flight
+        self._queue_length = queue_length
         self.in_flight = 0
+        self.refused = 0
 
     def load(self, source: Path, expected: PartitionKey | None, manifest_sha256: str = "") -> LoadedPartition:
         """Loads an artifact; the artifact must be the partition ``expected`` names when given."""
@@ -76,12 +76,14 @@ class PartitionHost:
     def hosted(self) -> list[tuple[LoadedPartition, int]]:
         """Loaded partitions with their queue lengths."""
         with self._lock:
-            return [(s.partition, s.queued) for s in self._slots.values() if s.partition is not None]
+            loaded = [s.partition for s in self._slots.values() if s.partition is not None]
+        return [(p, self._queue_length(str(p.key))) for p in loaded]
 
     @contextmanager
     def admit(self) -> Iterator[None]:
         with self._lock:
             if self.in_flight >= self._max_in_flight:
+                self.refused += 1
                 raise ResourceExhausted(
                     f"node is at its limit of {self._max_in_flight} requests in flight; retry later"
                 )
@@ -91,24 +93,3 @@ class PartitionHost:
         finally:
             with self._lock:
                 self.in_flight -= 1
-
-    @contextmanager
-    def compute(self, key: PartitionKey, timeout_s: float | None) -> Iterator[float]:
-        """Holds a compute slot for ``key``; yields the milliseconds spent waiting for it."""
-        with self._lock:
-            slot = self._slots.get(key)
-            if slot is not None:
-                slot.queued += 1
-        start = time.perf_counter()
-        try:
-            acquired = self._compute.acquire(timeout=timeout_s)
-            if not acquired:
-                raise DeadlineExceeded(f"deadline passed while waiting for a compute slot for {key}")
-            try:
-                yield (time.perf_counter() - start) * 1e3
-            finally:
-                self._compute.release()
-        finally:
-            with self._lock:
-                if slot is not None:
-                    slot.queued -= 1

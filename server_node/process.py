@@ -49,9 +49,11 @@ def spawn_node(
     timeout_s: float = 60.0,
     log_dir: Path | None = None,
     security: ClientSecurity | None = None,
+    slowdown: float | None = None,
 ) -> NodeProcess:
     """Runs ``python -m server_node --port 0`` and returns once its health check answers SERVING
-    (checked over TLS with ``security`` when the node serves TLS)."""
+    (checked over TLS with ``security`` when the node serves TLS). ``slowdown`` runs it through the testbed
+    instead, emulating a machine that many times slower (``splitinfer.testbed.Slowdown``)."""
     work = Path(tempfile.mkdtemp(prefix="splitinfer-node-", dir=log_dir))
     port_file = work / "port"
     log_path = work / "node.log"
@@ -60,7 +62,7 @@ def spawn_node(
             [
                 sys.executable,
                 "-m",
-                "server_node",
+                *(["splitinfer.testbed", "node", "--slowdown", str(slowdown)] if slowdown else ["server_node"]),
                 "--port",
                 "0",
                 "--port-file",

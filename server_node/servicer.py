@@ -1,31 +1,46 @@
-"""The ModelServerService servicer: decode, check, apply the deadline, call the executor, map errors."""
+"""The ModelServerService servicer on ``grpc.aio``: read and check, apply the deadline, call the executor.
+
+Every method is wrapped once by :func:`~splitinfer.transport.status.map_errors` (errors by the one table,
+failures counted by code in the node's metrics). When its header arrives, a data-plane call is admitted
+(``max_in_flight``) and the header is checked before any tensor payload is buffered (:mod:`server_node.checks`,
+:mod:`server_node.trust`), its memory reserved against the node's budget, and only then are its tensors
+read, each into one buffer, under the first-message and idle timeouts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
 import psutil
 
+from server_node.checks import MemoryBudget, RouteLimits, entry_precheck, validate_route
+from server_node.compute import ComputePool
 from server_node.config import NodeConfig
-from server_node.executor import CallScope, RequestExecutor, key_of
+from server_node.executor import RequestExecutor, key_of
 from server_node.forwarder import GrpcForwarder
 from server_node.host import PartitionHost
 from server_node.metrics import NodeMetrics
-from splitinfer.codecs import CodecSpec, DecodeLimits, TensorAssembler
+from server_node.trust import RouteTrust
+from splitinfer.codecs import ChunkAssembler, CodecSpec, DecodeLimits, WireTensor, split_wire
 from splitinfer.codecs.dtypes import from_torch
-from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
+from splitinfer.errors import FailedPrecondition, InvalidArgument
 from splitinfer.pool.service import POOL_SCHEME, pull_partition
 from splitinfer.program import ValueSpec
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.runtime import LoadedPartition
-from splitinfer.transport.status import abort, status_for
-from splitinfer.transport.stream import stream_messages
+from splitinfer.transport.aio_server import StreamLimiter
+from splitinfer.transport.deadline import Deadline
+from splitinfer.transport.reader import Admission, StreamTimeouts, read_stream
+from splitinfer.transport.retry import RetryPolicy
+from splitinfer.transport.status import map_errors, set_request_id
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["ModelServerServicer"]
@@ -41,8 +56,12 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         address: str,
         compute_flops: float,
         balancer: ReplicaBalancer,
+        pool: ComputePool,
+        trust: RouteTrust,
+        *,
         on_change: Callable[[], None] = lambda: None,
         metrics: NodeMetrics | None = None,
+        limiter: StreamLimiter | None = None,
     ) -> None:
         self._on_change = on_change
         self.metrics = metrics or NodeMetrics()
@@ -52,91 +71,117 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         self._flops = compute_flops
         self._started = time.monotonic()
         self._limits = DecodeLimits(max_tensor_bytes=config.max_tensor_bytes)
-        self.forwarder = GrpcForwarder(config.chunk_bytes, config.max_message_bytes, balancer)
+        self._route_limits = RouteLimits(config.max_route_steps, config.max_fanout)
+        self._timeouts = StreamTimeouts(config.first_message_timeout_s, config.idle_timeout_s)
+        self._trust = trust
+        self._limiter = limiter
+        self.pool = pool
+        self.budget = MemoryBudget(config.max_in_flight_bytes)
+        policy = RetryPolicy(max_attempts=config.forward_attempts)
+        self.forwarder = GrpcForwarder(config.chunk_bytes, config.max_message_bytes, balancer, policy, self._limits)
         self.executor = RequestExecutor(
-            host,
-            address,
-            self.forwarder,
-            self._limits,
-            join_timeout_s=config.join_timeout_s,
-            slowdown_factor=config.slowdown_factor,
+            host, address, self.forwarder, pool, self._limits, join_timeout_s=config.join_timeout_s
         )
         self._cache_dir = Path(config.cache_dir or tempfile.mkdtemp(prefix="splitinfer-node-cache-"))
 
-    def Process(
-        self, request_iterator: Iterator[model_server_pb2.ProcessRequest], context: grpc.ServicerContext
-    ) -> Iterator[model_server_pb2.ProcessResponse]:
-        request_id = "?"
-        self.metrics.requests.labels("Process").inc()
-        try:
-            with self._host.admit():
-                header, received = self._read_request(request_iterator)
-                request_id = header.request_id
-                timings = []
-                for item in self._execute(header, received, context):
-                    if isinstance(item, model_server_pb2.StepTiming):
-                        timings.append(item)
-                    else:
-                        self._count_bytes("out", item)
-                        yield from stream_messages(model_server_pb2.ProcessResponse, [item], self._config.chunk_bytes)
-                yield model_server_pb2.ProcessResponse(done=model_server_pb2.ProcessDone(timings=timings))
-        except SplitInferError as exc:
-            log.info("request %s refused: %s", request_id, exc)
-            self.metrics.errors.labels(status_for(exc).name).inc()
-            abort(context, exc)
+    def count_failure(self, code: grpc.StatusCode) -> None:
+        """Every failed call, by status code (called by map_errors)."""
+        self.metrics.errors.labels(code.name).inc()
 
-    def ProcessOnce(
-        self, request: model_server_pb2.ProcessOnceRequest, context: grpc.ServicerContext
+    def _admit(
+        self, header: model_server_pb2.RequestHeader, context: grpc.aio.ServicerContext, stack: ExitStack
+    ) -> tuple[Admission, Deadline]:
+        """Everything checked on the header alone, before any payload: see the module docstring. Admission
+        (``max_in_flight``) counts from here: a stream that never sends its header holds no slot."""
+        deadline = Deadline.from_header(header.timeout_ms, context.time_remaining(), self._config.max_timeout_s)
+        set_request_id(header.request_id)
+        stack.enter_context(self._host.admit())
+        validate_route(header, self._route_limits, self.executor.may_enter)
+        self._trust.check(header.route, context.peer() or "")
+        partition = self._host.get(key_of(header.route.steps[header.entry_step].partition))
+        precheck, budget = entry_precheck(partition, self._config.max_request_bytes)
+        decoded = sum(s.nbytes for s in partition.inputs)
+        try:
+            stack.enter_context(self.budget.reserve(budget + decoded))
+        except Exception:
+            self._host.refused += 1
+            raise
+        return Admission(precheck, budget), deadline
+
+    @map_errors()
+    async def Process(
+        self, request_iterator: AsyncIterator[model_server_pb2.ProcessRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_server_pb2.ProcessResponse]:
+        self.metrics.requests.labels("Process").inc()
+        with ExitStack() as stack:
+            admitted: list[Deadline] = []
+
+            def admit(header: model_server_pb2.RequestHeader) -> Admission:
+                admission, deadline = self._admit(header, context, stack)
+                admitted.append(deadline)
+                return admission
+
+            header, received = await read_stream(
+                request_iterator, self._timeouts, self._limits, admit=admit, what="Process"
+            )
+            deadline = admitted[0]
+            for tensor in received.values():
+                self._count_bytes("in", tensor)
+            timings = []
+            async for item in self._execute(header, received, deadline):
+                if isinstance(item, model_server_pb2.StepTiming):
+                    timings.append(item)
+                    continue
+                self._count_bytes("out", item)
+                for piece in split_wire(item, self._config.chunk_bytes):
+                    if isinstance(piece, tensor_pb2.Tensor):
+                        yield model_server_pb2.ProcessResponse(tensor=piece)
+                    else:
+                        yield model_server_pb2.ProcessResponse(chunk=piece)
+            yield model_server_pb2.ProcessResponse(done=model_server_pb2.ProcessDone(timings=timings))
+
+    @map_errors()
+    async def ProcessOnce(
+        self, request: model_server_pb2.ProcessOnceRequest, context: grpc.aio.ServicerContext
     ) -> model_server_pb2.ProcessOnceResponse:
         self.metrics.requests.labels("ProcessOnce").inc()
-        try:
-            with self._host.admit():
-                if not request.HasField("header"):
-                    raise InvalidArgument("ProcessOnce needs a header")
-                assembler = TensorAssembler(self._limits)
-                received: dict[str, tensor_pb2.Tensor] = {}
-                for tensor in request.tensors:
-                    complete = assembler.add(tensor)
-                    if complete is None:
-                        raise InvalidArgument(
-                            f"tensor {tensor.name!r} is incomplete; stream large tensors with Process"
-                        )
-                    received[complete.name] = complete
-                    self._count_bytes("in", complete)
-                response = model_server_pb2.ProcessOnceResponse()
-                for item in self._execute(request.header, received, context):
-                    if isinstance(item, model_server_pb2.StepTiming):
-                        response.done.timings.append(item)
-                    else:
-                        self._count_bytes("out", item)
-                        response.tensors.append(item)
-                return response
-        except SplitInferError as exc:
-            log.info("request %s refused: %s", request.header.request_id or "?", exc)
-            self.metrics.errors.labels(status_for(exc).name).inc()
-            abort(context, exc)
+        with ExitStack() as stack:
+            if not request.HasField("header"):
+                raise InvalidArgument("ProcessOnce needs a header")
+            admission, deadline = self._admit(request.header, context, stack)
+            assembler = ChunkAssembler(
+                self._limits, precheck=admission.precheck, max_total_bytes=admission.max_total_bytes
+            )
+            received: dict[str, WireTensor] = {}
+            for tensor in request.tensors:
+                complete = assembler.add(tensor)
+                if complete is None:
+                    raise InvalidArgument(
+                        f"tensor {tensor.name[:100]!r} is incomplete; stream large tensors with Process"
+                    )
+                received[complete.name] = complete
+                self._count_bytes("in", complete)
+            response = model_server_pb2.ProcessOnceResponse()
+            async for item in self._execute(request.header, received, deadline):
+                if isinstance(item, model_server_pb2.StepTiming):
+                    response.done.timings.append(item)
+                else:
+                    self._count_bytes("out", item)
+                    response.tensors.append(item.to_message())
+            return response
 
-    def _count_bytes(self, direction: str, tensor: tensor_pb2.Tensor) -> None:
-        codec = str(CodecSpec.from_proto(tensor.encoding))
-        self.metrics.bytes.labels(direction, codec).inc(tensor.payload_size_bytes)
+    def _count_bytes(self, direction: str, tensor: WireTensor) -> None:
+        codec = str(CodecSpec.from_proto(tensor.head.encoding))
+        self.metrics.bytes.labels(direction, codec).inc(tensor.nbytes)
 
-    def _execute(
-        self,
-        header: model_server_pb2.RequestHeader,
-        received: dict[str, tensor_pb2.Tensor],
-        context: grpc.ServicerContext,
-    ) -> Iterator[tensor_pb2.Tensor | model_server_pb2.StepTiming]:
-        """The executor's output for one request, with its deadline applied and its cancellation wired."""
-        timeout_s = _remaining_s(header.timeout_ms, context.time_remaining())
-        scope = CallScope()
-        context.add_callback(scope.cancel)  # caller gone: cancel what this request sent downstream
+    async def _execute(
+        self, header: model_server_pb2.RequestHeader, received: dict[str, WireTensor], deadline: Deadline
+    ) -> AsyncIterator[WireTensor | model_server_pb2.StepTiming]:
+        """The executor's output for one request, with its timings recorded in the metrics."""
+        deadline.check("after reading the request")
         self.metrics.in_flight.inc()
         try:
-            for item in self.executor.execute(header, received, timeout_s, scope):
-                if not context.is_active():
-                    log.info("request %s cancelled by the caller; dropping it", header.request_id)
-                    scope.cancel()
-                    return
+            async for item in self.executor.execute(header, received, deadline):
                 if isinstance(item, model_server_pb2.StepTiming) and item.node == self.address:
                     name = str(key_of(item.partition))
                     self.metrics.compute_seconds.labels(name).observe(item.compute_ms / 1e3)
@@ -145,29 +190,12 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         finally:
             self.metrics.in_flight.dec()
 
-    def _read_request(
-        self, request_iterator: Iterator[model_server_pb2.ProcessRequest]
-    ) -> tuple[model_server_pb2.RequestHeader, dict[str, tensor_pb2.Tensor]]:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "header":
-            raise InvalidArgument("a Process stream must start with a header")
-        assembler = TensorAssembler(self._limits)
-        received: dict[str, tensor_pb2.Tensor] = {}
-        for message in request_iterator:
-            kind = message.WhichOneof("kind")
-            if kind == "header" or kind is None:
-                raise InvalidArgument("a Process stream carries one header, first, and then only tensors")
-            complete = assembler.add(getattr(message, kind))
-            if complete is not None:
-                received[complete.name] = complete
-                self._count_bytes("in", complete)
-        assembler.finish()
-        return first.header, received
-
-    def GetStatus(
-        self, request: model_server_pb2.GetStatusRequest, context: grpc.ServicerContext
+    @map_errors()
+    async def GetStatus(
+        self, request: model_server_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> model_server_pb2.GetStatusResponse:
         memory = psutil.virtual_memory()
+        limiter = self._limiter
         return model_server_pb2.GetStatusResponse(
             address=self.address,
             in_flight=self._host.in_flight,
@@ -179,49 +207,49 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
             cpu_cores=len(os.sched_getaffinity(0)),
             device="cpu",
             uptime_s=time.monotonic() - self._started,
+            queue_length=self.pool.queue_length(),
+            open_streams=limiter.active if limiter is not None else 0,
+            refused=self._host.refused + (limiter.refused if limiter is not None else 0),
+            in_flight_bytes=self.budget.used_bytes,
+            in_flight_bytes_limit=self.budget.limit_bytes,
         )
 
-    def LoadPartition(
-        self, request: model_server_pb2.LoadPartitionRequest, context: grpc.ServicerContext
-    ) -> model_server_pb2.LoadPartitionResponse:
-        try:
-            if not request.source:
-                raise InvalidArgument(
-                    "LoadPartition needs a source: an artifact directory or pool://HOST:PORT/SHA/PART"
+    def _load(self, request: model_server_pb2.LoadPartitionRequest) -> LoadedPartition:
+        """Blocking: pulls (when from a pool), verifies and loads; run on a worker thread."""
+        expected = key_of(request.partition) if request.partition.model else None
+        source, manifest_sha = Path(request.source), request.manifest_sha256
+        if request.source.startswith(POOL_SCHEME):
+            source, pulled_sha = pull_partition(request.source, self._cache_dir)
+            if manifest_sha and manifest_sha != pulled_sha:
+                raise FailedPrecondition(
+                    f"partition from {request.source} has manifest {pulled_sha}, not {manifest_sha}"
                 )
-            expected = key_of(request.partition) if request.partition.model else None
-            source, manifest_sha = Path(request.source), request.manifest_sha256
-            if request.source.startswith(POOL_SCHEME):
-                source, pulled_sha = pull_partition(request.source, self._cache_dir)
-                if manifest_sha and manifest_sha != pulled_sha:
-                    raise FailedPrecondition(
-                        f"partition from {request.source} has manifest {pulled_sha}, not {manifest_sha}"
-                    )
-                manifest_sha = pulled_sha
-            loaded = self._host.load(source, expected, manifest_sha)
-        except SplitInferError as exc:
-            abort(context, exc)
-        log.info("loaded partition %s from %s", loaded.key, request.source)
-        self._on_change()
+            manifest_sha = pulled_sha
+        return self._host.load(source, expected, manifest_sha)
+
+    @map_errors()
+    async def LoadPartition(
+        self, request: model_server_pb2.LoadPartitionRequest, context: grpc.aio.ServicerContext
+    ) -> model_server_pb2.LoadPartitionResponse:
+        if not request.source:
+            raise InvalidArgument("LoadPartition needs a source: an artifact directory or pool://HOST:PORT/SHA/PART")
+        loaded = await asyncio.to_thread(self._load, request)
+        log.info("loaded partition %s from %s", loaded.key, request.source[:200])
+        await asyncio.to_thread(self._on_change)
         return model_server_pb2.LoadPartitionResponse(
             hosted=_hosted(loaded, 0),
             inputs=[_spec(s) for s in loaded.inputs],
             outputs=[_spec(s) for s in loaded.outputs],
         )
 
-    def UnloadPartition(
-        self, request: model_server_pb2.UnloadPartitionRequest, context: grpc.ServicerContext
+    @map_errors()
+    async def UnloadPartition(
+        self, request: model_server_pb2.UnloadPartitionRequest, context: grpc.aio.ServicerContext
     ) -> model_server_pb2.UnloadPartitionResponse:
         was_loaded = self._host.unload(key_of(request.partition))
-        self._on_change()
+        await asyncio.to_thread(self._on_change)
         log.info("unloaded partition %s (was loaded: %s)", key_of(request.partition), was_loaded)
         return model_server_pb2.UnloadPartitionResponse(was_loaded=was_loaded)
-
-
-def _remaining_s(header_timeout_ms: int, grpc_remaining: float | None) -> float | None:
-    """The tighter of the deadline the header carries and the one gRPC enforces on this call."""
-    candidates = [t for t in (header_timeout_ms / 1e3 if header_timeout_ms else None, grpc_remaining) if t]
-    return min(candidates) if candidates else None
 
 
 def _spec(spec: ValueSpec) -> tensor_pb2.TensorSpec:

@@ -38,6 +38,7 @@ from splitinfer.program import CompiledProgram, Program
 from splitinfer.registry import EmbeddedRegistry
 from splitinfer.runtime import PartitionKey
 from splitinfer.runtime.compute import measure_flops
+from splitinfer.testbed import Slowdown
 from splitinfer.transport.clients import NodeClient
 from splitinfer.v1 import plan_pb2
 from splitinfer.variants import make_variant, measure_top1
@@ -172,11 +173,13 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
         )  # fmt: skip
     console.print(f"divided digits ({len(DIGITS_VARIANTS)} variants) and resnet18@112 (fp32, int8) into {pool.root}")
 
-    # Three server nodes of different capacities, all hosting every partition, in the embedded registry.
+    # Three server nodes of different capacities (emulated by the testbed's compute hook), all hosting every
+    # partition, in the embedded registry.
     nodes = [
         start_node(
-            NodeConfig(slowdown_factor=factor, torch_threads=1, benchmark_s=0.1, status_interval_s=0.5),
+            NodeConfig(torch_threads=1, benchmark_s=0.1, status_interval_s=0.5),
             registry=registry,
+            compute_hook=Slowdown(factor),
         )
         for factor in (4.0, 2.0, 1.0)
     ]

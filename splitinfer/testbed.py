@@ -9,20 +9,27 @@ kernel, htb is); the edge and cloud hosts share an unshaped link, and the edge h
         bed.set_rate(2.0)               # step the device link's bandwidth
 
 Needs root (CAP_NET_ADMIN) and iproute2; :func:`available` says whether this machine can.
+
+Emulated hardware lives here too, never in the production code paths: :class:`Slowdown` makes a server node
+compute as a machine ``factor`` times slower would (a compute hook for ``start_node``), and
+``python -m splitinfer.testbed node --slowdown F [splitinfer-server arguments]`` runs such a node as a process.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Testbed", "available"]
+__all__ = ["Slowdown", "Testbed", "available", "main"]
 
 HOSTS = ("device", "edge", "cloud")
 
@@ -155,3 +162,39 @@ class Testbed:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Slowdown:
+    """A compute hook (``server_node.compute.ComputeHook``): each partition run is stretched to ``factor`` times
+    its real duration (the compute thread sleeps, holding its slot), and the node reports ``factor`` times
+    fewer FLOP/s. For demos and tests of heterogeneous clusters on one machine."""
+
+    factor: float
+
+    def __post_init__(self) -> None:
+        if self.factor < 1:
+            raise ValueError(f"a slowdown factor must be >= 1, got {self.factor}")
+
+    def after_run(self, partition: object, elapsed_s: float) -> None:
+        if self.factor > 1:
+            time.sleep(elapsed_s * (self.factor - 1))
+
+    def reported_flops(self, measured: float) -> float:
+        return measured / self.factor
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``node --slowdown F ARGS...``: a server node (``splitinfer-server ARGS``) emulating a slower machine."""
+    cli = argparse.ArgumentParser(prog="python -m splitinfer.testbed")
+    sub = cli.add_subparsers(dest="command", required=True)
+    node = sub.add_parser("node", help="run a server node that computes FACTOR times slower")
+    node.add_argument("--slowdown", type=float, required=True)
+    args, rest = cli.parse_known_args(argv)
+    from server_node.__main__ import main as node_main
+
+    return node_main(rest, compute_hook=Slowdown(args.slowdown))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,6 +25,7 @@ from splitinfer.codecs.wire import (
     decode_tensor,
     decode_wire,
     encode_tensor,
+    encode_wire,
     tensor_nbytes,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "decode_tensor",
     "decode_wire",
     "encode_tensor",
+    "encode_wire",
     "split_tensor",
     "split_wire",
     "tensor_nbytes",

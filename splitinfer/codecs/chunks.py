@@ -18,10 +18,10 @@ continue a tensor in progress at the right offset, and no tensor may receive mor
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from splitinfer.codecs.errors import DecodeError
-from splitinfer.codecs.wire import DEFAULT_LIMITS, DecodeLimits, decode_shape
+from splitinfer.codecs.wire import DEFAULT_LIMITS, DecodeLimits, WireTensor, decode_shape
+from splitinfer.codecs.wire import head_of as _head_of
 from splitinfer.v1 import tensor_pb2
 
 __all__ = [
@@ -40,46 +40,6 @@ DEFAULT_CHUNK_BYTES = 512 << 10
 
 #: Sees a tensor's metadata (``Tensor`` message, payload not yet complete) before it is buffered; raises to refuse.
 Precheck = Callable[[tensor_pb2.Tensor], None]
-
-Payload = bytes | bytearray | memoryview
-
-
-def _head_of(message: tensor_pb2.Tensor) -> tensor_pb2.Tensor:
-    """``message``'s metadata without its payload (CopyFrom would copy the payload too)."""
-    return tensor_pb2.Tensor(
-        name=message.name,
-        dtype=message.dtype,
-        shape=message.shape,
-        encoding=message.encoding,
-        payload_size_bytes=message.payload_size_bytes,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class WireTensor:
-    """An encoded tensor as received: metadata (``head``, payload empty) and the payload bytes."""
-
-    head: tensor_pb2.Tensor
-    payload: Payload
-
-    @property
-    def name(self) -> str:
-        return self.head.name
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.payload)
-
-    @classmethod
-    def from_message(cls, message: tensor_pb2.Tensor) -> WireTensor:
-        return cls(_head_of(message), message.payload)  # reading a bytes field copies it: read it once
-
-    def to_message(self) -> tensor_pb2.Tensor:
-        """A complete ``Tensor`` message (copies the payload once)."""
-        message = tensor_pb2.Tensor()
-        message.CopyFrom(self.head)
-        message.payload = bytes(self.payload)
-        return message
 
 
 def split_wire(

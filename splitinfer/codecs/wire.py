@@ -20,7 +20,16 @@ from splitinfer.codecs.lossy import LOSSY_STEPS
 from splitinfer.codecs.spec import CodecSpec
 from splitinfer.v1 import tensor_pb2
 
-__all__ = ["DecodeLimits", "decode_tensor", "decode_wire", "encode_tensor", "tensor_nbytes"]
+__all__ = [
+    "DecodeLimits",
+    "WireTensor",
+    "decode_tensor",
+    "decode_wire",
+    "encode_tensor",
+    "encode_wire",
+    "head_of",
+    "tensor_nbytes",
+]
 
 _NO_CODEC = CodecSpec()
 
@@ -65,12 +74,48 @@ def _from_bytes(data: bytes | bytearray | memoryview, dtype: torch.dtype, shape:
     return out
 
 
-def encode_tensor(tensor: torch.Tensor, name: str = "", codec: CodecSpec = _NO_CODEC) -> tensor_pb2.Tensor:
-    """The wire message for ``tensor`` encoded with ``codec``.
+@dataclass(frozen=True, slots=True)
+class WireTensor:
+    """An encoded tensor: metadata (``head``, a ``Tensor`` message with an empty payload) and its payload
+    bytes, kept apart so that a payload assembled from chunks or produced by an encoder is never copied into
+    an intermediate message (decode it with :func:`decode_wire`, stream it with ``split_wire``)."""
 
-    A lossy step only applies to floating-point tensors; for others the message records LOSSY_CODEC_NONE and
-    the values travel exactly. Non-contiguous, non-CPU and grad-requiring tensors are accepted.
-    """
+    head: tensor_pb2.Tensor
+    payload: bytes | bytearray | memoryview
+
+    @property
+    def name(self) -> str:
+        return self.head.name
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload)
+
+    @classmethod
+    def from_message(cls, message: tensor_pb2.Tensor) -> WireTensor:
+        return cls(head_of(message), message.payload)  # reading a bytes field copies it: read it once
+
+    def to_message(self) -> tensor_pb2.Tensor:
+        """A complete ``Tensor`` message (copies the payload once)."""
+        message = tensor_pb2.Tensor()
+        message.CopyFrom(self.head)
+        message.payload = bytes(self.payload)
+        return message
+
+
+def head_of(message: tensor_pb2.Tensor) -> tensor_pb2.Tensor:
+    """``message``'s metadata without its payload (CopyFrom would copy the payload too)."""
+    return tensor_pb2.Tensor(
+        name=message.name,
+        dtype=message.dtype,
+        shape=message.shape,
+        encoding=message.encoding,
+        payload_size_bytes=message.payload_size_bytes,
+    )
+
+
+def encode_wire(tensor: torch.Tensor, name: str = "", codec: CodecSpec = _NO_CODEC) -> WireTensor:
+    """``tensor`` encoded with ``codec``, as metadata plus payload (see :func:`encode_tensor`)."""
     tensor = tensor.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
@@ -83,14 +128,21 @@ def encode_tensor(tensor: torch.Tensor, name: str = "", codec: CodecSpec = _NO_C
         encoding.lossless = tensor_pb2.LOSSLESS_CODEC_NONE
         encoding.level = 0
     payload = LOSSLESS_STEPS[encoding.lossless].compress(raw, encoding.level)
-    return tensor_pb2.Tensor(
-        name=name,
-        dtype=wire_dtype,
-        shape=list(tensor.shape),
-        encoding=encoding,
-        payload_size_bytes=len(payload),
-        payload=payload,
+    head = tensor_pb2.Tensor(
+        name=name, dtype=wire_dtype, shape=list(tensor.shape), encoding=encoding, payload_size_bytes=len(payload)
     )
+    return WireTensor(head, payload)
+
+
+def encode_tensor(tensor: torch.Tensor, name: str = "", codec: CodecSpec = _NO_CODEC) -> tensor_pb2.Tensor:
+    """The wire message for ``tensor`` encoded with ``codec``.
+
+    A lossy step only applies to floating-point tensors; for others the message records LOSSY_CODEC_NONE and
+    the values travel exactly. Non-contiguous, non-CPU and grad-requiring tensors are accepted.
+    """
+    encoded = encode_wire(tensor, name, codec)
+    encoded.head.payload = bytes(encoded.payload)
+    return encoded.head
 
 
 def decode_shape(message: tensor_pb2.Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[int, ...]:

@@ -3,9 +3,19 @@
 from splitinfer.registry.base import Registration, Registry, RegistryCache
 from splitinfer.registry.embedded import EmbeddedRegistry
 from splitinfer.registry.etcd import EtcdRegistry
-from splitinfer.registry.record import ServerRecord
+from splitinfer.registry.record import FRONTEND, NODE, ServerRecord
 
-__all__ = ["EmbeddedRegistry", "EtcdRegistry", "Registration", "Registry", "RegistryCache", "ServerRecord", "connect"]
+__all__ = [
+    "FRONTEND",
+    "NODE",
+    "EmbeddedRegistry",
+    "EtcdRegistry",
+    "Registration",
+    "Registry",
+    "RegistryCache",
+    "ServerRecord",
+    "connect",
+]
 
 
 def connect(endpoint: str) -> Registry:

@@ -3,7 +3,9 @@
 A server registers a :class:`ServerRecord` under a lease of ``ttl_s`` seconds and keeps it alive; when it
 stops renewing (it died, or lost the network), the record disappears within the TTL. Clients read a local
 cache kept current by watches, with a partition -> replicas index and a version that changes on every
-update (the Planner keys its plan cache on it).
+update (the Planner keys its plan cache on it). Records carry a role: ``servers()`` and ``replicas()`` list
+server nodes only (what the planner places partitions on); ``frontends()`` lists the front-ends, which nodes
+accept as sinks of the routes they run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from splitinfer.registry.record import ServerRecord
+from splitinfer.registry.record import FRONTEND, NODE, ServerRecord
 
 __all__ = ["Registration", "Registry", "RegistryCache"]
 
@@ -29,7 +31,11 @@ class Registry(Protocol):
     def register(self, record: ServerRecord, ttl_s: float) -> Registration: ...
 
     def servers(self) -> dict[str, ServerRecord]:
-        """Live servers by address, from the local cache."""
+        """Live server nodes (role NODE) by address, from the local cache."""
+        ...
+
+    def frontends(self) -> dict[str, ServerRecord]:
+        """Live front-ends (role FRONTEND) by address, from the local cache."""
         ...
 
     def replicas(self, partition: str) -> list[ServerRecord]:
@@ -61,6 +67,8 @@ class RegistryCache:
     def _reindex(self) -> None:
         index: dict[str, list[str]] = {}
         for address, record in sorted(self._records.items()):
+            if record.role != NODE:
+                continue
             for partition in record.partitions:
                 index.setdefault(partition, []).append(address)
         self._index = index
@@ -94,7 +102,11 @@ class RegistryCache:
 
     def servers(self) -> dict[str, ServerRecord]:
         with self._lock:
-            return dict(self._records)
+            return {a: r for a, r in self._records.items() if r.role == NODE}
+
+    def frontends(self) -> dict[str, ServerRecord]:
+        with self._lock:
+            return {a: r for a, r in self._records.items() if r.role == FRONTEND}
 
     def replicas(self, partition: str) -> list[ServerRecord]:
         with self._lock:

@@ -77,6 +77,10 @@ class EmbeddedRegistry:
         self.expire()
         return self._cache.servers()
 
+    def frontends(self) -> dict[str, ServerRecord]:
+        self.expire()
+        return self._cache.frontends()
+
     def replicas(self, partition: str) -> list[ServerRecord]:
         self.expire()
         return self._cache.replicas(partition)

@@ -157,6 +157,9 @@ class EtcdRegistry:
     def servers(self) -> dict[str, ServerRecord]:
         return self._cache.servers()
 
+    def frontends(self) -> dict[str, ServerRecord]:
+        return self._cache.frontends()
+
     def replicas(self, partition: str) -> list[ServerRecord]:
         return self._cache.replicas(partition)
 

@@ -7,7 +7,13 @@ from dataclasses import asdict, dataclass, field
 
 from splitinfer.errors import InvalidArgument
 
-__all__ = ["ServerRecord"]
+__all__ = ["FRONTEND", "NODE", "ROLES", "ServerRecord"]
+
+#: A server node (hosts partitions; what the planner and the replicas index see).
+NODE = "node"
+#: A front-end (plans, dispatches, receives deliveries as a sink); never a replica of a partition.
+FRONTEND = "frontend"
+ROLES = (NODE, FRONTEND)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,12 @@ class ServerRecord:
     updated_unix_s: float = 0.0
     #: Port of the node's Prometheus /metrics endpoint on the address's host; 0 when it serves none.
     metrics_port: int = 0
+    #: What kind of server this is: NODE or FRONTEND.
+    role: str = NODE
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise InvalidArgument(f"server record role must be one of {list(ROLES)}, got {self.role!r}")
 
     def to_json(self) -> bytes:
         data = asdict(self)

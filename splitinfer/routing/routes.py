@@ -9,7 +9,7 @@ from splitinfer.divider import PartitionSpec
 from splitinfer.errors import InvalidArgument
 from splitinfer.v1 import route_pb2
 
-__all__ = ["build_route", "entry_steps"]
+__all__ = ["build_route", "downstream_planned_s", "entry_steps"]
 
 _NO_CODEC = CodecSpec()
 
@@ -64,3 +64,20 @@ def entry_steps(route: route_pb2.Route) -> list[int]:
     """Steps no other step feeds: where a caller sends the request's inputs."""
     fed = {c for step in route.steps for out in step.outputs for c in out.consumer_steps}
     return [i for i in range(len(route.steps)) if i not in fed]
+
+
+def downstream_planned_s(route: route_pb2.Route, step: int) -> float | None:
+    """Planned seconds of ``step`` and the longest chain of steps after it (``RouteStep.planned_ms``); None
+    when any of them is unplanned (0), so that callers fall back to a share of the deadline."""
+    memo: dict[int, float | None] = {}
+    for index in range(len(route.steps) - 1, step - 1, -1):
+        own = route.steps[index].planned_ms
+        if own <= 0:
+            memo[index] = None
+            continue
+        after = [memo.get(c) for out in route.steps[index].outputs for c in out.consumer_steps if c > index]
+        if any(a is None for a in after):
+            memo[index] = None
+        else:
+            memo[index] = own / 1e3 + max((a for a in after if a is not None), default=0.0)
+    return memo.get(step)

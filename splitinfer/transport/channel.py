@@ -22,6 +22,7 @@ __all__ = [
     "client_security",
     "configure_client",
     "new_server",
+    "open_aio_channel",
     "open_channel",
 ]
 
@@ -62,6 +63,17 @@ def open_channel(
     return grpc.secure_channel(address, security.credentials(), options=options)
 
 
+def open_aio_channel(
+    address: str, max_message_bytes: int = MAX_MESSAGE_BYTES, security: ClientSecurity | None = None
+) -> grpc.aio.Channel:
+    """:func:`open_channel` for ``grpc.aio`` callers (create it inside the event loop that uses it)."""
+    security = security or _client_security
+    options = channel_options(max_message_bytes)
+    if security is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, security.credentials(), options=options)
+
+
 def new_server(
     max_workers: int, max_message_bytes: int = MAX_MESSAGE_BYTES, security: ServerSecurity | None = None
 ) -> grpc.Server:
@@ -76,7 +88,7 @@ def new_server(
     )
 
 
-def bind(server: grpc.Server, address: str, security: ServerSecurity | None = None) -> int:
+def bind(server: grpc.Server | grpc.aio.Server, address: str, security: ServerSecurity | None = None) -> int:
     """Adds a listening port (TLS with ``security``); returns the bound port."""
     if security is None:
         return server.add_insecure_port(address)

@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from splitinfer.codecs import DEFAULT_CHUNK_BYTES, TensorAssembler
-from splitinfer.errors import InvalidArgument, ResourceExhausted, Unavailable
-from splitinfer.routing import ReplicaBalancer, entry_steps
+from splitinfer.errors import InvalidArgument
+from splitinfer.routing import ReplicaBalancer, downstream_planned_s, entry_steps
 from splitinfer.runtime import PartitionKey
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import MAX_MESSAGE_BYTES, open_channel
+from splitinfer.transport.deadline import Deadline
+from splitinfer.transport.retry import RetryPolicy, call_replicas_sync
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
@@ -120,7 +122,9 @@ class RouteClient:
     """Sends requests into a route: each entry step gets the inputs it names, on a replica chosen by load;
     entries run in parallel and what they deliver is merged.
 
-    A refused call (unreachable or overloaded replica) before any answer is retried on another replica.
+    Replicas are tried by the one retry policy (:mod:`splitinfer.transport.retry`): a refused call
+    (unreachable or overloaded replica) or one that does not answer within its attempt budget moves on to
+    the next replica; errors of the request itself (InvalidArgument, ...) are never retried.
     """
 
     def __init__(
@@ -128,8 +132,10 @@ class RouteClient:
         balancer: ReplicaBalancer | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         security: ClientSecurity | None = None,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self.balancer = balancer or ReplicaBalancer()
+        self.policy = policy or RetryPolicy()
         self._chunk_bytes = chunk_bytes
         self._security = security
         self._lock = threading.Lock()
@@ -148,24 +154,30 @@ class RouteClient:
             self._clients.clear()
 
     def _run_entry(
-        self, route: route_pb2.Route, step: int, request_id: str, tensors: list[tensor_pb2.Tensor], timeout_s: float
+        self,
+        route: route_pb2.Route,
+        step: int,
+        request_id: str,
+        tensors: list[tensor_pb2.Tensor],
+        deadline: Deadline,
     ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
-        addresses = list(route.steps[step].addresses)
-        fallbacks = list(route.steps[step].fallback_addresses)
-        tried: set[str] = set()
-        while True:
-            address = self.balancer.choose(addresses, frozenset(tried), fallbacks)
-            tried.add(address)
+        def attempt(
+            address: str, timeout_s: float
+        ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
             header = model_server_pb2.RequestHeader(request_id=request_id, route=route, entry_step=step)
-            try:
-                with self.balancer.track(address):
-                    result = self._client(address).process(header, tensors, timeout_s)
-                self.balancer.succeeded(address)
-                return result
-            except (Unavailable, ResourceExhausted):
-                self.balancer.failed(address)
-                if not self.balancer.untried(addresses, fallbacks, tried):
-                    raise
+            return self._client(address).process(header, tensors, timeout_s)
+
+        target = route.steps[step]
+        return call_replicas_sync(
+            self.policy,
+            self.balancer,
+            list(target.addresses),
+            list(target.fallback_addresses),
+            deadline,
+            downstream_planned_s(route, step),
+            attempt,
+            f"request {request_id}: entry step {step}",
+        )
 
     def run(
         self,
@@ -185,10 +197,11 @@ class RouteClient:
             if missing:
                 raise InvalidArgument(f"route step {step} needs inputs {missing}")
             jobs.append((step, [inputs[n] for n in names]))
+        deadline = Deadline.after(timeout_s)
         if len(jobs) == 1:
-            return self._run_entry(route, jobs[0][0], request_id, jobs[0][1], timeout_s)
+            return self._run_entry(route, jobs[0][0], request_id, jobs[0][1], deadline)
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            futures = [pool.submit(self._run_entry, route, s, request_id, t, timeout_s) for s, t in jobs]
+            futures = [pool.submit(self._run_entry, route, s, request_id, t, deadline) for s, t in jobs]
             outputs: dict[str, tensor_pb2.Tensor] = {}
             timings: list[model_server_pb2.StepTiming] = []
             for future in futures:

@@ -13,7 +13,8 @@ What the decorator does with an exception raised by the handler:
   error's message, truncated to :data:`MAX_DETAILS_CHARS` characters (a message can echo a caller's input);
 * anything else ends it with INTERNAL and ``internal error (request <id>)``: the request id of the current
   call (:func:`set_request_id`), or a fresh error id; the traceback is logged here, never sent;
-* ``on_failure(code)`` is called once per failed call, for metrics by code.
+* ``on_failure(code)`` is called once per failed call, for metrics by code (without ``on_failure``, the
+  servicer's own ``count_failure(code)`` method when it has one).
 
 A call the handler (or an interceptor) already ended with ``context.abort`` passes through untouched.
 """
@@ -121,15 +122,16 @@ def _already_ended(exc: BaseException, context: Any) -> bool:
 def map_errors(on_failure: FailureHook | None = None) -> Callable[[F], F]:
     """Decorator for servicer methods ``(self, request_or_iterator, context)``; see the module docstring."""
 
-    def failed(exc: BaseException, context: Any) -> tuple[grpc.StatusCode, str] | None:
+    def failed(exc: BaseException, context: Any, servicer: Any) -> tuple[grpc.StatusCode, str] | None:
+        hook = on_failure or getattr(servicer, "count_failure", None)
         if _already_ended(exc, context):
             code = context.code() if hasattr(context, "code") else None
-            if on_failure is not None and isinstance(code, grpc.StatusCode):
-                on_failure(code)
+            if hook is not None and isinstance(code, grpc.StatusCode):
+                hook(code)
             return None
         code, details = _details(exc)
-        if on_failure is not None:
-            on_failure(code)
+        if hook is not None:
+            hook(code)
         return code, details
 
     def decorate(method: F) -> F:
@@ -142,7 +144,7 @@ def map_errors(on_failure: FailureHook | None = None) -> Callable[[F], F]:
                     async for item in method(self, request, context):
                         yield item
                 except Exception as exc:
-                    ended = failed(exc, context)
+                    ended = failed(exc, context, self)
                     if ended is None:
                         raise
                     await context.abort(*ended)
@@ -156,7 +158,7 @@ def map_errors(on_failure: FailureHook | None = None) -> Callable[[F], F]:
                 try:
                     return await method(self, request, context)
                 except Exception as exc:
-                    ended = failed(exc, context)
+                    ended = failed(exc, context, self)
                     if ended is None:
                         raise
                     await context.abort(*ended)
@@ -170,7 +172,7 @@ def map_errors(on_failure: FailureHook | None = None) -> Callable[[F], F]:
                 try:
                     yield from method(self, request, context)
                 except Exception as exc:
-                    ended = failed(exc, context)
+                    ended = failed(exc, context, self)
                     if ended is None:
                         raise
                     context.abort(*ended)
@@ -183,7 +185,7 @@ def map_errors(on_failure: FailureHook | None = None) -> Callable[[F], F]:
             try:
                 return method(self, request, context)
             except Exception as exc:
-                ended = failed(exc, context)
+                ended = failed(exc, context, self)
                 if ended is None:
                     raise
                 context.abort(*ended)

@@ -74,10 +74,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type
     root = tmp_path_factory.mktemp("cluster")
     model, x, division = _diamond_division()
     saved = _save(division, root / "artifacts")
-    slow = root / "slow.json"
-    slow.write_text(json.dumps({"slowdown_factor": 500.0}))
     nodes = {name: spawn_node(["--torch-threads", "1"]) for name in ("a", "b", "c", "d")}
-    nodes["b2"] = spawn_node(["--torch-threads", "1", "--config", str(slow)])  # a slow replica of p1
+    nodes["b2"] = spawn_node(["--torch-threads", "1"], slowdown=500.0)  # a slow replica of p1
     try:
         placement = {"p0": ["a"], "p1": ["b"], "p2": ["c"], "p3": ["d"]}
         for part, hosts in {**placement, "p1": ["b", "b2"]}.items():
@@ -208,8 +206,8 @@ def test_full_node_answers_resource_exhausted(tmp_path: Path) -> None:
     _, x, division = _diamond_division()
     saved = _save(division, tmp_path)
     config = tmp_path / "node.json"
-    config.write_text(json.dumps({"max_in_flight": 1, "slowdown_factor": 2000.0}))
-    node = spawn_node(["--config", str(config)])
+    config.write_text(json.dumps({"max_in_flight": 1}))
+    node = spawn_node(["--config", str(config)], slowdown=2000.0)
     try:
         key, path, sha = saved["p0"]
         from splitinfer.v1 import route_pb2

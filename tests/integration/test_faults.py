@@ -81,7 +81,7 @@ def cluster(tmp_path: Path) -> Iterator[dict]:  # type: ignore[type-arg]
         # Slowed down so that requests are still running when a node is killed.
         for _ in range(2):
             nodes.append(spawn_node(["--registry", f"etcd://{etcd.endpoint}", "--torch-threads", "1", "--config",
-                                     str(_slow_config(tmp_path))], log_dir=tmp_path))  # fmt: skip
+                                     str(_slow_config(tmp_path))], log_dir=tmp_path, slowdown=300.0))  # fmt: skip
         _load_everywhere(pool, sha, tmp_path, nodes)
         _wait_for(registry, 2)
         state["frontend"] = start_frontend(
@@ -104,7 +104,7 @@ def cluster(tmp_path: Path) -> Iterator[dict]:  # type: ignore[type-arg]
 
 def _slow_config(root: Path) -> Path:
     path = root / "slow-node.json"
-    path.write_text('{"slowdown_factor": 300.0, "compute_slots": 4, "registry_ttl_s": 3.0, "status_interval_s": 0.5}')
+    path.write_text('{"compute_slots": 4, "registry_ttl_s": 3.0, "status_interval_s": 0.5}')
     return path
 
 

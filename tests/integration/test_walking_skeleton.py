@@ -105,8 +105,8 @@ def test_bad_requests_get_clear_codes_and_the_node_keeps_serving(setup, client: 
     # Wrong shape: INVALID_ARGUMENT naming what was expected.
     with pytest.raises(InvalidArgument, match="must be"):
         client.process(_header(KEY, [cut]), [encode_tensor(x[:, :3], cut)])
-    # Wrong name: INVALID_ARGUMENT.
-    with pytest.raises(InvalidArgument, match="needs inputs"):
+    # Wrong name: INVALID_ARGUMENT, refused before its payload is buffered.
+    with pytest.raises(InvalidArgument, match="does not read a tensor named 'other'"):
         client.process(_header(KEY, [cut]), [encode_tensor(x, "other")])
     # Undecodable tensor: INVALID_ARGUMENT.
     broken = encode_tensor(x, cut, CodecSpec.parse("zstd"))
@@ -134,10 +134,11 @@ def test_streaming_and_unary_paths_agree(setup, client: NodeClient) -> None:  # 
 
 
 def test_process_once_refuses_partial_tensors(setup) -> None:  # type: ignore[no-untyped-def]
-    node = setup[0]
-    tensor = encode_tensor(torch.ones(64), "t")
+    node, split = setup[0], setup[1]
+    cut = split.tail.input_names[0]
+    tensor = encode_tensor(torch.ones(split.head.outputs[0].shape), cut)  # the right name, dtype and shape
     tensor.payload = tensor.payload[:10]
-    request = model_server_pb2.ProcessOnceRequest(header=_header(KEY, ["t"]), tensors=[tensor])
+    request = model_server_pb2.ProcessOnceRequest(header=_header(KEY, [cut]), tensors=[tensor])
     with grpc.insecure_channel(node.address) as channel, pytest.raises(grpc.RpcError) as info:
         model_server_pb2_grpc.ModelServerServiceStub(channel).ProcessOnce(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "incomplete" in (info.value.details() or "")

@@ -12,9 +12,15 @@ from server_node.config import NodeConfig
 
 
 def test_config_files_set_fields_and_refuse_unknown_keys(tmp_path: Path) -> None:
-    (tmp_path / "node.json").write_text(json.dumps({"port": 7000, "slowdown_factor": 2.0}))
+    (tmp_path / "node.json").write_text(json.dumps({"port": 7000, "idle_timeout_s": 2.0}))
     node = NodeConfig.from_file(tmp_path / "node.json")
-    assert node.port == 7000 and node.slowdown_factor == 2.0 and node.max_in_flight == NodeConfig().max_in_flight
+    assert node.port == 7000 and node.idle_timeout_s == 2.0 and node.max_in_flight == NodeConfig().max_in_flight
+    (tmp_path / "emulated.json").write_text(json.dumps({"slowdown_factor": 2.0}))  # emulation is not config
+    with pytest.raises(ValueError, match="slowdown_factor"):
+        NodeConfig.from_file(tmp_path / "emulated.json")
+    (tmp_path / "contradiction.json").write_text(json.dumps({"max_in_flight": 100, "max_streams": 50}))
+    with pytest.raises(ValueError, match="admission control could never trigger"):
+        NodeConfig.from_file(tmp_path / "contradiction.json")
     (tmp_path / "agent.json").write_text(json.dumps({"device_id": "d1", "uplinkk_mbps": 3}))
     with pytest.raises(ValueError, match="uplinkk_mbps"):
         AgentConfig.from_file(tmp_path / "agent.json")

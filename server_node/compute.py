@@ -1,0 +1,135 @@
+"""Where partitions run: a bounded pool of compute threads, behind one method.
+
+    outputs, timing = await pool.run(partition, inputs, deadline)
+
+The event loop never runs a partition: :meth:`ComputePool.run` queues the run on ``threads`` threads (sized
+to the host's compute threads), waits for it without holding anything, and reports queue and compute time.
+A request whose deadline passes while it waits is dropped from the queue; one that is dequeued after its
+deadline does not run; the deadline is checked again when compute ends.
+
+Errors raised by the partition because of the input's values (an index out of range in an embedding, a
+shape the ops reject: IndexError, RuntimeError, ValueError from torch) become InvalidArgument: the request
+is at fault, and another replica would fail the same way. Anything else travels up as is (INTERNAL).
+
+Emulation (tests, the demo) plugs in through :class:`ComputeHook` (see :mod:`splitinfer.testbed`); the
+production path has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from splitinfer.errors import DeadlineExceeded, InvalidArgument, SplitInferError
+from splitinfer.runtime import LoadedPartition
+from splitinfer.transport.deadline import Deadline
+
+__all__ = ["ComputeHook", "ComputePool", "RunTiming", "compute_threads"]
+
+T = TypeVar("T")
+
+#: Exceptions a partition raises because of its input's values (not a bug of the server).
+INPUT_ERRORS: tuple[type[BaseException], ...] = (IndexError, RuntimeError, ValueError)
+
+
+class ComputeHook(Protocol):
+    """Changes how compute behaves, for emulation only (e.g. a slower machine)."""
+
+    def after_run(self, partition: LoadedPartition, elapsed_s: float) -> None:
+        """Called in the compute thread after each run, with the slot still held."""
+        ...
+
+    def reported_flops(self, measured: float) -> float:
+        """The compute throughput the node reports, given what it measured."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunTiming:
+    queue_ms: float
+    compute_ms: float
+
+
+def compute_threads(configured: int, torch_threads: int) -> int:
+    """Threads of the pool: ``configured``, or one per ``torch_threads`` cores (at least one)."""
+    if configured > 0:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_run = torch_threads or torch.get_num_threads()
+    return max(1, cores // max(1, per_run))
+
+
+class ComputePool:
+    def __init__(self, threads: int, hook: ComputeHook | None = None, *, codec_threads: int = 2) -> None:
+        self.threads = threads
+        self._hook = hook
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="compute")
+        self._codec = ThreadPoolExecutor(codec_threads, thread_name_prefix="codec")
+        self._lock = threading.Lock()
+        #: Runs waiting for a thread or running, by partition key string.
+        self._queued: dict[str, int] = {}
+
+    def queue_length(self, key: str | None = None) -> int:
+        with self._lock:
+            return self._queued.get(key, 0) if key is not None else sum(self._queued.values())
+
+    def _count(self, key: str, delta: int) -> None:
+        with self._lock:
+            left = self._queued.get(key, 0) + delta
+            if left:
+                self._queued[key] = left
+            else:
+                self._queued.pop(key, None)
+
+    def _call(
+        self, partition: LoadedPartition, inputs: Mapping[str, torch.Tensor], submitted: float, deadline: Deadline
+    ) -> tuple[dict[str, torch.Tensor], RunTiming]:
+        started = time.perf_counter()
+        deadline.check(f"while {partition.key} waited for a compute thread")
+        try:
+            with torch.no_grad():
+                outputs = partition.run(inputs)
+        except SplitInferError:
+            raise
+        except INPUT_ERRORS as exc:
+            raise InvalidArgument(
+                f"partition {partition.key} cannot run on these input values ({type(exc).__name__})"
+            ) from exc
+        if self._hook is not None:
+            self._hook.after_run(partition, time.perf_counter() - started)
+        done = time.perf_counter()
+        return outputs, RunTiming((started - submitted) * 1e3, (done - started) * 1e3)
+
+    async def run(
+        self, partition: LoadedPartition, inputs: Mapping[str, torch.Tensor], deadline: Deadline
+    ) -> tuple[dict[str, torch.Tensor], RunTiming]:
+        """Runs ``partition`` on ``inputs`` on a compute thread; see the module docstring."""
+        key = str(partition.key)
+        self._count(key, 1)
+        try:
+            future = self._executor.submit(self._call, partition, inputs, time.perf_counter(), deadline)
+            try:
+                outputs, timing = await asyncio.wait_for(asyncio.wrap_future(future), deadline.check("before compute"))
+            except TimeoutError:
+                future.cancel()  # still queued: it will not run; running: its result is dropped
+                raise DeadlineExceeded(f"request deadline passed while {partition.key} waited or ran") from None
+        finally:
+            self._count(key, -1)
+        deadline.check(f"after computing {partition.key}")
+        return outputs, timing
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs codec work (decoding, encoding large tensors) off the event loop."""
+        return await asyncio.wrap_future(self._codec.submit(fn, *args))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._codec.shutdown(wait=False, cancel_futures=True)

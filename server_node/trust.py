@@ -1,0 +1,66 @@
+"""Who may aim a node at which addresses: the trust boundary of the data plane.
+
+A route names the nodes a request travels to and the sink its outputs go to, so whoever writes a route
+decides where a node connects. Nodes accept routes only from the cluster:
+
+* with mutual TLS, every ModelServerService call must come from a cluster (or admin) identity; the auth
+  interceptor refuses the rest before the route is read, and devices hold no such identity;
+* without TLS, every address in the route (replicas and fallbacks of every step) must be a server node in
+  the registry, and the sink must be a front-end in the registry or the caller itself (same host). A route
+  naming anything else is refused with PERMISSION_DENIED before the node reads a tensor or connects
+  anywhere.
+
+A node started without a registry and without TLS (a development node) has nothing to check against and
+trusts its callers; it says so in its log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from splitinfer.errors import PermissionDenied
+from splitinfer.registry import Registry
+from splitinfer.transport.aio_server import peer_host
+from splitinfer.v1 import route_pb2
+
+__all__ = ["RouteTrust", "address_host"]
+
+log = logging.getLogger("splitinfer.server")
+
+
+def address_host(address: str) -> str:
+    """The host of 'host:port' (IPv6 as '[::1]:5' -> '::1')."""
+    host, _, _ = address.rpartition(":")
+    return host.strip("[]")
+
+
+def _peer_ip(peer: str) -> str:
+    host = peer_host(peer)
+    for prefix in ("ipv4:", "ipv6:"):
+        if host.startswith(prefix):
+            return host[len(prefix) :].strip("[]")
+    return host
+
+
+class RouteTrust:
+    def __init__(self, registry: Registry | None, own_address: str, *, tls: bool) -> None:
+        self._registry = registry
+        self._own = own_address
+        self._tls = tls
+        if registry is None and not tls:
+            log.warning("node %s has no registry and no TLS: it follows any route it is sent", own_address)
+
+    def check(self, route: route_pb2.Route, peer: str) -> None:
+        """PermissionDenied unless every address ``route`` names may be contacted for a call from ``peer``."""
+        if self._tls or self._registry is None:
+            return
+        nodes = self._registry.servers()
+        for index, step in enumerate(route.steps):
+            for address in (*step.addresses, *step.fallback_addresses):
+                if address != self._own and address not in nodes:
+                    raise PermissionDenied(
+                        f"route step {index} names {address[:100]!r}, which is not a registered server node"
+                    )
+        sink = route.sink
+        if sink and sink not in self._registry.frontends() and address_host(sink) != _peer_ip(peer):
+            raise PermissionDenied(f"route sink {sink[:100]!r} is neither a registered front-end nor the caller")

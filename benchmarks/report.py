@@ -118,27 +118,40 @@ def pipeline_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _largest_planner_row(data: dict[str, Any], shape: str) -> dict[str, Any]:
+    """The largest solve-time row of ``shape`` with every server hosting everything (the target's case);
+    any largest row when there is none."""
+    rows = [r for r in data["solve_times"] if r.get("shape", "chain") == shape and r.get("hosting", "all") == "all"]
+    return max(rows or data["solve_times"], key=lambda r: (r["partitions"], r["servers"]))
+
+
 def planner_section(data: dict[str, Any]) -> list[str]:
     targets = data["targets"]
     lines = [
         "## Planner (`benchmarks/planner.py`)",
         "",
-        "Solve time for a ResNet-50-shaped model divided at its narrow cuts, 3 variants (fp32, fp16, int8) x 4",
-        "codecs, random device conditions: the planner's default solver (exact; the chain solver here, as",
-        "divisions at narrow cuts are chains), CP-SAT on the same problems, and a plan-cache hit.",
+        "Solve time for a ResNet-50-shaped model, 3 variants (fp32, fp16, int8) x 4 codecs, random device",
+        "conditions and latency budgets (1 ms, which nothing meets, 100 ms, 500 ms): the planner's default",
+        "solver (exact: the chain solver for chains, the DP over live tensors for DAGs), CP-SAT on the same",
+        'problems ("same optimum": both reach the same violation and objective), and a plan-cache hit.',
+        "Chains are cut at the model's narrow cuts; DAGs at evenly spaced positions, so skip connections",
+        'cross partitions. "70% each": every server hosts a random 70% of the partitions, so no server',
+        "dominates another (the DP's hard case).",
         "",
         f"Machine: {_machine(data)}.",
         "",
-        "| partitions | servers | default p50 ms | default p95 ms | CP-SAT p50 ms | CP-SAT p95 ms | cached p50 us |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| shape | hosting | partitions | skip edges | servers | default p50 ms | default p95 ms | CP-SAT p50 ms "
+        "| CP-SAT p95 ms | same optimum | cached p50 us |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in data["solve_times"]:
+        cpsat = [f"{r[k]:.1f}" if r.get(k) is not None else "-" for k in ("cpsat_p50_ms", "cpsat_p95_ms")]
         lines.append(
-            f"| {r['partitions']} | {r['servers']} | {r['cold_p50_ms']:.1f} | {r['cold_p95_ms']:.1f} | "
-            f"{r.get('cpsat_p50_ms', float('nan')):.1f} | {r.get('cpsat_p95_ms', float('nan')):.1f} | "
-            f"{r['cached_p50_us']:.1f} |"
+            f"| {r.get('shape', 'chain')} | {r.get('hosting', 'all')} | {r['partitions']} | "
+            f"{r.get('skip_edges', 0)} | {r['servers']} | {r['cold_p50_ms']:.1f} | {r['cold_p95_ms']:.1f} | "
+            f"{cpsat[0]} | {cpsat[1]} | {r.get('cpsat_agrees') or '-'} | {r['cached_p50_us']:.1f} |"
         )
-    largest = max(data["solve_times"], key=lambda r: (r["partitions"], r["servers"]))
+    largest = _largest_planner_row(data, "dag")
     cold_met = "met" if largest["cold_p50_ms"] <= targets["cold_p50_ms"] else "**not met**"
     cached_met = "met" if largest["cached_p50_us"] <= targets["cached_p50_us"] else "**not met**"
     lines += [
@@ -148,17 +161,16 @@ def planner_section(data: dict[str, Any]) -> list[str]:
         f"{targets['cold_p50_ms']:.0f} ms: {largest['cold_p50_ms']:.1f} ms, {cold_met}; from cache <= "
         f"{targets['cached_p50_us']:.0f} us: {largest['cached_p50_us']:.1f} us, {cached_met}.",
         "",
-        f"Optimality gap against the exhaustive optimum ({data['parameters']['instances']} random small chains and",
-        "DAGs; gap in the objective, relative):",
+        f"Optimality gap against the exhaustive optimum ({data['parameters']['instances']} random small chains,",
+        "chains with several tensors per cut, several outputs and DAGs; gap in the objective, relative, among",
+        "plans of the optimum's violation; the property tests check 500 instances per shape):",
         "",
-        "| solver | optimal | mean gap | max gap | infeasible though a feasible plan exists |",
+        "| solver | optimal | mean gap | max gap | misses requirements more than the optimum |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, g in data["gaps"].items():
-        lines.append(
-            f"| {name} | {g['optimal_share']:.0%} | {g['mean_gap']:.2%} | {g['max_gap']:.2%} | "
-            f"{g['infeasible_when_feasible_exists']} |"
-        )
+        missed = g.get("more_violation_than_optimum", g.get("infeasible_when_feasible_exists"))
+        lines.append(f"| {name} | {g['optimal_share']:.0%} | {g['mean_gap']:.2%} | {g['max_gap']:.2%} | {missed} |")
     lines += [
         "",
         "Simulated ResNet-18-shaped model on a phone 10x slower than the edge server, edge and cloud servers,",
@@ -298,11 +310,13 @@ def targets_summary(results: Path) -> list[str]:
                      first["target_met"], f"{first['splitinfer_ratio']:.3f}x"))  # fmt: skip
     planner = _load(results, "planner")
     if planner:
-        largest = max(planner["solve_times"], key=lambda r: (r["partitions"], r["servers"]))
+        largest = _largest_planner_row(planner, "dag")
         t = planner["targets"]
-        rows.append(("Planner", f"cold solve, {largest['partitions']} partitions x {largest['servers']} servers",
-                     f"<= {t['cold_p50_ms']:.0f} ms p50", largest["cold_p50_ms"] <= t["cold_p50_ms"],
-                     f"{largest['cold_p50_ms']:.1f} ms"))  # fmt: skip
+        p95 = t.get("cold_p95_ms", float("inf"))
+        rows.append(("Planner", f"cold solve, {largest.get('shape', 'chain')} of {largest['partitions']} partitions "
+                     f"x {largest['servers']} servers", f"<= {t['cold_p50_ms']:.0f} ms p50, <= {p95:.0f} ms p95",
+                     largest["cold_p50_ms"] <= t["cold_p50_ms"] and largest["cold_p95_ms"] <= p95,
+                     f"{largest['cold_p50_ms']:.1f} ms p50, {largest['cold_p95_ms']:.1f} ms p95"))  # fmt: skip
         rows.append(("Planner", "plan from cache", f"<= {t['cached_p50_us']:.0f} us p50",
                      largest["cached_p50_us"] <= t["cached_p50_us"], f"{largest['cached_p50_us']:.1f} us"))  # fmt: skip
     load = _load(results, "load")

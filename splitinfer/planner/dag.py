@@ -86,13 +86,19 @@ class DagSolver:
         require_candidates(problem)
         servers = undominated_servers(problem)
         best: tuple[Evaluation, Assignment] | None = None
-        for v in range(len(problem.variants)):
-            a = _VariantSearch(problem, v, servers).best()
-            if a is None:
-                continue
-            ev = evaluate(problem, a)
-            if best is None or better(ev, best[0]):
-                best = (ev, a)
+        # A quick first pass with one server gives an incumbent; when it meets the requirements, the full
+        # search drops every label whose score plus a lower bound on the rest cannot beat it (a plan that
+        # loses on the objective cannot win on violation, which is already 0).
+        passes = [servers[:1], servers] if len(servers) > 1 else [servers]
+        for pool in passes:
+            for v in range(len(problem.variants)):
+                bound = best[0].objective if best is not None and not best[0].violated else None
+                a = _VariantSearch(problem, v, pool).best(bound)
+                if a is None:
+                    continue
+                ev = evaluate(problem, a)
+                if best is None or better(ev, best[0]):
+                    best = (ev, a)
         if best is None:
             raise ValueError("no variant fits the device and its servers")
         return finish(problem, best[1], self.name)
@@ -246,8 +252,16 @@ class _VariantSearch:
             elif phase != TAIL_PHASE:
                 yield SERVER_PHASE, loc, score, latency
 
-    def best(self) -> Assignment | None:
+    def best(self, bound: float | None = None) -> Assignment | None:
+        """The best assignment of this variant; with ``bound`` (an objective some feasible plan reaches),
+        only one that could beat it (None if none can)."""
         problem, n = self.problem, self.n
+        # Lower bound on the score of partitions k.. : each at its cheapest place, nothing transferred.
+        rest = [0.0] * (n + 1)
+        for k in range(n - 1, -1, -1):
+            rest[k] = rest[k + 1] + min((score for _, score, _ in self.places[k]), default=0.0)
+        constant = ACCURACY_TIEBREAK_S * (1 - self.variant.accuracy)
+        limit = None if bound is None else bound * (1 + 1e-9) + 1e-12 - constant
         device = problem.device
         start_phase = HEAD_PHASE if device.computes else SERVER_PHASE
         live0: tuple[_Live, ...] = tuple((t, DEVICE, ()) for t in self.inputs)
@@ -278,6 +292,9 @@ class _VariantSearch:
                     moved = self._resolve(moved, dying, p, loc)
                     key = (new_phase, tuple(sorted((t, w, pat) for t, (w, pat) in current.items())))
                     nxt.setdefault(key, []).extend(moved)
+            if limit is not None:
+                cap = limit - rest[p + 1]
+                nxt = {key: kept for key, labels in nxt.items() if (kept := [lb for lb in labels if lb[0] <= cap])}
             states = {key: self._prune(labels) for key, labels in nxt.items()}
         final: list[_Label] = []
         for (_, live), labels in states.items():

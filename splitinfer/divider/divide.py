@@ -17,11 +17,11 @@ largest single output being produced).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from splitinfer.divider.capacity import DeviceClass, ServerCapacity
 from splitinfer.divider.division import Division, partition_at
-from splitinfer.errors import FailedPrecondition
+from splitinfer.errors import FailedPrecondition, InvalidArgument
 from splitinfer.graph import CutPoint, ModelGraph, cut_points, narrow_cuts
 
 __all__ = ["DivideOptions", "active_head_cuts", "device_head", "divide"]
@@ -31,8 +31,12 @@ __all__ = ["DivideOptions", "active_head_cuts", "device_head", "divide"]
 class DivideOptions:
     #: Bandwidth between consecutive servers, megabits per second.
     link_mbps: float = 1000.0
-    #: Cuts with at most this many crossing tensors are candidates.
-    max_live_tensors: int = 1
+    #: Cuts with at most this many crossing tensors are candidates; None searches 1..max_live_limit for the
+    #: smallest number that gives the partitions the servers need (an attention mask or a position bias
+    #: stays live across every transformer layer, so transformers need 2 to 4).
+    max_live_tensors: int | None = None
+    #: Upper bound of that search.
+    max_live_limit: int = 8
     #: Device classes with at least this share of recent requests get their head cut as a boundary.
     min_request_share: float = 0.1
 
@@ -73,11 +77,61 @@ def divide(
 
     ``required`` positions (device head cuts) are always partition boundaries. Positions outside
     ``start..end`` become partitions with host "device". FailedPrecondition when no division fits memory.
+
+    With ``options.max_live_tensors`` None, candidate cuts are those with at most 1, 2, ... crossing tensors,
+    up to ``options.max_live_limit``: the first bound whose division gives every server a partition wins
+    (else the bound giving the most partitions, the smallest such). The division records the bound used
+    and the search (``Division.max_live_tensors``, ``Division.live_search``).
     """
+    if options.max_live_tensors is not None:
+        if options.max_live_tensors < 1:
+            raise InvalidArgument(f"max_live_tensors must be at least 1, not {options.max_live_tensors}")
+        division = _divide_at(graph, model, servers, start, end, required, options, options.max_live_tensors)
+        return replace(division, live_search=((options.max_live_tensors, len(division.server_partitions)),))
+    if options.max_live_limit < 1:
+        raise InvalidArgument(f"max_live_limit must be at least 1, not {options.max_live_limit}")
+    wanted = len(servers)
+    tried: list[tuple[int, int]] = []
+    best: Division | None = None
+    failure: FailedPrecondition | None = None
+    previous: tuple[int, ...] | None = None
+    for bound in range(1, options.max_live_limit + 1):
+        positions = tuple(c.position for c in narrow_cuts(graph, bound))
+        if positions == previous:
+            continue  # no new candidate cut at this bound: the same division
+        previous = positions
+        try:
+            division = _divide_at(graph, model, servers, start, end, required, options, bound)
+        except FailedPrecondition as exc:
+            failure = exc
+            tried.append((bound, 0))
+            continue
+        count = len(division.server_partitions)
+        tried.append((bound, count))
+        if best is None or count > len(best.server_partitions):
+            best = division
+        if count >= wanted:
+            break
+    if best is None:
+        assert failure is not None
+        raise failure
+    return replace(best, live_search=tuple(tried))
+
+
+def _divide_at(
+    graph: ModelGraph,
+    model: str,
+    servers: Sequence[ServerCapacity],
+    start: int,
+    end: int | None,
+    required: Sequence[int],
+    options: DivideOptions,
+    max_live: int,
+) -> Division:
     n = len(graph.nodes)
     end = n if end is None else end
     required_set = {p for p in required if start < p < end}
-    cuts = [c for c in narrow_cuts(graph, options.max_live_tensors) if start <= c.position <= end]
+    cuts = [c for c in narrow_cuts(graph, max_live) if start <= c.position <= end]
     positions = {c.position for c in cuts}
     extra = [c for c in cut_points(graph) if c.position in (required_set | {start, end}) - positions]
     cuts = sorted([*cuts, *extra], key=lambda c: c.position)
@@ -125,7 +179,7 @@ def divide(
     hosts.reverse()
     boundaries = sorted({start, *chosen} - {0, n})
     all_hosts = (["device"] if start > 0 else []) + hosts + (["device"] if end < n else [])
-    return partition_at(graph, model, boundaries, all_hosts)
+    return replace(partition_at(graph, model, boundaries, all_hosts), max_live_tensors=max_live)
 
 
 def device_head(graph: ModelGraph, device: DeviceClass, server_flops: float) -> CutPoint:

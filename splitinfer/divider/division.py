@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass
 
 from splitinfer.graph import ModelGraph
+from splitinfer.postprocess import PostprocessSpec
 from splitinfer.program import Program, ValueSpec
 
 __all__ = ["Division", "PartitionSpec", "partition_at"]
@@ -40,6 +41,17 @@ class Division:
     model: str
     partitions: tuple[PartitionSpec, ...]
     program: Program
+    #: Cuts with at most this many crossing tensors were the candidates (0: cut positions given by hand).
+    max_live_tensors: int = 0
+    #: The divider's search: (bound on crossing tensors, partitions on servers) for each bound tried.
+    live_search: tuple[tuple[int, int], ...] = ()
+    #: The stage that runs after the last partition, outside the program (a detector's decode and NMS).
+    postprocess: PostprocessSpec | None = None
+
+    @property
+    def server_partitions(self) -> tuple[PartitionSpec, ...]:
+        """Partitions not on the device."""
+        return tuple(p for p in self.partitions if p.host != "device")
 
     def partition_program(self, name: str) -> Program:
         spec = self.get(name)
@@ -53,6 +65,9 @@ class Division:
 
     def __str__(self) -> str:
         rows = [f"division of {self.model}: {len(self.partitions)} partitions"]
+        if self.live_search:
+            search = ", ".join(f"<={bound}: {count}" for bound, count in self.live_search)
+            rows[0] += f"; cuts of at most {self.max_live_tensors} live tensors (partitions by bound: {search})"
         rows.append(
             f"  {'partition':<10} {'host':<10} {'ops':>9} {'MFLOPs':>10} {'params KB':>10} {'out KB':>9}  -> to"
         )
@@ -62,6 +77,9 @@ class Division:
                 f"  {p.name:<10} {p.host or '-':<10} {f'{p.start}..{p.end}':>9} {p.flops / 1e6:>10.2f} "
                 f"{p.param_bytes / 1024:>10.1f} {p.output_bytes / 1024:>9.1f}  {to}"
             )
+        if self.postprocess is not None:
+            pp = self.postprocess
+            rows.append(f"  then {pp.stage} on the last place: {', '.join(pp.inputs)} -> {', '.join(pp.outputs)}")
         return "\n".join(rows)
 
 

@@ -4,7 +4,7 @@ Public surface: :class:`Program`, :func:`export_program`, :class:`CompiledProgra
 :func:`save_program`, :func:`load_program`.
 """
 
-from splitinfer.program.export import export_program, from_exported
+from splitinfer.program.export import example_feeds, export_program, flatten_example, from_exported
 from splitinfer.program.interpreter import CompiledProgram
 from splitinfer.program.model import Node, Program, Ref, ValueSpec
 from splitinfer.program.serde import load_program, save_program
@@ -15,7 +15,9 @@ __all__ = [
     "Program",
     "Ref",
     "ValueSpec",
+    "example_feeds",
     "export_program",
+    "flatten_example",
     "from_exported",
     "load_program",
     "save_program",

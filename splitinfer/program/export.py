@@ -1,32 +1,81 @@
-"""``torch.export`` to :class:`~splitinfer.program.model.Program`."""
+"""``torch.export`` to :class:`~splitinfer.program.model.Program`.
+
+Inputs may be positional tensors, keyword tensors (``example_kwargs``) and dicts, lists or tuples of tensors:
+the program's inputs are the flattened leaves, named as ``torch.export`` names them (``input_ids``,
+``batch_pixels``). Outputs may be any pytree of tensors: a tensor or a tuple of tensors keeps the names of
+the operations that compute them; outputs with keys (dicts, dataclasses such as Hugging Face's
+``ModelOutput``, named tuples) are named by their key path (``last_hidden_state``, ``boxes.0``), so that
+every variant and every export of one model exposes the same stable names.
+"""
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 
 from splitinfer.errors import InvalidArgument
 from splitinfer.program.model import Node, Program, Ref, ValueSpec
+from splitinfer.program.operators import ALLOWED_OPERATORS, OPERATOR_SET
 
-__all__ = ["export_program", "from_exported"]
+__all__ = ["example_feeds", "export_program", "flatten_example", "from_exported"]
 
 
-def export_program(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> Program:
-    """Exports ``model`` (in eval mode) with ``torch.export`` and converts the result."""
+def export_program(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any] = (),
+    example_kwargs: Mapping[str, Any] | None = None,
+) -> Program:
+    """Exports ``model`` (in eval mode) with ``torch.export`` and converts the result.
+
+    InvalidArgument naming the failure when the model cannot be exported (data-dependent control flow,
+    non-tensor outputs): such parts belong in a post-processing stage, outside the program.
+    """
     model = model.eval()
-    with torch.no_grad():
-        exported = torch.export.export(model, tuple(example_inputs))
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(model, tuple(example_inputs), dict(example_kwargs or {}))
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # torch raises many unrelated types here; the user needs the message
+        text = str(exc).strip().splitlines()
+        raise InvalidArgument(
+            f"{type(model).__name__} cannot be exported with torch.export: {type(exc).__name__}: "
+            f"{text[0] if text else ''}"[:500]
+        ) from exc
     return from_exported(exported)
+
+
+def flatten_example(example_inputs: Sequence[Any] = (), example_kwargs: Mapping[str, Any] | None = None) -> list[Any]:
+    """The leaves of ``(args, kwargs)`` in the order an export of them names its inputs."""
+    leaves, _ = pytree.tree_flatten((tuple(example_inputs), dict(example_kwargs or {})))
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+def example_feeds(
+    program: Program, example_inputs: Sequence[Any] = (), example_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """The program's named inputs for one example call ``model(*example_inputs, **example_kwargs)``."""
+    leaves = flatten_example(example_inputs, example_kwargs)
+    if len(leaves) != len(program.inputs):
+        raise InvalidArgument(f"the example has {len(leaves)} tensors; the program takes {len(program.inputs)}")
+    return dict(zip(program.input_names, leaves, strict=True))
 
 
 def _spec(name: str, value: Any) -> ValueSpec:
     if not isinstance(value, torch.Tensor):
         raise InvalidArgument(f"value {name!r} is not a tensor ({type(value).__name__}); only tensors can cross")
+    if not all(isinstance(d, int) for d in value.shape):
+        raise InvalidArgument(
+            f"value {name!r} has a data-dependent shape {list(value.shape)}; splitinfer programs have static "
+            "shapes: put the data-dependent end of the model in a post-processing stage (splitinfer.postprocess)"
+        )
     return ValueSpec(name, value.dtype, tuple(int(d) for d in value.shape))
 
 
@@ -86,13 +135,21 @@ def from_exported(exported: ExportedProgram) -> Program:
                 )
             else:
                 node_outputs = (_spec(fx_node.name, val),)
+            op = _op_name(fx_node.target)
+            if op not in ALLOWED_OPERATORS:
+                raise InvalidArgument(
+                    f"operator {op} (node {fx_node.name!r}, module {_module_path(fx_node) or 'unknown'}) is not on "
+                    f"splitinfer's allow-list of vetted operators ({OPERATOR_SET}); a data-dependent end of a model "
+                    "belongs in a post-processing stage (splitinfer.postprocess)"
+                )
             nodes.append(
                 Node(
                     name=fx_node.name,
-                    op=_op_name(fx_node.target),
+                    op=op,
                     args=tuple(_convert_arg(a) for a in fx_node.args),
                     kwargs={k: _convert_arg(v) for k, v in fx_node.kwargs.items()},
                     outputs=node_outputs,
+                    module=_module_path(fx_node),
                 )
             )
         elif fx_node.op == "output":
@@ -100,9 +157,71 @@ def from_exported(exported: ExportedProgram) -> Program:
             if len(user_outputs) != len(signature.output_specs):
                 raise InvalidArgument("the model mutates its buffers in forward; export it in eval mode")
             by_name = {n.name: n for n in nodes}
+            input_specs = {s.name: s for s in inputs}
+            seen: set[str] = set()
             for spec in user_outputs:
-                name = spec.arg.name
-                if name not in by_name:
-                    raise InvalidArgument(f"output {name!r} is not computed by an operation (a pass-through input)")
+                name = getattr(spec.arg, "name", None)
+                if name is None:
+                    raise InvalidArgument(f"output {spec.arg!r} is a constant, not a tensor the model computes")
+                if name in input_specs or name in params or name in seen:
+                    # A pass-through or repeated output: a copy gives it a value of its own to name and send.
+                    source = input_specs.get(name) or (by_name[name].outputs[0] if name in by_name else None)
+                    if source is None:
+                        source = ValueSpec(name, params[name].dtype, tuple(params[name].shape))
+                    copy_name = _fresh(f"{name}_out", by_name, input_specs, params)
+                    copied = ValueSpec(copy_name, source.dtype, source.shape)
+                    node = Node(copy_name, "aten.clone.default", (Ref(name),), {}, (copied,))
+                    nodes.append(node)
+                    by_name[copy_name] = node
+                    name = copy_name
+                if name not in by_name or len(by_name[name].outputs) != 1:
+                    raise InvalidArgument(f"output {name!r} is not a tensor computed by an operation")
+                seen.add(name)
                 outputs.append(by_name[name].outputs[0])
-    return Program(inputs=tuple(inputs), outputs=tuple(outputs), nodes=tuple(nodes), params=params)
+    program = Program(inputs=tuple(inputs), outputs=tuple(outputs), nodes=tuple(nodes), params=params)
+    return _name_outputs(program, exported.call_spec.out_spec)
+
+
+def _module_path(fx_node: torch.fx.Node) -> str:
+    """The innermost module an exported node came from, with its class: ``encoder.layer.1.attn (Attention)``."""
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, kind = list(stack.values())[-1]
+    kind_name = getattr(kind, "__name__", None) or str(kind).rsplit(".", 1)[-1].strip("'>")
+    path = re.sub(r"^L\['self'\]\.?|^L__self__\.?", "", str(path))
+    return f"{path or '(root)'} ({kind_name})"
+
+
+def _fresh(base: str, *taken: Mapping[str, Any]) -> str:
+    name = base
+    while any(name in t for t in taken):
+        name += "_"
+    return name
+
+
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return re.sub(r"[^A-Za-z0-9_]", "_", str(getattr(entry, attr)))
+    return re.sub(r"[^A-Za-z0-9_]", "_", str(entry))
+
+
+def output_names(out_spec: pytree.TreeSpec | None) -> list[str] | None:
+    """Key-path names of the output leaves, or None when the outputs have no keys (a tensor, a tuple)."""
+    if out_spec is None:
+        return None
+    skeleton = pytree.tree_unflatten(list(range(out_spec.num_leaves)), out_spec)
+    paths, _ = pytree.tree_flatten_with_path(skeleton)
+    keyed = any(not isinstance(e, pytree.SequenceKey) for path, _ in paths for e in path)
+    if not keyed:
+        return None
+    return [".".join(_key_name(e) for e in path) or "output" for path, _ in paths]
+
+
+def _name_outputs(program: Program, out_spec: pytree.TreeSpec | None) -> Program:
+    names = output_names(out_spec)
+    if names is None or len(names) != len(program.outputs):
+        return program
+    mapping = {spec.name: new for spec, new in zip(program.outputs, names, strict=True) if spec.name != new}
+    return program.rename_exposed(mapping)

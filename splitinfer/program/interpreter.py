@@ -10,12 +10,15 @@ import torch
 
 from splitinfer.errors import InvalidArgument
 from splitinfer.program.model import Program, Ref
+from splitinfer.program.operators import check_operator
 
-__all__ = ["CompiledProgram", "resolve_op"]
+__all__ = ["CompiledProgram", "resolve_op", "run_checked"]
 
 
 def resolve_op(name: str) -> Callable[..., Any]:
-    """The callable for an operator name; only ``aten.*`` overloads and ``getitem`` resolve."""
+    """The callable for an operator name; only the allow-listed ``aten.*`` overloads and ``getitem``
+    resolve (:mod:`splitinfer.program.operators`); InvalidArgument naming the operator otherwise."""
+    check_operator(name)
     if name == "getitem":
         return operator.getitem
     parts = name.split(".")
@@ -116,3 +119,31 @@ class CompiledProgram:
                 for index in dead:
                     env[index] = None
         return {name: env[slot] for name, slot in self._output_slots}
+
+
+def run_checked(program: Program, feeds: Mapping[str, torch.Tensor], what: str = "program") -> dict[str, torch.Tensor]:
+    """Runs ``program`` one node at a time; a failing node raises InvalidArgument naming its operator and
+    the module it came from (the slow path, for building and checking variants, never for serving)."""
+    env: dict[str, Any] = dict(feeds)
+    env.update(program.params)
+
+    def load(value: Any) -> Any:
+        if isinstance(value, Ref):
+            return env[value.name]
+        if isinstance(value, tuple):
+            return tuple(load(v) for v in value)
+        if isinstance(value, list):
+            return [load(v) for v in value]
+        return value
+
+    with torch.inference_mode():
+        for node in program.nodes:
+            try:
+                env[node.name] = resolve_op(node.op)(*load(node.args), **{k: load(v) for k, v in node.kwargs.items()})
+            except Exception as exc:  # any failure of an operator: say which one, where
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise InvalidArgument(
+                    f"{what}: operator {node.op} (node {node.name!r}, module {node.module or 'unknown'}) "
+                    f"fails: {type(exc).__name__}: {first}"
+                ) from exc
+    return {s.name: env[s.name] for s in program.outputs}

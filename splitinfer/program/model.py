@@ -58,6 +58,8 @@ class Node:
     kwargs: Mapping[str, Any]
     #: Specs of the tensor(s) it produces: one for a tensor, several for a tuple-returning op.
     outputs: tuple[ValueSpec, ...] = ()
+    #: The module it came from (``encoder.layer.1.attention``), for error messages; not stored on disk.
+    module: str = field(default="", compare=False)
 
     def refs(self) -> list[str]:
         """Names of the values this node reads, in order of appearance, without repeats."""
@@ -170,10 +172,29 @@ class Program:
                 tuple(arg(a) for a in n.args),
                 {k: arg(v) for k, v in n.kwargs.items()},
                 tuple(spec(o) if o.name == n.name else o for o in n.outputs),
+                n.module,
             )
             for n in self.nodes
         )
         return Program(tuple(spec(s) for s in self.inputs), tuple(spec(s) for s in self.outputs), nodes, self.params)
+
+    def rename_exposed(self, mapping: Mapping[str, str], suffix: str = "inner") -> Program:
+        """Like :meth:`rename` for the names a program exposes (inputs, outputs): an inner value that
+        happens to bear one of the new names is moved aside (``name_<suffix>``) instead of colliding."""
+        mapping = {k: v for k, v in mapping.items() if k != v}
+        if len(set(mapping.values())) != len(mapping):
+            raise InvalidArgument(f"renaming gives two values one name: {sorted(mapping.values())}")
+        defined = set(self.value_specs()) | set(self.params) | {n.name for n in self.nodes}
+        taken = defined | set(mapping.values())
+        for clash in sorted((set(mapping.values()) & defined) - set(mapping)):
+            if clash in self.params:
+                raise InvalidArgument(f"cannot expose {clash!r}: a parameter bears that name")
+            aside = f"{clash}_{suffix}"
+            while aside in taken:
+                aside += "_"
+            mapping[clash] = aside
+            taken.add(aside)
+        return self.rename(mapping)
 
     def __str__(self) -> str:
         ins = ", ".join(map(str, self.inputs))

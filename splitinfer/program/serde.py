@@ -1,7 +1,9 @@
 """Programs on disk: ``program.json`` (graph, no code) and ``weights.safetensors`` (tensors, no pickle).
 
-Nothing here executes data: the graph is JSON whose operators resolve only to ``torch.ops.aten`` overloads,
-and tensors load through safetensors. Files are checked against their sha256 before they are parsed.
+Nothing here executes data: the graph is JSON whose operators resolve only to the allow-listed
+``torch.ops.aten`` overloads (:mod:`splitinfer.program.operators`), and tensors load through safetensors.
+A program written with another torch release or operator set is refused. Files are checked against
+their sha256 before they are parsed.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import torch
 from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitinfer.program.interpreter import resolve_op
 from splitinfer.program.model import Node, Program, Ref, ValueSpec
+from splitinfer.program.operators import OPERATOR_SET, check_compatible, check_operator
 
 __all__ = ["FORMAT", "load_program", "program_from_json", "program_to_json", "save_program", "sha256_file"]
 
-FORMAT = "splitinfer.program/1"
+#: Version 2 records the torch version, the operator set and the operators used (version 1 did not).
+FORMAT = "splitinfer.program/2"
 GRAPH_FILE = "program.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -116,9 +120,13 @@ def _spec_from_json(data: dict[str, Any]) -> ValueSpec:
 
 
 def program_to_json(program: Program) -> dict[str, Any]:
-    """The graph of a program as JSON-ready data (parameters listed by name, stored separately)."""
+    """The graph of a program as JSON-ready data (parameters listed by name, stored separately), with the
+    torch version and operator set it was written with and the operators it uses."""
     return {
         "format": FORMAT,
+        "torch": torch.__version__,
+        "operator_set": OPERATOR_SET,
+        "operators": sorted({n.op for n in program.nodes}),
         "inputs": [_spec_to_json(s) for s in program.inputs],
         "outputs": [_spec_to_json(s) for s in program.outputs],
         "params": sorted(program.params),
@@ -138,14 +146,21 @@ def program_to_json(program: Program) -> dict[str, Any]:
 def program_from_json(data: dict[str, Any], params: dict[str, torch.Tensor]) -> Program:
     """Rebuilds a program from its JSON graph and its parameters; InvalidArgument for malformed data."""
     try:
-        if data.get("format") != FORMAT:
-            raise InvalidArgument(f"program format is {data.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise InvalidArgument(f"program format is {str(found)[:40]!r}, expected {FORMAT!r}")
+        check_compatible(data.get("torch"), data.get("operator_set"))  # type: ignore[arg-type]
+        used = {str(n["op"]) for n in data["nodes"]}
+        for op in sorted(used):
+            check_operator(op)  # refuse unknown operators at load time, not at the first request
+        if sorted(used) != data.get("operators"):
+            raise InvalidArgument("program's operator record does not match the operators its nodes use")
         missing = sorted(set(data["params"]) - set(params))
         if missing:
             raise InvalidArgument(f"program needs parameters missing from the weights: {missing[:5]}")
         nodes = []
         for n in data["nodes"]:
-            resolve_op(n["op"])  # refuse unknown operators at load time, not at the first request
+            resolve_op(n["op"])
             nodes.append(
                 Node(
                     name=str(n["name"]),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["BENCHMARK_MODELS", "SHARED_BACKBONE_MODELS", "TASKS", "ZOO", "build"]
+__all__ = ["BENCHMARK_MODELS", "DETECTION_MODELS", "SHARED_BACKBONE_MODELS", "TASKS", "ZOO", "build"]
 
 Factory = Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]
 
@@ -295,12 +295,22 @@ SHARED_BACKBONE_MODELS: dict[str, Factory] = {
     "shared_segmenter": shared_segmenter,
 }
 
+def detector() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The small single-shot detector of :mod:`splitinfer.zoo.detector` (post-processing stage declared)."""
+    from splitinfer.zoo.detector import detector as build_detector
+
+    return build_detector()
+
+
+#: Detectors: their network divides like any model; decoding and NMS are a declared post-processing stage.
+DETECTION_MODELS: dict[str, Factory] = {"detector": detector}
+
 #: Models that solve the same task (3x32x32 images, 10 classes): a small and a large choice.
 TASKS: dict[str, tuple[str, ...]] = {"image-classification-32": ("tiny_cnn", "residual_cnn")}
 
 
 def build(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    factories = {**ZOO, **BENCHMARK_MODELS, **SHARED_BACKBONE_MODELS}
+    factories = {**ZOO, **BENCHMARK_MODELS, **SHARED_BACKBONE_MODELS, **DETECTION_MODELS}
     try:
         return factories[name]()
     except KeyError:

@@ -94,7 +94,9 @@ async def _device_loop(address: str, index: int, tensor: Any, until: float, out:
         stub = frontend_pb2_grpc.FrontEndServiceStub(channel)
         plan = (await stub.Plan(frontend_pb2.PlanRequest(model=MODEL, device=device), timeout=30)).plan
         while time.monotonic() < until:
-            header = frontend_pb2.InferHeader(request_id=uuid.uuid4().hex, device=device, plan=plan, timeout_ms=30_000)
+            header = frontend_pb2.InferHeader(
+                request_id=uuid.uuid4().hex, device=device, plan_id=plan.plan_id, timeout_ms=30_000
+            )
             messages = [frontend_pb2.InferRequest(header=header), frontend_pb2.InferRequest(tensor=tensor)]
             start = time.perf_counter()
             try:

@@ -1,9 +1,11 @@
 """The edge agent: plans each request with the front-end, runs the device's partitions, streams the rest.
 
 Per request: read the battery and the network, get a plan (reused while conditions stay in the same
-buckets, for at most ``plan_ttl_s``), pull and verify only the partitions the plan puts on the device,
-run the head, encode each crossing tensor with the planned codec, stream them to the front-end, decode what
-comes back, run the tail. Observed transfer rates feed the next plan. When the front-end cannot be reached,
+buckets, for at most ``plan_ttl_s`` and never past the front-end's expiry), pull and verify only the
+partitions the plan puts on the device, run the head, encode each of the plan's entry tensors with the
+planned codec, stream them to the front-end under the plan's id (the front-end keeps the plan and decides
+where it runs; an expired plan is re-planned once), decode what comes back, run the tail. Observed transfer
+rates feed the next plan. When the front-end cannot be reached,
 the agent runs the whole model itself and says so in the result.
 """
 
@@ -26,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edge_agent.config import AgentConfig
 from edge_agent.monitors import BatteryMonitor, NetworkEstimator
 from splitinfer.codecs import CodecSpec, TensorAssembler, decode_tensor, encode_tensor
-from splitinfer.errors import DeadlineExceeded, NotFound, SplitInferError, Unavailable
+from splitinfer.errors import DeadlineExceeded, FailedPrecondition, NotFound, SplitInferError, Unavailable
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.planner import log_bucket
 from splitinfer.pool import ModelPool
@@ -40,7 +42,7 @@ from splitinfer.transport.status import error_from_rpc
 from splitinfer.transport.stream import stream_messages
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2
 
-__all__ = ["AgentResult", "EdgeAgent"]
+__all__ = ["AgentResult", "DevicePlan", "EdgeAgent"]
 
 log = logging.getLogger("splitinfer.agent")
 DIVISION = "default"
@@ -59,12 +61,30 @@ class AgentResult:
     reason: str = ""
     #: Device energy this request cost (compute, codecs, radio), joules, by the agent's power figures.
     energy_j: float = 0.0
+    #: The front-end's id of the plan that ran (empty when the device ran alone).
+    plan_id: str = ""
 
     @property
     def plan_summary(self) -> str:
         if self.plan is None:
             return f"device only ({self.reason})"
         return self.plan.summary()
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """The device's share of a plan the front-end made and keeps: where each partition runs, the codecs, the
+    tensors to send, and the id that names the plan in Infer."""
+
+    plan: Plan
+    plan_id: str
+    entry_tensors: tuple[str, ...]
+    #: Unix time (s) after which the front-end no longer knows the id.
+    expires_unix_s: float
+
+    @property
+    def device_only(self) -> bool:
+        return all(p.on_device for p in self.plan.placements)
 
 
 def _client_security(config: AgentConfig) -> ClientSecurity | None:
@@ -105,7 +125,7 @@ class EdgeAgent:
         self._frontend = frontend_pb2_grpc.FrontEndServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._lock = threading.Lock()
-        self._plans: dict[tuple[Any, ...], tuple[Plan, float]] = {}
+        self._plans: dict[tuple[Any, ...], tuple[DevicePlan, float]] = {}
         self._programs: dict[tuple[str, str, str], CompiledProgram] = {}
         self._device_steps: list[model_server_pb2.StepTiming] = []
         self._manifest_sha: dict[tuple[str, str], str] = {}
@@ -133,8 +153,9 @@ class EdgeAgent:
             transmit_power_w=self.config.transmit_power_w,
         )
 
-    def plan(self, model: str, requirements: plan_pb2.Requirements) -> Plan:
-        """The plan for the current conditions: reused while they stay in the same buckets, within the TTL."""
+    def plan(self, model: str, requirements: plan_pb2.Requirements, *, fresh: bool = False) -> DevicePlan:
+        """The plan for the current conditions: reused while they stay in the same buckets, within the TTL
+        and the front-end's expiry (``fresh``: ask for a new one regardless)."""
         state = self.device_state()
         key = (
             model,
@@ -146,7 +167,7 @@ class EdgeAgent:
         now = time.monotonic()
         with self._lock:
             cached = self._plans.get(key)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > now and cached[0].expires_unix_s > time.time() + 1 and not fresh:
             return cached[0]
         self._probe_rtt()
         state = self.device_state()
@@ -155,12 +176,17 @@ class EdgeAgent:
             response = self._frontend.Plan(request, timeout=self.config.connect_timeout_s)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"front-end {self.config.frontend}") from None
-        plan = Plan.from_proto(response.plan)
+        plan = DevicePlan(
+            Plan.from_proto(response.plan),
+            response.plan.plan_id,
+            tuple(response.plan.entry_tensors),
+            response.plan.expires_unix_ms / 1e3,
+        )
         with self._lock:
             self._plans[key] = (plan, now + self.config.plan_ttl_s)
             self.plans_made += 1
         if self.config.prefetch_fallback and not any(m == model for m, _ in self._fallback_ready):
-            self._prefetch(model, plan.variant)
+            self._prefetch(model, plan.plan.variant)
         return plan
 
     def _prefetch(self, model: str, variant: str) -> None:
@@ -268,9 +294,20 @@ class EdgeAgent:
         start = time.perf_counter()
         try:
             plan = self.plan(model, requirements)
-            if plan.route is None:
-                return self._device_only(model, plan.variant, inputs, request_id, start, plan, "the plan keeps all")
-            return self._split(model, plan, inputs, request_id, start)
+            if plan.device_only:
+                return self._device_only(
+                    model, plan.plan.variant, inputs, request_id, start, plan.plan, "the plan keeps all"
+                )
+            try:
+                return self._split(model, plan, inputs, request_id, start)
+            except FailedPrecondition as exc:  # the front-end forgot the plan (expired, restarted): plan again
+                log.info("request %s: %s; planning again", request_id, exc)
+                plan = self.plan(model, requirements, fresh=True)
+                if plan.device_only:
+                    return self._device_only(
+                        model, plan.plan.variant, inputs, request_id, start, plan.plan, "the plan keeps all"
+                    )
+                return self._split(model, plan, inputs, request_id, start)
         except (Unavailable, DeadlineExceeded) as exc:
             log.warning("request %s: servers unreachable (%s); running on the device", request_id, exc)
             variant = self._fallback_variant(model)
@@ -304,9 +341,9 @@ class EdgeAgent:
         )
 
     def _split(
-        self, model: str, plan: Plan, inputs: Mapping[str, torch.Tensor], request_id: str, start: float
+        self, model: str, device_plan: DevicePlan, inputs: Mapping[str, torch.Tensor], request_id: str, start: float
     ) -> AgentResult:
-        assert plan.route is not None
+        plan = device_plan.plan
         manifest = self._manifest(model, plan.variant)
         order = [p["name"] for p in manifest["partitions"]]
         on_device = {p.partition for p in plan.placements if p.on_device}
@@ -316,15 +353,17 @@ class EdgeAgent:
         values: dict[str, torch.Tensor] = dict(inputs)
         device_s = self._run_local(model, plan.variant, head, values)
         encode_start = time.perf_counter()
-        needed = list(dict.fromkeys(n for step in plan.route.steps for n in step.input_names if n in values))
+        missing = [n for n in device_plan.entry_tensors if n not in values]
+        if missing:
+            raise SplitInferError(f"request {request_id}: the plan sends {missing}, which the device did not compute")
         codecs = {c.tensor: c.codec for c in plan.crossings}
-        messages = [encode_tensor(values[n], n, codecs.get(n, CodecSpec())) for n in needed]
+        messages = [encode_tensor(values[n], n, codecs.get(n, CodecSpec())) for n in device_plan.entry_tensors]
         device_s += time.perf_counter() - encode_start
         bytes_sent = sum(len(m.payload) for m in messages)
         header = frontend_pb2.InferHeader(
             request_id=request_id,
             device=self.device_state(),
-            plan=plan.to_proto(),
+            plan_id=device_plan.plan_id,
             timeout_ms=int(self.config.request_timeout_s * 1e3),
             device_ms=device_s * 1e3,
             device_steps=self._take_device_steps(),
@@ -377,6 +416,7 @@ class EdgeAgent:
             (time.perf_counter() - start) * 1e3,
             bytes_sent,
             energy_j=energy,
+            plan_id=device_plan.plan_id,
         )
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// A splitinfer client in Node.js: plans a request with FrontEndService.Plan, sends the input tensor through
-// FrontEndService.Infer, and prints the outputs as JSON. It loads proto/ at run time with
+// A splitinfer client in Node.js: plans a request with FrontEndService.Plan (the front-end keeps the plan and
+// answers its id), sends the input tensor through FrontEndService.Infer under that plan id, and prints the
+// outputs as JSON. It loads proto/ at run time with
 // @grpc/proto-loader, so it needs no generated code.
 //
 //   cd examples/node && npm install
@@ -178,7 +179,12 @@ async function main() {
     payload_size_bytes: payload.length,
     payload,
   };
-  const header = { request_id: crypto.randomUUID(), device, plan, timeout_ms: args.timeoutMs };
+  // The front-end keeps the plan (and its route); the request names it by id and sends the plan's entry
+  // tensors. An expired plan id answers FAILED_PRECONDITION (code 9): ask for a new plan then.
+  if (!plan.entry_tensors.includes(input.name)) {
+    throw new Error(`the plan reads ${JSON.stringify(plan.entry_tensors)}, not ${input.name}`);
+  }
+  const header = { request_id: crypto.randomUUID(), device, plan_id: plan.plan_id, timeout_ms: args.timeoutMs };
   const started = process.hrtime.bigint();
   const result = await infer(client, header, tensor, args.timeoutMs);
   const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;

@@ -21,6 +21,8 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--results-address", default="")
     cli.add_argument("--registry", required=True, help="etcd://host:port")
     cli.add_argument("--tls-dir", default="", help="certificates and tokens (make certs): TLS, tokens, roles")
+    cli.add_argument("--plan-ttl-s", type=float, default=300.0, help="how long a plan id stays valid")
+    cli.add_argument("--metrics-port", type=int, default=-1, help="Prometheus /metrics port (0: any; -1: none)")
     cli.add_argument("--log-level", default="INFO")
     return cli
 
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             results_address=args.results_address,
             registry=args.registry,
             tls_dir=args.tls_dir,
+            plan_ttl_s=args.plan_ttl_s,
+            metrics_port=args.metrics_port,
         )
     )
     announce(args.port_file, str(frontend.port))

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 import grpc
 import torch
 
-from splitinfer.codecs import TensorAssembler, decode_tensor, encode_tensor
+from splitinfer.codecs import CodecSpec, TensorAssembler, decode_tensor, encode_tensor
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.transport.stream import stream_messages
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2, tensor_pb2
 
 __all__ = ["FrontEndClient"]
 
@@ -59,11 +59,17 @@ class FrontEndClient:
         request_id: str = "",
         timeout_s: float = 30.0,
     ) -> tuple[dict[str, torch.Tensor], frontend_pb2.InferTrace]:
-        """Runs the plan's server part on ``inputs`` (plain tensors); returns the outputs and the trace."""
+        """Runs the server part of ``plan`` (from :meth:`plan`: the front-end keeps it, this names its id) on
+        ``inputs`` (plain tensors, the plan's entry tensors), each encoded with the plan's codec for it;
+        returns the outputs and the trace. An expired plan raises FailedPrecondition: plan again."""
         header = frontend_pb2.InferHeader(
-            request_id=request_id or uuid.uuid4().hex, device=device, plan=plan, timeout_ms=int(timeout_s * 1e3)
+            request_id=request_id or uuid.uuid4().hex,
+            device=device,
+            plan_id=plan.plan_id,
+            timeout_ms=int(timeout_s * 1e3),
         )
-        tensors = [encode_tensor(t, name) for name, t in inputs.items()]
+        codecs = {c.tensor_name: c.encoding for c in plan.crossings}
+        tensors = [_encode(t, name, codecs.get(name)) for name, t in inputs.items()]
         requests = [frontend_pb2.InferRequest(header=header), *stream_messages(frontend_pb2.InferRequest, tensors)]
         assembler, outputs, trace = TensorAssembler(), {}, frontend_pb2.InferTrace()
         try:
@@ -76,3 +82,9 @@ class FrontEndClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"front-end {self.address}") from None
         return outputs, trace
+
+
+def _encode(tensor: torch.Tensor, name: str, encoding: tensor_pb2.Encoding | None) -> tensor_pb2.Tensor:
+    if encoding is None:
+        return encode_tensor(tensor, name)
+    return encode_tensor(tensor, name, CodecSpec.from_proto(encoding))

@@ -2,9 +2,14 @@
 
 Unmodified KServe v2 / Triton clients run any model in the pool through it. A model is a pool model, a
 version is one of its variants (none named: the planner picks). The front-end stands in for the device: the
-request is planned with every partition on the servers, run along the plan's route, and answered with raw
-output bytes; the result is stored like any other request's (a retry with the same ``id`` is answered from
-the store, not run twice).
+request is planned with every partition on the servers, run along the plan's route by the dispatcher both
+front doors share, and answered with raw output bytes; the result is stored like any other request's.
+
+``id`` is a correlation id only: it is echoed, and two requests with the same ``id`` are two requests.
+A client that wants a retry answered from the store instead of run again asks for it with the request
+parameter ``dedup`` (bool) set: then the ``id`` (at most 128 bytes) names the request among the caller's
+requests, and the same id with other inputs answers FAILED_PRECONDITION. The caller is the token's identity
+with authentication on, else every OIP client is the one caller ``oip-front-door``.
 """
 
 from __future__ import annotations
@@ -21,21 +26,29 @@ import grpc
 import torch
 
 from splitinfer.codecs import DEFAULT_LIMITS, CodecSpec, DecodeLimits, decode_tensor, encode_tensor
-from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError, Unavailable
+from splitinfer.errors import InvalidArgument, NotFound, SplitInferError, Unavailable
+from splitinfer.frontend.dispatch import Dispatcher, Job
+from splitinfer.frontend.metrics import FrontEndMetrics, instrument
 from splitinfer.frontend.oip_tensors import TensorSpec, parse_spec, read_inputs, write_outputs
 from splitinfer.frontend.planning import PlanningService
+from splitinfer.frontend.plans import PlanBook
+from splitinfer.frontend.service import caller_of
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
 from splitinfer.planner.plan import Plan
-from splitinfer.results.client import Results, stored_result
-from splitinfer.transport.clients import RouteClient
-from splitinfer.transport.status import abort, status_for
-from splitinfer.v1 import plan_pb2, result_store_pb2
+from splitinfer.results.keys import check_id, shown
+from splitinfer.security.auth import TokenTable
+from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S, clamp_timeout_s
+from splitinfer.transport.status import bounded, status_for
+from splitinfer.v1 import plan_pb2
 
 __all__ = ["FRONT_DOOR_DEVICE", "InferenceServicer"]
 
 log = logging.getLogger("splitinfer.frontend.oip")
 
+DOOR = "oip"
+#: The request parameter that asks for a retry to be answered from the store (see the module docstring).
+DEDUP_PARAMETER = "dedup"
 SERVER_NAME = "splitinfer"
 SERVER_VERSION = "0.1.0"
 DIVISION = "default"
@@ -69,19 +82,27 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
         planning: PlanningService,
-        results: Results | None = None,
-        routes: RouteClient | None = None,
+        dispatcher: Dispatcher,
+        plans: PlanBook,
         *,
+        tokens: TokenTable | None = None,
+        metrics: FrontEndMetrics | None = None,
         default_timeout_s: float = 30.0,
+        max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S,
         limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
         self._planning = planning
-        self._results = results
-        self._routes = routes or RouteClient()
+        self._dispatcher = dispatcher
+        self._plans = plans
+        self._tokens = tokens
+        self.metrics = metrics or FrontEndMetrics()
         self._default_timeout_s = default_timeout_s
+        self._max_timeout_s = max_timeout_s
         self._limits = limits
         self._stats: dict[tuple[str, str], _Stats] = {}
         self._lock = threading.Lock()
+        rpcs = ("ModelReady", "ModelMetadata", "ModelStatistics", "ModelInfer", "ModelStreamInfer", "RepositoryIndex")
+        instrument(self, self.metrics, DOOR, rpcs)
 
     # --- server -------------------------------------------------------------------------------------------
 
@@ -99,12 +120,14 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     # --- models -------------------------------------------------------------------------------------------
 
     def _variants(self, model: str, version: str = "") -> list[str]:
+        check_id(model, "model name")
+        check_id(version, "model version", required=False)
         variants = [e.variant for e in self._planning.pool.variants(model) if e.model == model]
         if not variants:
-            raise NotFound(f"model {model!r} is not in the pool")
+            raise NotFound(f"model {shown(model)} is not in the pool")
         if version:
             if version not in variants:
-                raise NotFound(f"model {model!r} has no version {version!r}; its versions are {variants}")
+                raise NotFound(f"model {shown(model)} has no version {shown(version)}; its versions are {variants}")
             return [version]
         return variants
 
@@ -119,22 +142,16 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return not missing, f"no live server hosts partitions {missing}" if missing else ""
 
     def ModelReady(self, request: oip.ModelReadyRequest, context: grpc.ServicerContext) -> oip.ModelReadyResponse:
-        try:
-            ready = any(self._hosted(request.name, v)[0] for v in self._variants(request.name, request.version))
-        except SplitInferError as exc:
-            abort(context, exc)
+        ready = any(self._hosted(request.name, v)[0] for v in self._variants(request.name, request.version))
         return oip.ModelReadyResponse(ready=ready)
 
     def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> oip.ModelMetadataResponse:
-        try:
-            variants = self._variants(request.name, request.version)
-            manifest = self._manifest(request.name, variants[0])
-            inputs = [parse_spec(s) for s in manifest["inputs"]]
-            outputs = [parse_spec(s) for s in manifest["outputs"]]
-        except SplitInferError as exc:
-            abort(context, exc)
+        variants = self._variants(request.name, request.version)
+        manifest = self._manifest(request.name, variants[0])
+        inputs = [parse_spec(s) for s in manifest["inputs"]]
+        outputs = [parse_spec(s) for s in manifest["outputs"]]
         response = oip.ModelMetadataResponse(name=request.name, versions=variants, platform="splitinfer")
         for spec, field in ((inputs, response.inputs), (outputs, response.outputs)):
             for s in spec:
@@ -159,11 +176,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def ModelStatistics(
         self, request: oip.ModelStatisticsRequest, context: grpc.ServicerContext
     ) -> oip.ModelStatisticsResponse:
-        try:
-            if request.name:
-                self._variants(request.name, request.version)
-        except SplitInferError as exc:
-            abort(context, exc)
+        if request.name:
+            self._variants(request.name, request.version)
         response = oip.ModelStatisticsResponse()
         with self._lock:
             for (model, variant), s in sorted(self._stats.items()):
@@ -185,25 +199,33 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     # --- inference ----------------------------------------------------------------------------------------
 
     def ModelInfer(self, request: oip.ModelInferRequest, context: grpc.ServicerContext) -> oip.ModelInferResponse:
-        try:
-            return self._infer(request, context.time_remaining())
-        except SplitInferError as exc:
-            log.info("ModelInfer %s/%s refused: %s", request.model_name, request.id, exc)
-            abort(context, exc)
+        self.metrics.requests.labels(DOOR, "ModelInfer").inc()
+        return self._infer(request, context, context.time_remaining())
 
     def ModelStreamInfer(
         self, request_iterator: Iterator[oip.ModelInferRequest], context: grpc.ServicerContext
     ) -> Iterator[oip.ModelStreamInferResponse]:
         # As in the protocol: a failed request is reported in its response and the stream goes on.
         for request in request_iterator:
+            self.metrics.requests.labels(DOOR, "ModelStreamInfer").inc()
             try:
-                yield oip.ModelStreamInferResponse(infer_response=self._infer(request, context.time_remaining()))
-            except SplitInferError as exc:
-                log.info("ModelStreamInfer %s/%s refused: %s", request.model_name, request.id, exc)
+                response = self._infer(request, context, context.time_remaining())
+                yield oip.ModelStreamInferResponse(infer_response=response)
+            except Exception as exc:
+                code = status_for(exc).name
+                self.metrics.failures.labels(DOOR, "ModelStreamInfer", code).inc()
+                if isinstance(exc, SplitInferError):
+                    log.info("ModelStreamInfer %s/%s refused: %s", shown(request.model_name), shown(request.id), exc)
+                    message = str(exc)
+                else:  # a bug: the traceback stays in this log
+                    log.exception("ModelStreamInfer %s/%s failed", shown(request.model_name), shown(request.id))
+                    message = "internal error; the server logged the cause"
                 yield oip.ModelStreamInferResponse(
-                    error_message=f"{status_for(exc).name}: {exc}",
+                    error_message=bounded(f"{code}: {message}"),
                     infer_response=oip.ModelInferResponse(
-                        model_name=request.model_name, model_version=request.model_version, id=request.id
+                        model_name=request.model_name[:128],
+                        model_version=request.model_version[:128],
+                        id=request.id[:128],
                     ),
                 )
 
@@ -221,13 +243,16 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         )
         if plan.device_partitions or plan.route is None or not plan.route.steps:
             _, why = self._hosted(request.model_name, plan.variant)
-            raise Unavailable(f"model {request.model_name!r} cannot run on the servers now: {why or 'no route'}")
+            raise Unavailable(f"model {shown(request.model_name)} cannot run on the servers now: {why or 'no route'}")
         return plan
 
-    def _infer(self, request: oip.ModelInferRequest, remaining_s: float | None) -> oip.ModelInferResponse:
+    def _infer(
+        self, request: oip.ModelInferRequest, context: grpc.ServicerContext, remaining_s: float | None
+    ) -> oip.ModelInferResponse:
         start = time.perf_counter_ns()
-        model, variant = request.model_name, request.model_version
+        model, variant = request.model_name, ""  # statistics only for a variant that exists (a plan for it)
         try:
+            check_id(request.id, "id", required=False)
             plan = self._plan(request)
             variant = plan.variant
             manifest = self._manifest(model, variant)
@@ -237,10 +262,10 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             wanted = [o.name for o in request.outputs] or known
             unknown = [n for n in wanted if n not in known]
             if unknown:
-                raise InvalidArgument(f"model {model!r} has no outputs {unknown}; its outputs are {known}")
-            request_id = request.id or uuid.uuid4().hex
-            outputs, compute_ns = self._run_or_recall(plan, request_id, inputs, remaining_s)
-        except SplitInferError:
+                shown_unknown = [shown(n) for n in unknown[:8]]
+                raise InvalidArgument(f"model {shown(model)} has no outputs {shown_unknown}; its outputs are {known}")
+            outputs, compute_ns = self._run(request, context, plan, inputs, remaining_s)
+        except Exception:
             if variant:
                 self._record(model, variant, ok=False, elapsed_ns=time.perf_counter_ns() - start)
             raise
@@ -249,35 +274,38 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         self._record(model, variant, ok=True, elapsed_ns=time.perf_counter_ns() - start, compute_ns=compute_ns)
         return response
 
-    def _run_or_recall(
-        self, plan: Plan, request_id: str, inputs: dict[str, torch.Tensor], remaining_s: float | None
+    def _run(
+        self,
+        request: oip.ModelInferRequest,
+        context: grpc.ServicerContext,
+        plan: Plan,
+        inputs: dict[str, torch.Tensor],
+        remaining_s: float | None,
     ) -> tuple[dict[str, torch.Tensor], int]:
-        stored = stored_result(self._results, request_id)
-        if stored is not None:
-            if stored.model != plan.model:
-                raise FailedPrecondition(f"request id {request_id!r} was already used for model {stored.model!r}")
-            return {t.name: decode_tensor(t, self._limits) for t in stored.outputs}, 0
+        dedup = DEDUP_PARAMETER in request.parameters and request.parameters[DEDUP_PARAMETER].bool_param
+        if dedup and not request.id:
+            raise InvalidArgument(f"the {DEDUP_PARAMETER!r} parameter needs an id to deduplicate by")
+        # Without dedup, the id only correlates: every request is its own.
+        request_id = request.id if dedup else f"oip-{uuid.uuid4().hex}"
+        caller = caller_of(self._tokens, context, FRONT_DOOR_DEVICE.device_id)
+        issued = self._plans.issue(plan, caller, FRONT_DOOR_DEVICE.device_id, keep=False)
         codecs = {c.tensor: c.codec for c in plan.crossings}
         encoded = {n: encode_tensor(t, n, codecs.get(n, CodecSpec())) for n, t in inputs.items()}
-        timeout_s = self._default_timeout_s if remaining_s is None else min(self._default_timeout_s, remaining_s)
-        assert plan.route is not None
-        start = time.perf_counter()
-        delivered, timings = self._routes.run(plan.route, encoded, request_id=request_id, timeout_s=timeout_s)
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-        compute_ns = int(sum(t.compute_ms for t in timings) * 1e6)
-        if self._results is not None:
-            self._results.put(
-                result_store_pb2.StoredResult(
-                    request_id=request_id,
-                    device_id=FRONT_DOOR_DEVICE.device_id,
-                    model=plan.model,
-                    variant=plan.variant,
-                    plan_summary=plan.summary(),
-                    latency_ms=elapsed_ms,
-                    outputs=list(delivered.values()),
-                )
+        timeout_ms = int(self._default_timeout_s * 1e3)
+        outcome = self._dispatcher.run(
+            Job(
+                caller=caller,
+                request_id=request_id,
+                issued=issued,
+                tensors=encoded,
+                timeout_s=clamp_timeout_s(timeout_ms, remaining_s, self._max_timeout_s),
+                device_id=FRONT_DOOR_DEVICE.device_id,
             )
-        return {n: decode_tensor(t, self._limits) for n, t in delivered.items()}, compute_ns
+        )
+        if outcome.recalled:
+            self.metrics.recalled.inc()
+        compute_ns = int(sum(t.compute_ms for t in outcome.timings) * 1e6)
+        return {t.name: decode_tensor(t, self._limits) for t in outcome.outputs}, compute_ns
 
     def _record(self, model: str, variant: str, *, ok: bool, elapsed_ns: int, compute_ns: int = 0) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits
 from splitinfer.errors import InvalidArgument
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.program.serde import parse_dtype
+from splitinfer.results.keys import shown
 
 __all__ = ["TensorSpec", "datatype_of", "parse_spec", "read_inputs", "write_outputs"]
 
@@ -72,16 +73,16 @@ def parse_spec(text: str) -> TensorSpec:
     """A manifest spec such as ``"x:float32[1, 3, 224, 224]"`` as the protocol names it."""
     match = _SPEC.match(text.strip())
     if match is None:
-        raise InvalidArgument(f"malformed tensor spec {text!r}")
+        raise InvalidArgument(f"malformed tensor spec {shown(text)}")
     shape = tuple(int(d) for d in match["shape"].split(",") if d.strip())
     return TensorSpec(match["name"], datatype_of(parse_dtype(match["dtype"])), shape)
 
 
 def _element_count(shape: Sequence[int], name: str, limits: DecodeLimits) -> int:
     if len(shape) > limits.max_rank:
-        raise InvalidArgument(f"input {name!r}: rank {len(shape)} exceeds the limit of {limits.max_rank}")
+        raise InvalidArgument(f"input {shown(name)}: rank {len(shape)} exceeds the limit of {limits.max_rank}")
     if any(d < 0 for d in shape):
-        raise InvalidArgument(f"input {name!r}: shape {list(shape)} has a negative dimension")
+        raise InvalidArgument(f"input {shown(name)}: shape {list(shape)} has a negative dimension")
     return math.prod(shape)
 
 
@@ -121,20 +122,22 @@ def read_inputs(
     for index, given in enumerate(request.inputs):
         spec = by_name.get(given.name)
         if spec is None:
-            raise InvalidArgument(f"model has no input {given.name!r}; its inputs are {[str(s) for s in expected]}")
+            raise InvalidArgument(
+                f"model has no input {shown(given.name)}; its inputs are {[str(s) for s in expected]}"
+            )
         if given.name in tensors:
-            raise InvalidArgument(f"input {given.name!r} is given twice")
+            raise InvalidArgument(f"input {shown(given.name)} is given twice")
         shape = tuple(given.shape)
         count = _element_count(shape, given.name, limits)
         if given.datatype != spec.datatype or shape != spec.shape:
-            raise InvalidArgument(f"input {given.name!r} must be {spec}; got {given.datatype}{list(shape)}")
+            raise InvalidArgument(f"input {shown(given.name)} must be {spec}; got {given.datatype}{list(shape)}")
         dtype = _TORCH_BY_DATATYPE[spec.datatype]
         total += count * torch.empty((), dtype=dtype).element_size()
         if total > limits.max_tensor_bytes:
             raise InvalidArgument(f"inputs exceed the limit of {limits.max_tensor_bytes} bytes")
         if raw:
             if given.HasField("contents"):
-                raise InvalidArgument(f"input {given.name!r} has both contents and raw_input_contents")
+                raise InvalidArgument(f"input {shown(given.name)} has both contents and raw_input_contents")
             tensors[given.name] = _from_raw(raw[index], spec, dtype)
         else:
             tensors[given.name] = _from_contents(given.contents, spec, dtype)

@@ -12,6 +12,7 @@ from splitinfer.planner.problem import CodecProfile
 from splitinfer.planner.profiles import DEFAULT_CODECS
 from splitinfer.pool import ModelPool
 from splitinfer.registry import Registry
+from splitinfer.results.keys import shown
 from splitinfer.v1 import plan_pb2
 
 __all__ = ["PlanningService"]
@@ -39,17 +40,17 @@ class PlanningService:
         the model itself (and only ``variant`` when one is named)."""
         entries = [e for e in self.pool.variants(model) if e.model == model]
         if not entries:
-            raise NotFound(f"model {model!r} is not in the pool")
+            raise NotFound(f"model {shown(model)} is not in the pool")
         if variant:
             entries = [e for e in entries if e.variant == variant]
             if not entries:
-                raise NotFound(f"model {model!r} has no variant {variant!r}")
+                raise NotFound(f"model {shown(model)} has no variant {shown(variant)}")
         task = entries[0].task
         if task and not exact:
             entries = self.pool.alternatives(task)
         manifests = [self.pool.manifest(e.divisions[self.division]) for e in entries if self.division in e.divisions]
         if not manifests:
-            raise NotFound(f"model {model!r} has no division named {self.division!r}")
+            raise NotFound(f"model {shown(model)} has no division named {self.division!r}")
         return manifests
 
     def partition_flops(self, model: str, variant: str) -> dict[str, float]:

@@ -5,6 +5,7 @@ reflection."""
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from splitinfer.frontend.dispatch import Dispatcher
+from splitinfer.frontend.metrics import FrontEndMetrics
 from splitinfer.frontend.oip import InferenceServicer
 from splitinfer.frontend.planning import PlanningService
+from splitinfer.frontend.plans import PlanBook
 from splitinfer.frontend.service import FrontEndServicer
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
@@ -22,7 +26,7 @@ from splitinfer.planner.problem import CodecProfile
 from splitinfer.planner.profiles import DEFAULT_CODECS
 from splitinfer.pool import ModelPool
 from splitinfer.pool.service import ModelPoolServicer
-from splitinfer.registry import Registry, connect
+from splitinfer.registry import FRONTEND, Registration, Registry, ServerRecord, connect
 from splitinfer.results import ResultStore
 from splitinfer.results.client import LocalResults, RemoteResults, Results
 from splitinfer.results.service import ResultStoreServicer
@@ -62,6 +66,19 @@ class FrontEndConfig:
     #: Directory from ``make certs``: serve TLS, authenticate devices by token (tokens.json) and check
     #: roles; call servers and the result store with the cluster certificate. Empty: plaintext, no auth.
     tls_dir: str = ""
+    #: How long a plan id stays valid after Plan made it, and how many plans are kept (oldest dropped).
+    plan_ttl_s: float = 300.0
+    max_plans: int = 100_000
+    #: Port of the Prometheus /metrics endpoint (0: any free one); -1 for none.
+    metrics_port: int = -1
+    #: Lease of the front-end's registry record (role "frontend": nodes accept it as a sink), seconds.
+    registry_ttl_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.plan_ttl_s <= 0 or self.max_plans < 1:
+            raise ValueError("plan_ttl_s must be > 0 and max_plans >= 1")
+        if self.registry_ttl_s <= 0:
+            raise ValueError("registry_ttl_s must be > 0")
 
 
 @dataclass
@@ -73,9 +90,28 @@ class RunningFrontEnd:
     store: ResultStore | None
     health: health.HealthServicer
     registry: Registry
+    plans: PlanBook
+    metrics: FrontEndMetrics
+    metrics_port: int | None = None
+    registration: Registration | None = None
     extra: list[object] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def keep_registered(self, record: ServerRecord, ttl_s: float) -> None:
+        """Registers the front-end (role FRONTEND) and renews its record every third of the lease."""
+        self.registration = self.registry.register(record, ttl_s)
+
+        def renew() -> None:
+            while not self._stopping.wait(ttl_s / 3):
+                if self.registration is not None:
+                    self.registration.update(record)
+
+        threading.Thread(target=renew, name="frontend-lease", daemon=True).start()
 
     def stop(self, grace_s: float = 5.0) -> None:
+        self._stopping.set()
+        if self.registration is not None:
+            self.registration.close()  # nodes stop accepting this front-end as a sink
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
         if self.store is not None:
@@ -99,6 +135,7 @@ def start_frontend(
         security = server_security_from_dir(Path(config.tls_dir), require_client_cert=False)
         client = client_security_from_dir(Path(config.tls_dir), "cluster")
     server = new_server(config.grpc_workers, security=security)
+    tokens = security.tokens if security is not None else None
     store = None
     results: Results | None = None
     if config.results_address:
@@ -106,13 +143,21 @@ def start_frontend(
     elif config.results_db:
         store = ResultStore(Path(config.results_db), max_rows=config.results_max_rows)
         results = LocalResults(store)
-        result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store), server)
+        result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store, tokens), server)
     planner = Planner()
     planning = PlanningService(pool, registry, planner, codecs=codecs)
     routes = RouteClient(security=client)
-    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(FrontEndServicer(planning, results, routes), server)
+    plans = PlanBook(config.plan_ttl_s, config.max_plans)
+    metrics = FrontEndMetrics()
+    # One request path for both front doors.
+    dispatcher = Dispatcher(registry, routes, results, planner.calibration, plans)
+    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(
+        FrontEndServicer(planning, dispatcher, plans, tokens=tokens, metrics=metrics), server
+    )
     # The Open Inference Protocol (KServe v2 / Triton) on the same port, for clients that speak it.
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(planning, results, routes), server)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(planning, dispatcher, plans, tokens=tokens, metrics=metrics), server
+    )
     model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -129,5 +174,10 @@ def start_frontend(
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{config.host}:{port}"
+    metrics_port = metrics.serve(config.metrics_port, config.host) if config.metrics_port >= 0 else None
     log.info("front-end serving at %s", address)
-    return RunningFrontEnd(server, port, address, planner, store, health_servicer, registry)
+    running = RunningFrontEnd(
+        server, port, address, planner, store, health_servicer, registry, plans, metrics, metrics_port
+    )
+    running.keep_registered(ServerRecord(address, role=FRONTEND), config.registry_ttl_s)
+    return running

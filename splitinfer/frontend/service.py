@@ -1,4 +1,9 @@
-"""The FrontEndService servicer: plans requests and dispatches their server part on the device's behalf."""
+"""The FrontEndService servicer: plans requests, keeps the plans, and runs their server part for the device.
+
+Thin: it reads and checks the stream, resolves the caller (the token's identity with authentication on,
+else the device id) and the server-owned plan the header names, and hands the request to the one
+:class:`~splitinfer.frontend.dispatch.Dispatcher` both front doors share.
+"""
 
 from __future__ import annotations
 
@@ -9,70 +14,104 @@ from collections.abc import Iterator
 import grpc
 
 from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits, TensorAssembler
-from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
+from splitinfer.errors import InvalidArgument, Unauthenticated
+from splitinfer.frontend.dispatch import Dispatcher, Job
+from splitinfer.frontend.metrics import FrontEndMetrics, instrument
 from splitinfer.frontend.planning import PlanningService
-from splitinfer.planner.plan import Plan
-from splitinfer.results.client import Results, stored_result
-from splitinfer.transport.clients import RouteClient
-from splitinfer.transport.status import abort
+from splitinfer.frontend.plans import PlanBook
+from splitinfer.results.keys import check_id, shown
+from splitinfer.security.auth import TokenTable
+from splitinfer.security.interceptor import identify
+from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S, clamp_timeout_s
+from splitinfer.transport.status import set_request_id
 from splitinfer.transport.stream import stream_messages
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, result_store_pb2, tensor_pb2
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, tensor_pb2
 
-__all__ = ["FrontEndServicer"]
+__all__ = ["FrontEndServicer", "caller_of"]
 
 log = logging.getLogger("splitinfer.frontend")
+
+DOOR = "frontend"
+#: Most tensors one Infer request may send.
+MAX_TENSORS = 256
+
+
+def caller_of(tokens: TokenTable | None, context: grpc.ServicerContext, device_id: str) -> str:
+    """Who is calling: the authenticated identity's name, or with authentication off the device id it
+    claims (then ids are only as good as the network the front-end listens on)."""
+    if tokens is None:
+        return check_id(device_id, "device_id", required=False)
+    identity = identify(tokens, context)
+    if identity is None:
+        raise Unauthenticated("the front-end needs a bearer token")
+    return identity.name
 
 
 class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
     def __init__(
         self,
         planning: PlanningService,
-        results: Results | None = None,
-        routes: RouteClient | None = None,
+        dispatcher: Dispatcher,
+        plans: PlanBook,
         *,
+        tokens: TokenTable | None = None,
+        metrics: FrontEndMetrics | None = None,
+        max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S,
         default_timeout_s: float = 30.0,
         limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
         self._planning = planning
-        self._results = results
-        self._routes = routes or RouteClient()
+        self._dispatcher = dispatcher
+        self._plans = plans
+        self._tokens = tokens
+        self.metrics = metrics or FrontEndMetrics()
+        self._max_timeout_s = max_timeout_s
         self._default_timeout_s = default_timeout_s
         self._limits = limits
+        instrument(self, self.metrics, DOOR, ("Plan", "Infer"))
 
     def Plan(self, request: frontend_pb2.PlanRequest, context: grpc.ServicerContext) -> frontend_pb2.PlanResponse:
-        try:
-            if not request.model:
-                raise InvalidArgument("PlanRequest needs a model name")
-            plan = self._planning.plan(request.model, request.device, request.requirements)
-        except SplitInferError as exc:
-            abort(context, exc)
-        return frontend_pb2.PlanResponse(plan=plan.to_proto())
+        self.metrics.requests.labels(DOOR, "Plan").inc()
+        if not request.model:
+            raise InvalidArgument("PlanRequest needs a model name")
+        check_id(request.model, "model")
+        device_id = check_id(request.device.device_id, "device_id", required=False)
+        caller = caller_of(self._tokens, context, device_id)
+        plan = self._planning.plan(request.model, request.device, request.requirements)
+        issued = self._plans.issue(plan, caller, device_id)
+        return frontend_pb2.PlanResponse(plan=issued.device_share())
 
     def Infer(
         self, request_iterator: Iterator[frontend_pb2.InferRequest], context: grpc.ServicerContext
     ) -> Iterator[frontend_pb2.InferResponse]:
-        request_id = "?"
-        try:
-            header, tensors = self._read(request_iterator)
-            request_id = header.request_id
-            start = time.perf_counter()
-            stored = stored_result(self._results, request_id)
-            if stored is not None:  # a retry: answer from the store, do not run it twice
-                # A retry may come with a new plan (a node died, conditions changed); it is the same request
-                # as long as it asks the same model.
-                if stored.model != header.plan.model:
-                    raise FailedPrecondition(
-                        f"request id {request_id!r} was already used for model {stored.model!r}; "
-                        "use a new id for a new request"
-                    )
-                outputs, trace = list(stored.outputs), frontend_pb2.InferTrace(device_ms=header.device_ms)
-            else:
-                outputs, trace = self._run(header, tensors, context, start)
-            yield from stream_messages(frontend_pb2.InferResponse, outputs)
-            yield frontend_pb2.InferResponse(trace=trace)
-        except SplitInferError as exc:
-            log.info("request %s refused: %s", request_id, exc)
-            abort(context, exc)
+        self.metrics.requests.labels(DOOR, "Infer").inc()
+        start = time.perf_counter()
+        header, tensors = self._read(request_iterator)
+        request_id = check_id(header.request_id, "request_id")
+        set_request_id(request_id)
+        device_id = check_id(header.device.device_id, "device_id", required=False)
+        caller = caller_of(self._tokens, context, device_id)
+        issued = self._plans.get(header.plan_id, caller, device_id)
+        timeout_ms = header.timeout_ms or int(self._default_timeout_s * 1e3)
+        job = Job(
+            caller=caller,
+            request_id=request_id,
+            issued=issued,
+            tensors=tensors,
+            timeout_s=clamp_timeout_s(timeout_ms, context.time_remaining(), self._max_timeout_s),
+            device_ms=header.device_ms,
+            device_steps=header.device_steps,
+            device_id=device_id,
+        )
+        with self.metrics.run_seconds.time():
+            outcome = self._dispatcher.run(job)
+        if outcome.recalled:
+            self.metrics.recalled.inc()
+            log.info("request %s answered from the store", shown(request_id))
+        server_ms = outcome.server_ms if not outcome.recalled else (time.perf_counter() - start) * 1e3
+        trace = frontend_pb2.InferTrace(device_ms=header.device_ms, server_ms=server_ms, steps=outcome.timings)
+        yield from stream_messages(frontend_pb2.InferResponse, outcome.outputs)
+        yield frontend_pb2.InferResponse(trace=trace)
 
     def _read(
         self, request_iterator: Iterator[frontend_pb2.InferRequest]
@@ -81,10 +120,6 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         if first is None or first.WhichOneof("kind") != "header":
             raise InvalidArgument("an Infer stream must start with a header")
         header = first.header
-        if not header.request_id:
-            raise InvalidArgument("InferHeader needs a request_id")
-        if not header.plan.HasField("route") or not header.plan.route.steps:
-            raise InvalidArgument("the plan has no server part to run (it runs wholly on the device)")
         assembler = TensorAssembler(self._limits)
         tensors: dict[str, tensor_pb2.Tensor] = {}
         for message in request_iterator:
@@ -93,68 +128,8 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
                 raise InvalidArgument("an Infer stream carries one header, first, and then only tensors")
             complete = assembler.add(getattr(message, kind))
             if complete is not None:
+                if complete.name in tensors or len(tensors) >= MAX_TENSORS:
+                    raise InvalidArgument(f"tensor {shown(complete.name)} sent twice, or more than {MAX_TENSORS}")
                 tensors[complete.name] = complete
         assembler.finish()
         return header, tensors
-
-    def _calibrate_device(self, header: frontend_pb2.InferHeader) -> None:
-        """The device's own partition timings against what its reported FLOP/s predict."""
-        if not header.device_steps or header.device.compute_flops <= 0:
-            return
-        calibration = self._planning.planner.calibration
-        flops_of: dict[tuple[str, str], dict[str, float]] = {}
-        for step in header.device_steps:
-            ref = step.partition
-            if (ref.model, ref.variant) not in flops_of:
-                try:
-                    flops_of[(ref.model, ref.variant)] = self._planning.partition_flops(ref.model, ref.variant)
-                except SplitInferError:
-                    flops_of[(ref.model, ref.variant)] = {}  # a variant the pool no longer has
-            flops = flops_of[(ref.model, ref.variant)].get(ref.partition)
-            if flops is None:
-                continue  # nothing to learn about a partition the pool does not know
-            predicted_ms = flops / header.device.compute_flops * 1e3
-            key = f"{ref.model}@{ref.variant}/{ref.partition}"
-            calibration.observe_device_partition(header.device.device_id, key, step.compute_ms, predicted_ms)
-
-    def _run(
-        self,
-        header: frontend_pb2.InferHeader,
-        tensors: dict[str, tensor_pb2.Tensor],
-        context: grpc.ServicerContext,
-        start: float,
-    ) -> tuple[list[tensor_pb2.Tensor], frontend_pb2.InferTrace]:
-        timeout_s = header.timeout_ms / 1e3 if header.timeout_ms else self._default_timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout_s = min(timeout_s, remaining)
-        delivered, timings = self._routes.run(
-            header.plan.route, tensors, request_id=header.request_id, timeout_s=timeout_s
-        )
-        server_ms = (time.perf_counter() - start) * 1e3
-        trace = frontend_pb2.InferTrace(device_ms=header.device_ms, server_ms=server_ms, steps=timings)
-        # What the servers really took teaches the cost model (queueing excluded: it is reported separately).
-        predicted = {p.partition.partition: p.predicted_ms for p in header.plan.placements if not p.on_device}
-        for step in timings:
-            if step.partition.partition in predicted:
-                self._planning.planner.calibration.observe_server(
-                    step.node, step.compute_ms, predicted[step.partition.partition]
-                )
-        self._calibrate_device(header)
-        outputs = list(delivered.values())
-        if self._results is not None:
-            plan = Plan.from_proto(header.plan)
-            stored = self._results.put(
-                result_store_pb2.StoredResult(
-                    request_id=header.request_id,
-                    device_id=header.device.device_id,
-                    model=plan.model,
-                    variant=plan.variant,
-                    plan_summary=plan.summary(),
-                    latency_ms=header.device_ms + server_ms,
-                    outputs=outputs,
-                )
-            )
-            if not stored:
-                log.info("request %s was stored already (a concurrent retry)", header.request_id)
-        return outputs, trace

@@ -18,8 +18,8 @@ READ_CHUNK_BYTES = 1 << 20
 
 
 def check_sha(sha256: str) -> str:
-    if not _SHA.match(sha256):
-        raise InvalidArgument(f"{sha256!r} is not a sha256 in lowercase hex (64 characters)")
+    if not _SHA.fullmatch(sha256):  # fullmatch: "$" alone would let a trailing newline through
+        raise InvalidArgument(f"{sha256[:80]!r} is not a sha256 in lowercase hex (64 characters)")
     return sha256
 
 

@@ -17,17 +17,20 @@ __all__ = ["LocalResults", "RemoteResults", "Results", "stored_result"]
 
 
 class Results(Protocol):
-    def put(self, result: result_store_pb2.StoredResult) -> bool: ...
+    def put(self, result: result_store_pb2.StoredResult) -> tuple[bool, result_store_pb2.StoredResult]:
+        """Stores ``result`` unless its (caller, request id) is taken; whether it was stored, and the result
+        stored under that key. FailedPrecondition when the stored one answered other inputs."""
+        ...
 
-    def get(self, request_id: str) -> result_store_pb2.StoredResult: ...
+    def get(self, request_id: str, caller: str) -> result_store_pb2.StoredResult: ...
 
 
-def stored_result(results: Results | None, request_id: str) -> result_store_pb2.StoredResult | None:
-    """The result already stored under ``request_id`` (a retry), or None."""
+def stored_result(results: Results | None, caller: str, request_id: str) -> result_store_pb2.StoredResult | None:
+    """The result ``caller`` already has under ``request_id`` (a retry), or None."""
     if results is None:
         return None
     try:
-        return results.get(request_id)
+        return results.get(request_id, caller)
     except NotFound:
         return None
 
@@ -36,11 +39,11 @@ class LocalResults:
     def __init__(self, store: ResultStore) -> None:
         self.store = store
 
-    def put(self, result: result_store_pb2.StoredResult) -> bool:
-        return self.store.put(result)
+    def put(self, result: result_store_pb2.StoredResult) -> tuple[bool, result_store_pb2.StoredResult]:
+        return self.store.put_or_get(result)
 
-    def get(self, request_id: str) -> result_store_pb2.StoredResult:
-        return self.store.get(request_id)
+    def get(self, request_id: str, caller: str) -> result_store_pb2.StoredResult:
+        return self.store.get(request_id, caller)
 
 
 class RemoteResults:
@@ -49,16 +52,17 @@ class RemoteResults:
         self._timeout_s = timeout_s
         self._stub = result_store_pb2_grpc.ResultStoreServiceStub(open_channel(address, security=security))
 
-    def put(self, result: result_store_pb2.StoredResult) -> bool:
+    def put(self, result: result_store_pb2.StoredResult) -> tuple[bool, result_store_pb2.StoredResult]:
         try:
             request = result_store_pb2.PutResultRequest(result=result)
-            return bool(self._stub.PutResult(request, timeout=self._timeout_s).stored)
+            response: result_store_pb2.PutResultResponse = self._stub.PutResult(request, timeout=self._timeout_s)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"result store {self.address}") from None
+        return bool(response.stored), response.result
 
-    def get(self, request_id: str) -> result_store_pb2.StoredResult:
+    def get(self, request_id: str, caller: str) -> result_store_pb2.StoredResult:
         try:
-            request = result_store_pb2.GetResultRequest(request_id=request_id)
+            request = result_store_pb2.GetResultRequest(request_id=request_id, caller=caller)
             response: result_store_pb2.GetResultResponse = self._stub.GetResult(request, timeout=self._timeout_s)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"result store {self.address}") from None

@@ -1,4 +1,9 @@
-"""The ResultStoreService servicer."""
+"""The ResultStoreService servicer.
+
+Results belong to their caller. With authentication on (``tokens``), a caller holding only the device role
+reads and lists only its own results (its token's name is its caller); cluster components and operators
+name the caller they ask about.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import grpc
 
 from splitinfer.errors import SplitInferError
 from splitinfer.results.store import ResultQuery, ResultStore
+from splitinfer.security.auth import ADMIN, CLUSTER, TokenTable
+from splitinfer.security.interceptor import identify
 from splitinfer.transport.status import abort
 from splitinfer.v1 import result_store_pb2, result_store_pb2_grpc
 
@@ -13,14 +20,25 @@ __all__ = ["ResultStoreServicer"]
 
 
 class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
-    def __init__(self, store: ResultStore) -> None:
+    def __init__(self, store: ResultStore, tokens: TokenTable | None = None) -> None:
         self._store = store
+        self._tokens = tokens
+
+    def _own_caller(self, context: grpc.ServicerContext) -> str | None:
+        """The caller a device-role identity is confined to; None when the caller may ask about anyone."""
+        if self._tokens is None:
+            return None
+        identity = identify(self._tokens, context)
+        if identity is None or identity.roles & {CLUSTER, ADMIN}:
+            return None
+        return identity.name
 
     def PutResult(
         self, request: result_store_pb2.PutResultRequest, context: grpc.ServicerContext
     ) -> result_store_pb2.PutResultResponse:
         try:
-            return result_store_pb2.PutResultResponse(stored=self._store.put(request.result))
+            stored, kept = self._store.put_or_get(request.result)
+            return result_store_pb2.PutResultResponse(stored=stored, result=kept)
         except SplitInferError as exc:
             abort(context, exc)
 
@@ -28,7 +46,10 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
         self, request: result_store_pb2.GetResultRequest, context: grpc.ServicerContext
     ) -> result_store_pb2.GetResultResponse:
         try:
-            return result_store_pb2.GetResultResponse(result=self._store.get(request.request_id))
+            caller = self._own_caller(context)
+            if caller is None:
+                caller = request.caller or None  # none named: the newest result under that id
+            return result_store_pb2.GetResultResponse(result=self._store.get(request.request_id, caller))
         except SplitInferError as exc:
             abort(context, exc)
 
@@ -36,6 +57,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
         self, request: result_store_pb2.QueryResultsRequest, context: grpc.ServicerContext
     ) -> result_store_pb2.QueryResultsResponse:
         try:
+            caller = self._own_caller(context)
             results, token = self._store.query(
                 ResultQuery(
                     device_id=request.device_id,
@@ -44,6 +66,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
                     until_unix_ms=request.until_unix_ms,
                     page_size=request.page_size,
                     page_token=request.page_token,
+                    caller=request.caller if caller is None else caller,
                 )
             )
         except SplitInferError as exc:

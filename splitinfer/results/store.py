@@ -1,7 +1,9 @@
 """The Result Store: every request's results, durably, in SQLite (WAL mode), queryable with paging.
 
-Idempotent by request id: storing a result whose request id is already stored keeps the first and reports
-it. Retention keeps at most ``max_rows`` results and none older than ``max_age_s``, oldest first out.
+Results belong to their caller: the key is (caller, request id). Storing a result whose key is already
+stored keeps the first and reports it; storing one with other inputs (another input digest) under a stored
+key is refused. Ids are bounded when written (:mod:`splitinfer.results.keys`). Retention keeps at most
+``max_rows`` results and none older than ``max_age_s``, oldest first out.
 Pages are newest first and continue from an opaque token (keyset paging: stable while results arrive).
 """
 
@@ -15,24 +17,37 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitinfer.errors import InvalidArgument, NotFound
+from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
+from splitinfer.results.keys import check_id, shown
 from splitinfer.v1 import result_store_pb2
 
 __all__ = ["ResultQuery", "ResultStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
-    request_id TEXT PRIMARY KEY,
+    caller TEXT NOT NULL,
+    request_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
     model TEXT NOT NULL,
     created_unix_ms INTEGER NOT NULL,
-    body BLOB NOT NULL
+    input_digest TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (caller, request_id)
 );
-CREATE INDEX IF NOT EXISTS results_by_time ON results (created_unix_ms DESC, request_id DESC);
+CREATE INDEX IF NOT EXISTS results_by_time ON results (created_unix_ms DESC, caller DESC, request_id DESC);
 CREATE INDEX IF NOT EXISTS results_by_device ON results (device_id, created_unix_ms DESC);
 CREATE INDEX IF NOT EXISTS results_by_model ON results (model, created_unix_ms DESC);
+CREATE INDEX IF NOT EXISTS results_by_caller ON results (caller, created_unix_ms DESC);
 """
+#: The schema above; databases written before results had callers (version 0) are migrated on open.
+_SCHEMA_VERSION = 2
 MAX_PAGE = 1000
+#: A page of QueryResults stays below this many bytes of results, so that it fits the 4 MiB a default
+#: gRPC client accepts; a single result larger than this comes alone, without its outputs.
+MAX_PAGE_BYTES = 3 << 20
+#: Longest page token accepted (the tokens this store issues are far shorter).
+MAX_TOKEN_CHARS = 1024
+_MAX_INT64 = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +58,7 @@ class ResultQuery:
     until_unix_ms: int = 0
     page_size: int = 100
     page_token: str = ""
+    caller: str = ""
 
 
 class ResultStore:
@@ -55,30 +71,75 @@ class ResultStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a stored result survives a crash of the machine
+        self._migrate()
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def _migrate(self) -> None:
+        """A database from before callers: results keyed by request id alone. Each becomes its device's."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+        if version >= _SCHEMA_VERSION or not columns or "caller" in columns:
+            return
+        self._db.executescript(
+            "BEGIN; ALTER TABLE results RENAME TO results_v1;"
+            " DROP INDEX IF EXISTS results_by_time; DROP INDEX IF EXISTS results_by_device;"
+            " DROP INDEX IF EXISTS results_by_model;"
+            + _SCHEMA
+            + " INSERT INTO results (caller, request_id, device_id, model, created_unix_ms, input_digest, body)"
+            " SELECT device_id, request_id, device_id, model, created_unix_ms, '', body FROM results_v1;"
+            " DROP TABLE results_v1; COMMIT;"
+        )
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def put(self, result: result_store_pb2.StoredResult) -> bool:
-        """Stores ``result``; False when its request id was already stored (the stored one is kept)."""
-        if not result.request_id:
-            raise InvalidArgument("a result needs a request_id")
+        """Stores ``result``; False when its (caller, request id) was already stored (the stored one is kept)."""
+        return self.put_or_get(result)[0]
+
+    def put_or_get(self, result: result_store_pb2.StoredResult) -> tuple[bool, result_store_pb2.StoredResult]:
+        """Stores ``result`` unless its key is taken; returns whether it was stored and the result now stored
+        under its key. Raises FailedPrecondition when the stored one answered other inputs."""
+        check_id(result.request_id, "a result's request_id")
+        check_id(result.caller, "a result's caller", required=False)
+        check_id(result.device_id, "a result's device_id", required=False)
+        check_id(result.model, "a result's model", required=False)
         stored = result_store_pb2.StoredResult()
         stored.CopyFrom(result)
+        stored.outputs_omitted = False
         if not stored.created_unix_ms:
             stored.created_unix_ms = int(time.time() * 1000)
         with self._lock:
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO results (request_id, device_id, model, created_unix_ms, body) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (stored.request_id, stored.device_id, stored.model, stored.created_unix_ms, stored.SerializeToString()),
+                "INSERT OR IGNORE INTO results"
+                " (caller, request_id, device_id, model, created_unix_ms, input_digest, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stored.caller,
+                    stored.request_id,
+                    stored.device_id,
+                    stored.model,
+                    stored.created_unix_ms,
+                    stored.input_digest,
+                    stored.SerializeToString(),
+                ),
             )
             inserted = cursor.rowcount == 1
             if inserted:
                 self._apply_retention()
-        return inserted
+                return True, stored
+            row = self._db.execute(
+                "SELECT body FROM results WHERE caller = ? AND request_id = ?", (stored.caller, stored.request_id)
+            ).fetchone()
+        kept = result_store_pb2.StoredResult.FromString(row[0])
+        if kept.input_digest and stored.input_digest and kept.input_digest != stored.input_digest:
+            raise FailedPrecondition(
+                f"request id {shown(stored.request_id)} was already used for other inputs; "
+                "use a new id for a new request"
+            )
+        return False, kept
 
     def _apply_retention(self) -> None:
         if self.max_age_s > 0:
@@ -87,31 +148,42 @@ class ResultStore:
         (count,) = self._db.execute("SELECT COUNT(*) FROM results").fetchone()
         if count > self.max_rows:
             self._db.execute(
-                "DELETE FROM results WHERE request_id IN (SELECT request_id FROM results "
-                "ORDER BY created_unix_ms ASC, request_id ASC LIMIT ?)",
+                "DELETE FROM results WHERE rowid IN (SELECT rowid FROM results "
+                "ORDER BY created_unix_ms ASC, caller ASC, request_id ASC LIMIT ?)",
                 (count - self.max_rows,),
             )
 
-    def get(self, request_id: str) -> result_store_pb2.StoredResult:
+    def get(self, request_id: str, caller: str | None = None) -> result_store_pb2.StoredResult:
+        """The result of ``caller``'s request ``request_id``; with ``caller`` None, the newest result stored
+        under that id by any caller (operators, tests)."""
         with self._lock:
-            row = self._db.execute("SELECT body FROM results WHERE request_id = ?", (request_id,)).fetchone()
+            if caller is None:
+                row = self._db.execute(
+                    "SELECT body FROM results WHERE request_id = ? ORDER BY created_unix_ms DESC LIMIT 1",
+                    (request_id,),
+                ).fetchone()
+            else:
+                row = self._db.execute(
+                    "SELECT body FROM results WHERE caller = ? AND request_id = ?", (caller, request_id)
+                ).fetchone()
         if row is None:
-            raise NotFound(f"no result stored for request {request_id!r}")
+            raise NotFound(f"no result stored for request {shown(request_id)}")
         return result_store_pb2.StoredResult.FromString(row[0])
 
     def query(self, q: ResultQuery) -> tuple[list[result_store_pb2.StoredResult], str]:
         """Matching results, newest first, and the token of the next page ("" when this is the last)."""
         if q.page_size < 0 or (q.until_unix_ms and q.since_unix_ms > q.until_unix_ms):
             raise InvalidArgument("page_size must be >= 0 and since_unix_ms <= until_unix_ms")
+        for value in (q.since_unix_ms, q.until_unix_ms):
+            if not 0 <= value <= _MAX_INT64:
+                raise InvalidArgument("since_unix_ms and until_unix_ms must be between 0 and 2^63-1")
         size = min(q.page_size or 100, MAX_PAGE)
         clauses: list[str] = []
         args: list[str | int] = []
-        if q.device_id:
-            clauses.append("device_id = ?")
-            args.append(q.device_id)
-        if q.model:
-            clauses.append("model = ?")
-            args.append(q.model)
+        for column, text in (("device_id", q.device_id), ("model", q.model), ("caller", q.caller)):
+            if text:
+                clauses.append(f"{column} = ?")
+                args.append(text)
         if q.since_unix_ms:
             clauses.append("created_unix_ms >= ?")
             args.append(q.since_unix_ms)
@@ -119,15 +191,28 @@ class ResultStore:
             clauses.append("created_unix_ms < ?")
             args.append(q.until_unix_ms)
         if q.page_token:
-            created, request_id = _decode_token(q.page_token)
-            clauses.append("(created_unix_ms < ? OR (created_unix_ms = ? AND request_id < ?))")
-            args += [created, created, request_id]
+            created, caller, request_id = _decode_token(q.page_token)
+            clauses.append(
+                "(created_unix_ms < ? OR (created_unix_ms = ? AND (caller < ? OR (caller = ? AND request_id < ?))))"
+            )
+            args += [created, created, caller, caller, request_id]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT body FROM results {where} ORDER BY created_unix_ms DESC, request_id DESC LIMIT ?"
+        sql = f"SELECT body FROM results {where} ORDER BY created_unix_ms DESC, caller DESC, request_id DESC LIMIT ?"
+        results: list[result_store_pb2.StoredResult] = []
+        more = False
+        used = 0
         with self._lock:
-            rows = self._db.execute(sql, (*args, size + 1)).fetchall()
-        results = [result_store_pb2.StoredResult.FromString(r[0]) for r in rows[:size]]
-        token = _encode_token(results[-1]) if len(rows) > size else ""
+            for (body,) in self._db.execute(sql, (*args, size + 1)):
+                if len(results) == size or (results and used + len(body) > MAX_PAGE_BYTES):
+                    more = True
+                    break
+                result = result_store_pb2.StoredResult.FromString(body)
+                if len(body) > MAX_PAGE_BYTES:  # alone on its page, and still too large: leave the outputs out
+                    del result.outputs[:]
+                    result.outputs_omitted = True
+                results.append(result)
+                used += len(body)
+        token = _encode_token(results[-1]) if more else ""
         return results, token
 
     def count(self) -> int:
@@ -136,12 +221,37 @@ class ResultStore:
 
 
 def _encode_token(last: result_store_pb2.StoredResult) -> str:
-    return base64.urlsafe_b64encode(json.dumps([last.created_unix_ms, last.request_id]).encode()).decode()
+    data = json.dumps([last.created_unix_ms, last.caller, last.request_id]).encode()
+    return base64.urlsafe_b64encode(data).decode()
 
 
-def _decode_token(token: str) -> tuple[int, str]:
+def _decode_token(token: str) -> tuple[int, str, str]:
+    """The position a page token names; anything this store did not issue is INVALID_ARGUMENT."""
+    refused = InvalidArgument(f"page_token {shown(token, 32)} is not one this store issued")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise refused
     try:
-        created, request_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return int(created), str(request_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(f"page_token {token!r} is not one this store issued") from exc
+        value = json.loads(
+            base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True),
+            parse_float=_no_float,
+            parse_constant=_no_float,
+        )
+    except (ValueError, UnicodeError):
+        raise refused from None
+    if not (isinstance(value, list) and len(value) == 3):
+        raise refused
+    created, caller, request_id = value
+    if type(created) is not int or not 0 <= created <= _MAX_INT64:
+        raise refused
+    if not (isinstance(caller, str) and isinstance(request_id, str)):
+        raise refused
+    try:
+        check_id(caller, required=False)
+        check_id(request_id, required=False)
+    except InvalidArgument:
+        raise refused from None
+    return created, caller, request_id
+
+
+def _no_float(text: str) -> object:
+    raise ValueError(f"not an integer: {text[:20]}")

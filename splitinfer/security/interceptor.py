@@ -24,9 +24,29 @@ from splitinfer.security.auth import (
 )
 from splitinfer.transport.handlers import Behaviour, rewrap
 
-__all__ = ["AuthInterceptor"]
+__all__ = ["AuthInterceptor", "identify"]
 
 log = logging.getLogger("splitinfer.security")
+
+
+def identify(tokens: TokenTable, context: grpc.ServicerContext) -> Identity | None:
+    """The caller of this call: its bearer token's identity when it sends one, else its verified client
+    certificate's, else None. Raises Unauthenticated for a malformed or unknown token.
+
+    Services call it too (with the same table) when what they answer depends on who asks: whose plans and
+    results a request may touch.
+    """
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
+            return tokens.identify(token.strip())
+    names = context.auth_context().get("x509_common_name")
+    if names:
+        first = names if isinstance(names, bytes) else next(iter(names))
+        return certificate_identity(first.decode())
+    return None
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -34,17 +54,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._tokens = tokens or TokenTable()
 
     def _identify(self, context: grpc.ServicerContext) -> Identity | None:
-        for key, value in context.invocation_metadata():
-            if key == "authorization":
-                scheme, _, token = str(value).partition(" ")
-                if scheme.lower() != "bearer" or not token:
-                    raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
-                return self._tokens.identify(token.strip())
-        names = context.auth_context().get("x509_common_name")
-        if names:
-            first = names if isinstance(names, bytes) else next(iter(names))
-            return certificate_identity(first.decode())
-        return None
+        return identify(self._tokens, context)
 
     def _check(self, method: str, context: grpc.ServicerContext) -> None:
         try:

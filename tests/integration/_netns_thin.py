@@ -20,11 +20,11 @@ def main() -> int:
     device = plan_pb2.DeviceState(device_id="thin", compute_flops=0, uplink_mbps=50, rtt_ms=1)
     with FrontEndClient(address) as client:
         plan = client.plan(model_name, device)
-        entry = plan.route.steps[0].input_names[0]
+        entry = plan.entry_tensors[0]  # the front-end keeps the route; the plan says what to send
         outputs, _ = client.infer(plan, device, {entry: example[0]})
     expected = model(example[0]).detach()
     ok = len(outputs) == 1 and bool((next(iter(outputs.values())) - expected).abs().max() < 1e-3)
-    addresses = sorted({a for step in plan.route.steps for a in step.addresses})
+    addresses = sorted({p.address for p in plan.placements if not p.on_device})
     json.dump({"ok": ok, "addresses": addresses}, sys.stdout)
     return 0
 

@@ -75,7 +75,7 @@ def test_cluster_up_serve_status_down(tmp_path: Path) -> None:
         model, (x,) = build("tiny_cnn")
         result = agent.infer("tiny_cnn", {"input": x}, plan_pb2.Requirements(min_accuracy=0.9))
         agent.close()
-        assert not result.device_only_fallback and result.plan is not None and result.plan.route is not None
+        assert not result.device_only_fallback and result.plan is not None and result.plan_id
         assert torch.allclose(result.outputs["linear"], model(x).detach(), atol=1e-4)
         status = _make("cluster-status", run_dir)
         assert status.returncode == 0, status.stdout + status.stderr

@@ -94,8 +94,10 @@ def test_split_run_equals_the_whole_model_and_is_stored(system: dict) -> None:  
     exact = plan_pb2.Requirements(min_accuracy=0.9)  # the variant's own accuracy: no lossy codec allowed
     result = agent.infer("two_heads", {"x": system["x"]}, exact, request_id="req-1")
     assert result.plan is not None and not any(c.codec.is_lossy for c in result.plan.crossings)
-    assert not result.device_only_fallback and result.plan is not None and result.plan.route is not None
-    route = result.plan.route
+    assert not result.device_only_fallback and result.plan is not None and result.plan.route is None
+    # The device never saw the route: the front-end kept it, under the plan id the device sent.
+    route = system["frontend"].plans.get(result.plan_id, "phone-7", "phone-7").plan.route
+    assert route is not None
     assert any(len(out.consumer_steps) == 2 for step in route.steps for out in step.outputs)  # fan-out
     assert {p.where for p in result.plan.placements if not p.on_device} == {
         system["nodes"]["a"].address, system["nodes"]["b"].address}  # fmt: skip
@@ -105,8 +107,10 @@ def test_split_run_equals_the_whole_model_and_is_stored(system: dict) -> None:  
 
     with grpc.insecure_channel(system["frontend"].address) as channel:
         store = result_store_pb2_grpc.ResultStoreServiceStub(channel)
-        stored = store.GetResult(result_store_pb2.GetResultRequest(request_id="req-1"), timeout=10).result
-        assert stored.device_id == "phone-7" and stored.model == "two_heads" and stored.outputs
+        request = result_store_pb2.GetResultRequest(request_id="req-1", caller="phone-7")
+        stored = store.GetResult(request, timeout=10).result
+        assert stored.device_id == "phone-7" and stored.caller == "phone-7" and stored.model == "two_heads"
+        assert stored.outputs and len(stored.input_digest) == 64
         by_device = store.QueryResults(result_store_pb2.QueryResultsRequest(device_id="phone-7"), timeout=10)
         assert "req-1" in [r.request_id for r in by_device.results]
     # A retry with the same request id is answered from the store, not run or stored twice.
@@ -199,20 +203,20 @@ def test_front_end_refuses_bad_infer_streams_with_clear_codes(system: dict) -> N
                 return exc.code()  # type: ignore[attr-defined, no-any-return]
         return grpc.StatusCode.OK
 
-    header = frontend_pb2.InferHeader(request_id="bad-1", plan=plan.to_proto())
+    device = plan_pb2.DeviceState(device_id="phone-bad-input")
+    header = frontend_pb2.InferHeader(request_id="bad-1", device=device, plan_id=plan.plan_id)
     assert infer([frontend_pb2.InferRequest(tensor=tensor)]) == grpc.StatusCode.INVALID_ARGUMENT  # no header
-    no_route = frontend_pb2.InferHeader(request_id="bad-2", plan=plan_pb2.ExecutionPlan(model="two_heads"))
-    assert infer([frontend_pb2.InferRequest(header=no_route)]) == grpc.StatusCode.INVALID_ARGUMENT
+    no_plan = frontend_pb2.InferHeader(request_id="bad-2", device=device)
+    assert infer([frontend_pb2.InferRequest(header=no_plan)]) == grpc.StatusCode.INVALID_ARGUMENT
     truncated = frontend_pb2.InferRequest(tensor=tensor)
     truncated.tensor.payload = truncated.tensor.payload[:10]
     assert infer([frontend_pb2.InferRequest(header=header), truncated]) == grpc.StatusCode.INVALID_ARGUMENT
-    wrong = plan.to_proto()
-    wrong.route.steps[0].partition.partition = "p99"
-    bad_route = frontend_pb2.InferHeader(request_id="bad-3", plan=wrong)
-    assert infer([frontend_pb2.InferRequest(header=bad_route), frontend_pb2.InferRequest(tensor=tensor)]) in (
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.INVALID_ARGUMENT,
+    unknown = frontend_pb2.InferHeader(request_id="bad-3", device=device, plan_id="not-a-plan-of-this-front-end")
+    assert infer([frontend_pb2.InferRequest(header=unknown), frontend_pb2.InferRequest(tensor=tensor)]) == (
+        grpc.StatusCode.FAILED_PRECONDITION
     )
+    stray = frontend_pb2.InferRequest(tensor=encode_tensor(system["x"], "not_an_entry"))
+    assert infer([frontend_pb2.InferRequest(header=header), stray]) == grpc.StatusCode.INVALID_ARGUMENT
     # The good path still works afterwards.
     good = _agent(system).infer("two_heads", {"x": system["x"]}, plan_pb2.Requirements(min_accuracy=0.9))
     assert not good.device_only_fallback

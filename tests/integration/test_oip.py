@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from splitinfer.errors import NotFound
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
 from tests.integration._system import MODEL, SmallSystem, small_system
@@ -64,11 +65,42 @@ def test_tritonclient_runs_the_split_model(system: SmallSystem, tmp_path: Path) 
     np.testing.assert_allclose(arrays[system.output_name], expected, rtol=1e-4, atol=1e-5)
     for k in range(3):
         np.testing.assert_allclose(arrays[f"stream_{k}"], expected, rtol=1e-4, atol=1e-5)
-    # Every request was stored under its id, and a retry of the same id is answered from the store.
+    # Every request was stored, but the OIP id only correlates: it keys nothing unless dedup is asked for.
     assert system.frontend.store is not None
-    assert system.frontend.store.get("oip-1").model == MODEL
+    with pytest.raises(NotFound):
+        system.frontend.store.get("oip-1")
     _, arrays_again = _triton(system, tmp_path, "--version", "fp32", "--request-id", "oip-1")
     np.testing.assert_array_equal(arrays_again[system.output_name], arrays[system.output_name])
+
+
+def _infer(system: SmallSystem, value: float, request_id: str, dedup: bool) -> oip.ModelInferResponse:
+    request = oip.ModelInferRequest(model_name=MODEL, model_version="fp32", id=request_id)
+    if dedup:
+        request.parameters["dedup"].bool_param = True
+    x = torch.full_like(system.example, value)
+    request.inputs.add(name=system.input_name, datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.numpy().tobytes())
+    with grpc.insecure_channel(system.frontend.address) as channel:
+        return oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+
+
+def test_an_oip_id_is_a_correlation_id_unless_dedup_is_asked(system: SmallSystem) -> None:
+    assert system.frontend.store is not None
+    before = system.frontend.store.count()
+    one, two = _infer(system, 0.5, "app-7", dedup=False), _infer(system, 1.5, "app-7", dedup=False)
+    assert one.id == two.id == "app-7"  # echoed
+    assert one.raw_output_contents[0] != two.raw_output_contents[0]  # two requests, two answers
+    assert system.frontend.store.count() == before + 2
+    first = _infer(system, 0.5, "app-8", dedup=True)
+    again = _infer(system, 0.5, "app-8", dedup=True)  # a retry: the stored result, not a second run
+    assert again.raw_output_contents == first.raw_output_contents
+    assert system.frontend.store.count() == before + 3
+    with pytest.raises(grpc.RpcError) as refused:
+        _infer(system, 2.5, "app-8", dedup=True)  # the same id for other inputs
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as long:
+        _infer(system, 0.5, "i" * (4 << 20), dedup=True)
+    assert long.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(long.value.details()) < 300
 
 
 def test_planner_picks_a_version_when_none_is_named(system: SmallSystem, tmp_path: Path) -> None:

@@ -8,13 +8,16 @@ import grpc
 import pytest
 
 from splitinfer.divider import partition_at
+from splitinfer.frontend.dispatch import Dispatcher
 from splitinfer.frontend.planning import PlanningService
+from splitinfer.frontend.plans import PlanBook
 from splitinfer.frontend.service import FrontEndServicer
 from splitinfer.graph import ModelGraph, narrow_cuts
 from splitinfer.planner import Plan
 from splitinfer.pool import ModelPool
 from splitinfer.registry import EmbeddedRegistry, ServerRecord
 from splitinfer.transport.channel import new_server
+from splitinfer.transport.clients import RouteClient
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
 from splitinfer.variants import make_variant
 from splitinfer.zoo import build
@@ -40,7 +43,10 @@ def frontend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Em
     )
     registry.register(ServerRecord("10.9.9.1:7000", hosted, compute_flops=5e10), ttl_s=600)
     server = new_server(4)
-    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(FrontEndServicer(PlanningService(pool, registry)), server)
+    planning = PlanningService(pool, registry)
+    dispatcher = Dispatcher(registry, RouteClient(), None, planning.planner.calibration)
+    servicer = FrontEndServicer(planning, dispatcher, PlanBook())
+    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -68,10 +74,13 @@ def _plan(address: str, **kwargs: object) -> frontend_pb2.PlanResponse:
 
 def test_plan_uses_servers_from_the_registry(frontend) -> None:  # type: ignore[no-untyped-def]
     address, _ = frontend
-    plan = Plan.from_proto(_plan(address).plan)
+    response = _plan(address)
+    plan = Plan.from_proto(response.plan)
     assert plan.model == "residual_cnn" and plan.solver in ("chain", "cp-sat")  # exact either way
     assert any(p.where == "10.9.9.1:7000" for p in plan.placements)
-    assert plan.route is not None and all(s.addresses == ["10.9.9.1:7000"] for s in plan.route.steps)
+    # The device gets its share and an id; the route stays with the front-end.
+    assert plan.route is None and response.plan.plan_id and response.plan.entry_tensors
+    assert response.plan.expires_unix_ms > 0
     slow = Plan.from_proto(_plan(address, uplink_mbps=0.05).plan)
     assert len(slow.device_partitions) > len(plan.device_partitions)
 
@@ -92,3 +101,6 @@ def test_bad_plan_requests_get_clear_codes(frontend) -> None:  # type: ignore[no
     with pytest.raises(grpc.RpcError) as info:
         _plan(address, uplink_mbps=0)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
+        _plan(address, model="m" * (1 << 20))  # a 1 MiB name: refused, and not echoed back
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(info.value.details()) < 300

@@ -44,9 +44,11 @@ def test_pool_and_results_daemons_serve_and_stop_cleanly(tmp_path: Path) -> None
             )
         assert list(listed.models) == []
         store = RemoteResults(results_address)
-        assert store.put(result_store_pb2.StoredResult(request_id="r1", model="m", latency_ms=3.0))
-        assert not store.put(result_store_pb2.StoredResult(request_id="r1", model="m", latency_ms=3.0))
-        assert store.get("r1").model == "m"
+        first = result_store_pb2.StoredResult(request_id="r1", caller="c1", model="m", latency_ms=3.0)
+        assert store.put(first)[0]
+        stored, kept = store.put(result_store_pb2.StoredResult(request_id="r1", caller="c1", model="m2"))
+        assert not stored and kept.model == "m"  # the first is kept, and the answer says what it is
+        assert store.get("r1", "c1").model == "m"
     finally:
         for process in (pool, results):
             process.terminate()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from splitinfer.errors import InvalidArgument, NotFound
+from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitinfer.results import ResultQuery, ResultStore
+from splitinfer.results.store import MAX_PAGE_BYTES
 from splitinfer.v1 import result_store_pb2
 
 
@@ -66,3 +70,104 @@ def test_retention_keeps_the_newest(tmp_path: Path) -> None:
     aged.put(_result(1, created=1))  # from 1970: dropped at the next insert
     aged.put(_result(2, created=int(time.time() * 1000)))
     assert aged.count() == 1 and aged.get("r0002")
+
+
+def test_results_belong_to_their_caller(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results.db")
+    mine = _result(1, device="d1")
+    mine.caller, mine.input_digest = "alice", "a" * 64
+    theirs = _result(1, device="d2")
+    theirs.caller, theirs.input_digest = "bob", "b" * 64
+    theirs.labels[:] = ["bob's"]
+    assert store.put(mine) and store.put(theirs)  # the same id from two callers: two requests
+    assert list(store.get("r0001", "alice").labels) == ["label1"]
+    assert list(store.get("r0001", "bob").labels) == ["bob's"]
+    with pytest.raises(NotFound):
+        store.get("r0001", "carol")
+    retry = _result(1)
+    retry.caller, retry.input_digest = "alice", "a" * 64
+    stored, kept = store.put_or_get(retry)  # a retry: the stored result answers
+    assert not stored and list(kept.labels) == ["label1"]
+    reused = _result(1)
+    reused.caller, reused.input_digest = "alice", "c" * 64
+    with pytest.raises(FailedPrecondition, match="other inputs"):
+        store.put_or_get(reused)
+    only_bob, _ = store.query(ResultQuery(caller="bob"))
+    assert [r.caller for r in only_bob] == ["bob"]
+
+
+def test_ids_are_bounded_when_written(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results.db")
+    with pytest.raises(InvalidArgument, match="at most 128") as refused:
+        store.put(result_store_pb2.StoredResult(request_id="x" * (4 << 20)))
+    assert len(str(refused.value)) < 200  # the message does not echo the id
+    with pytest.raises(InvalidArgument):
+        store.put(result_store_pb2.StoredResult(request_id="ok", caller="c" * 129))
+    with pytest.raises(InvalidArgument, match="control"):
+        store.put(result_store_pb2.StoredResult(request_id="line\nbreak"))
+    assert store.count() == 0
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        base64.urlsafe_b64encode(b'[1e400, "c", "r"]').decode(),  # a float that overflows to inf
+        base64.urlsafe_b64encode(b'[1000000000000000000000000000000, "c", "r"]').decode(),  # 10^30
+        base64.urlsafe_b64encode(b'[-1, "c", "r"]').decode(),
+        base64.urlsafe_b64encode(b'[NaN, "c", "r"]').decode(),
+        base64.urlsafe_b64encode(b'[true, "c", "r"]').decode(),
+        base64.urlsafe_b64encode(b'[5, 7, "r"]').decode(),
+        base64.urlsafe_b64encode(b'[5, "r"]').decode(),  # the format before callers
+        base64.urlsafe_b64encode(b'{"a": 1}').decode(),
+        base64.urlsafe_b64encode(json.dumps([5, "c", "r" * 200]).encode()).decode(),
+        "garbage!",
+        "%%%%",
+        "A" * 5000,
+    ],
+)
+def test_page_tokens_are_validated_strictly(tmp_path: Path, token: str) -> None:
+    store = ResultStore(tmp_path / "results.db")
+    store.put(_result(1))
+    with pytest.raises(InvalidArgument, match="page_token") as refused:
+        store.query(ResultQuery(page_token=token))
+    assert len(str(refused.value)) < 200
+
+
+def test_a_huge_result_never_breaks_a_page(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results.db")
+    for i in range(4):
+        result = _result(i)
+        result.outputs.add(name="out", payload=bytes(((MAX_PAGE_BYTES // 2) if i < 3 else 0) + 10))
+        store.put(result)
+    huge = _result(9)
+    huge.outputs.add(name="out", payload=bytes(MAX_PAGE_BYTES + 1))
+    store.put(huge)
+    pages, token, sizes = [], "", []
+    while True:
+        page, token = store.query(ResultQuery(page_token=token))
+        pages.append([r.request_id for r in page])
+        sizes.append(sum(r.ByteSize() for r in page))
+        if not token:
+            break
+    assert [r for p in pages for r in p] == ["r0009", "r0003", "r0002", "r0001", "r0000"]  # nothing lost
+    assert max(sizes) <= MAX_PAGE_BYTES + 1000  # every page fits a default client's 4 MiB
+    first, _ = store.query(ResultQuery(page_size=1))
+    assert first[0].outputs_omitted and not first[0].outputs
+    assert len(store.get("r0009").outputs[0].payload) == MAX_PAGE_BYTES + 1  # GetResult has it whole
+
+
+def test_a_database_from_before_callers_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(str(path))
+    db.executescript(
+        "CREATE TABLE results (request_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, model TEXT NOT NULL,"
+        " created_unix_ms INTEGER NOT NULL, body BLOB NOT NULL);"
+        "CREATE INDEX results_by_time ON results (created_unix_ms DESC, request_id DESC);"
+    )
+    old = _result(1, device="d7")
+    db.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?)", ("r0001", "d7", "m", 1001, old.SerializeToString()))
+    db.commit()
+    db.close()
+    store = ResultStore(path)
+    assert store.get("r0001", "d7").device_id == "d7"  # now its device's result
+    assert store.put(_result(2)) and store.count() == 2

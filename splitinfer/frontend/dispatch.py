@@ -1,0 +1,245 @@
+"""One request path for every front door: run a server-owned plan's server part, store it, learn from it.
+
+Both the FrontEndService (devices) and the Open Inference Protocol door call :meth:`Dispatcher.run`. It is
+transport-free: the doors decode and check their requests, resolve the caller and the plan, and map the
+domain errors raised here to status codes.
+
+Per request:
+
+- the tensors sent must be exactly the plan's entry tensors;
+- results belong to their caller: (caller, request id) is the key, with a digest of the model and inputs.
+  A stored key with the same digest answers with the stored result (a retry, not run again); with another
+  digest, FAILED_PRECONDITION. Concurrent tries of one key run once: the others wait for it and answer
+  with the same result (or the same error);
+- the route comes from the front-end's own plan, checked against the registry now: only addresses that
+  are registered and host the step's partition are kept, and the route has no sink (outputs come back
+  along the calls). A device never names an address;
+- calibration learns from what the servers measured (their step timings) and from the device's reported
+  step times, through ``Calibration.observe_request`` (bounded and outlier-filtered there), never from
+  predictions a device sent. A device reports its partitions with its next request (this request's head,
+  earlier requests' tails, requests it ran alone under a device-only plan), so each reported step is
+  matched to the front-end's own plan that put that partition on that device: this one, or one of the
+  last few the plan book issued to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
+from splitinfer.frontend.plans import REPLAN, IssuedPlan, PlanBook
+from splitinfer.planner.calibration import Calibration, MeasuredStep
+from splitinfer.planner.plan import ON_DEVICE, Plan
+from splitinfer.registry import Registry
+from splitinfer.results.client import Results, stored_result
+from splitinfer.results.keys import input_digest, shown
+from splitinfer.transport.clients import RouteClient
+from splitinfer.v1 import model_server_pb2, result_store_pb2, route_pb2, tensor_pb2
+
+__all__ = ["MAX_DEVICE_STEPS", "Dispatcher", "Job", "Outcome"]
+
+log = logging.getLogger("splitinfer.frontend")
+
+#: Device step timings read from one request (a device reports its recent partitions; more are ignored).
+MAX_DEVICE_STEPS = 64
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request, checked by its front door."""
+
+    caller: str
+    request_id: str
+    issued: IssuedPlan
+    #: Encoded tensors by name: the plan's entry tensors.
+    tensors: Mapping[str, tensor_pb2.Tensor]
+    timeout_s: float
+    device_ms: float = 0.0
+    device_steps: Sequence[model_server_pb2.StepTiming] = ()
+    #: Stored with the result (the device's id, or the front door's own for OIP).
+    device_id: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outputs: list[tensor_pb2.Tensor]
+    timings: list[model_server_pb2.StepTiming] = field(default_factory=list)
+    server_ms: float = 0.0
+    #: Answered from the store (or by a concurrent try of the same request), not run here.
+    recalled: bool = False
+
+
+class _Flight:
+    """A request being run: concurrent tries of the same key wait for it."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        self.done = threading.Event()
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: Registry,
+        routes: RouteClient,
+        results: Results | None,
+        calibration: Calibration,
+        plans: PlanBook | None = None,
+    ) -> None:
+        self._registry = registry
+        self._routes = routes
+        self._results = results
+        self._calibration = calibration
+        self._plans = plans
+        self._flights: dict[tuple[str, str], _Flight] = {}
+        self._lock = threading.Lock()
+
+    def run(self, job: Job) -> Outcome:
+        plan = job.issued.plan
+        if plan.route is None or not plan.route.steps:
+            raise InvalidArgument("the plan has no server part to run (it runs wholly on the device)")
+        wanted = job.issued.entry_tensors
+        missing = [n for n in wanted if n not in job.tensors]
+        extra = [n for n in job.tensors if n not in wanted]
+        if missing or extra:
+            raise InvalidArgument(
+                f"the plan's server part reads {list(wanted)}; missing {[shown(n) for n in missing[:8]]}, "
+                f"not read {[shown(n) for n in extra[:8]]}"
+            )
+        digest = _digest(plan.model, job.tensors.values())
+        key = (job.caller, job.request_id)
+        stored = stored_result(self._results, job.caller, job.request_id)
+        if stored is not None:
+            return _recall(stored, digest, job.request_id)
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight(digest)
+        if not leader:
+            return self._follow(flight, digest, job)
+        try:
+            flight.outcome = self._run(job, digest)
+            return flight.outcome
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+    def _follow(self, flight: _Flight, digest: str, job: Job) -> Outcome:
+        """Another try of a request that is running: the same answer, once it has one."""
+        if flight.digest != digest:
+            raise _reused(job.request_id)
+        if not flight.done.wait(job.timeout_s):
+            raise FailedPrecondition(
+                f"request {shown(job.request_id)} is still running from an earlier try; retry later with the same id"
+            )
+        if flight.error is not None:
+            raise flight.error
+        assert flight.outcome is not None
+        return Outcome(flight.outcome.outputs, flight.outcome.timings, flight.outcome.server_ms, recalled=True)
+
+    def _run(self, job: Job, digest: str) -> Outcome:
+        issued = job.issued
+        plan = issued.plan
+        route = self.route_for(issued)
+        start = time.perf_counter()
+        delivered, timings = self._routes.run(route, job.tensors, request_id=job.request_id, timeout_s=job.timeout_s)
+        server_ms = (time.perf_counter() - start) * 1e3
+        self._learn(job, timings)
+        outputs = list(delivered.values())
+        if self._results is None:
+            return Outcome(outputs, timings, server_ms)
+        stored, kept = self._results.put(
+            result_store_pb2.StoredResult(
+                request_id=job.request_id,
+                caller=job.caller,
+                device_id=job.device_id,
+                input_digest=digest,
+                model=plan.model,
+                variant=plan.variant,
+                plan_summary=plan.summary(),
+                latency_ms=job.device_ms + server_ms,
+                outputs=outputs,
+            )
+        )
+        if not stored:  # another front-end stored this request first: answer what it stored
+            log.info("request %s was stored already (a concurrent retry elsewhere)", shown(job.request_id))
+            return _recall(kept, digest, job.request_id)
+        return Outcome(outputs, timings, server_ms)
+
+    def route_for(self, issued: IssuedPlan) -> route_pb2.Route:
+        """The route of the front-end's own plan, with only addresses the registry has for each partition
+        now, and no sink."""
+        assert issued.plan.route is not None
+        route = route_pb2.Route()
+        route.CopyFrom(issued.plan.route)
+        route.ClearField("sink")
+        for step in route.steps:
+            ref = step.partition
+            key = f"{ref.model}@{ref.variant}/{ref.partition}"
+            hosting = {record.address for record in self._registry.replicas(key)}
+            addresses = [a for a in step.addresses if a in hosting]
+            fallbacks = [a for a in step.fallback_addresses if a in hosting and a not in addresses]
+            if not addresses and fallbacks:
+                addresses, fallbacks = fallbacks[:1], fallbacks[1:]
+            if not addresses:
+                raise FailedPrecondition(f"no server of plan {issued.plan_id!r} hosts {key} any more: {REPLAN}")
+            del step.addresses[:]
+            step.addresses.extend(addresses)
+            del step.fallback_addresses[:]
+            step.fallback_addresses.extend(fallbacks)
+        return route
+
+    def _learn(self, job: Job, timings: Sequence[model_server_pb2.StepTiming]) -> None:
+        plan = job.issued.plan
+        recent = self._plans.recent(job.issued.caller, job.issued.device_id) if self._plans is not None else []
+        candidates = [plan, *(p for p in recent if p is not plan)]
+        by_plan: dict[int, tuple[Plan, list[MeasuredStep]]] = {
+            id(plan): (plan, [MeasuredStep(t.partition.partition, t.node, t.compute_ms) for t in timings if t.node])
+        }
+        for reported in job.device_steps[:MAX_DEVICE_STEPS]:
+            ref = reported.partition
+            owner = next((p for p in candidates if _runs_on_device(p, ref)), None)
+            if owner is not None:
+                by_plan.setdefault(id(owner), (owner, []))[1].append(
+                    MeasuredStep(ref.partition, ON_DEVICE, reported.compute_ms)
+                )
+        for owner, steps in by_plan.values():
+            try:
+                self._calibration.observe_request(owner, steps, device_id=job.issued.device_id)
+            except SplitInferError as exc:  # calibration never fails a request that ran
+                log.warning("request %s: calibration refused its timings: %s", shown(job.request_id), exc)
+
+
+def _runs_on_device(plan: Plan, ref: route_pb2.PartitionRef) -> bool:
+    if ref.model != plan.model or ref.variant != plan.variant:
+        return False
+    return any(p.partition == ref.partition and p.on_device for p in plan.placements)
+
+
+def _digest(model: str, tensors: Iterable[tensor_pb2.Tensor]) -> str:
+    inputs = input_digest(tensors)
+    return hashlib.sha256(f"{model}\n{inputs}".encode()).hexdigest()
+
+
+def _reused(request_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"request id {shown(request_id)} was already used for other inputs; use a new id for a new request"
+    )
+
+
+def _recall(stored: result_store_pb2.StoredResult, digest: str, request_id: str) -> Outcome:
+    if stored.input_digest and stored.input_digest != digest:
+        raise _reused(request_id)
+    return Outcome(list(stored.outputs), recalled=True)

@@ -1,0 +1,156 @@
+"""The one request path both front doors share: results owned by their caller, one run for concurrent
+retries, routes only to registered servers, calibration only from measurements."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+
+from splitinfer.codecs import encode_tensor
+from splitinfer.errors import FailedPrecondition, InvalidArgument
+from splitinfer.frontend.dispatch import Dispatcher, Job
+from splitinfer.frontend.plans import PlanBook
+from splitinfer.planner.calibration import Calibration
+from splitinfer.planner.plan import Placement, Plan
+from splitinfer.registry import EmbeddedRegistry, ServerRecord
+from splitinfer.results import ResultStore
+from splitinfer.results.client import LocalResults
+from splitinfer.v1 import model_server_pb2, route_pb2, tensor_pb2
+
+A, B, STRANGER = "10.0.0.1:50051", "10.0.0.2:50051", "10.9.9.9:6666"
+
+
+class FakeRoutes:
+    """Stands in for the RouteClient: records what it was asked to run, answers x + 1 after a while."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.runs: list[route_pb2.Route] = []
+        self._lock = threading.Lock()
+
+    def run(
+        self, route: route_pb2.Route, inputs: Mapping[str, tensor_pb2.Tensor], *, request_id: str, timeout_s: float
+    ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
+        with self._lock:
+            self.runs.append(route)
+            count = len(self.runs)
+        time.sleep(self.delay_s)
+        out = encode_tensor(torch.full((2,), float(count)), "out")
+        timing = model_server_pb2.StepTiming(partition=route.steps[0].partition, node=route.steps[0].addresses[0])
+        timing.compute_ms = 4.0
+        return {"out": out}, [timing]
+
+
+def _plan(addresses: list[str], fallbacks: list[str] = ()) -> Plan:  # type: ignore[assignment]
+    step = route_pb2.RouteStep(
+        partition=route_pb2.PartitionRef(model="m", variant="fp32", partition="p1"),
+        addresses=addresses,
+        fallback_addresses=list(fallbacks),
+        input_names=["x"],
+        outputs=[route_pb2.TensorRoute(tensor_name="out", deliver=True)],
+    )
+    route = route_pb2.Route(steps=[step], sink=STRANGER)
+    placements = (Placement("p1", addresses[0], 2.0, base_ms=2.0),)
+    return Plan("m", "fp32", placements, (), 5.0, 0.0, 0.9, "test", "test", route=route)
+
+
+@pytest.fixture
+def parts(tmp_path: Path):  # type: ignore[no-untyped-def]
+    registry = EmbeddedRegistry()
+    for address in (A, B):
+        registry.register(ServerRecord(address, partitions=("m@fp32/p1",)), ttl_s=600)
+    routes = FakeRoutes()
+    store = ResultStore(tmp_path / "results.db")
+    calibration = Calibration()
+    dispatcher = Dispatcher(registry, routes, LocalResults(store), calibration)  # type: ignore[arg-type]
+    yield dispatcher, routes, store, calibration, PlanBook()
+    store.close()
+
+
+def _job(book: PlanBook, plan: Plan, caller: str, request_id: str, value: float, **kw: object) -> Job:
+    issued = book.issue(plan, caller, caller)
+    x = encode_tensor(torch.full((2,), value), "x")
+    return Job(caller=caller, request_id=request_id, issued=issued, tensors={"x": x}, timeout_s=5.0, **kw)  # type: ignore[arg-type]
+
+
+def test_a_retry_gets_the_stored_result_and_other_inputs_are_refused(parts) -> None:  # type: ignore[no-untyped-def]
+    dispatcher, routes, store, _, book = parts
+    first = dispatcher.run(_job(book, _plan([A]), "alice", "r1", 1.0))
+    again = dispatcher.run(_job(book, _plan([A]), "alice", "r1", 1.0))
+    assert len(routes.runs) == 1 and again.recalled
+    assert again.outputs[0].payload == first.outputs[0].payload
+    with pytest.raises(FailedPrecondition, match="other inputs"):
+        dispatcher.run(_job(book, _plan([A]), "alice", "r1", 2.0))
+    # Another caller's id is another request: it runs, and never sees alice's outputs.
+    theirs = dispatcher.run(_job(book, _plan([A]), "bob", "r1", 1.0))
+    assert not theirs.recalled and len(routes.runs) == 2
+    assert theirs.outputs[0].payload != first.outputs[0].payload
+    assert store.count() == 2
+
+
+def test_concurrent_retries_run_once_and_answer_identically(parts) -> None:  # type: ignore[no-untyped-def]
+    dispatcher, routes, store, _, book = parts
+    routes.delay_s = 0.3
+    answers: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def retry() -> None:
+        try:
+            answers.append(dispatcher.run(_job(book, _plan([A]), "alice", "same", 1.0)).outputs[0].payload)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=retry) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(answers) == 8 and len(set(answers)) == 1
+    assert len(routes.runs) == 1 and store.count() == 1
+
+
+def test_routes_go_only_to_registered_hosts_and_never_to_a_sink(parts) -> None:  # type: ignore[no-untyped-def]
+    dispatcher, routes, _, _, book = parts
+    dispatcher.run(_job(book, _plan([STRANGER, A], [B, STRANGER]), "alice", "r1", 1.0))
+    sent = routes.runs[-1]
+    assert list(sent.steps[0].addresses) == [A] and list(sent.steps[0].fallback_addresses) == [B]
+    assert sent.sink == ""
+    dispatcher.run(_job(book, _plan([STRANGER], [B]), "alice", "r2", 1.0))
+    assert list(routes.runs[-1].steps[0].addresses) == [B]  # a registered fallback steps up
+    with pytest.raises(FailedPrecondition, match="new plan"):
+        dispatcher.run(_job(book, _plan([STRANGER]), "alice", "r3", 1.0))
+    assert all(STRANGER not in list(r.steps[0].addresses) + list(r.steps[0].fallback_addresses) for r in routes.runs)
+
+
+def test_the_tensors_sent_must_be_the_entry_tensors(parts) -> None:  # type: ignore[no-untyped-def]
+    dispatcher, routes, _, _, book = parts
+    job = _job(book, _plan([A]), "alice", "r1", 1.0)
+    extra = dict(job.tensors, y=encode_tensor(torch.zeros(1), "y"))
+    with pytest.raises(InvalidArgument, match="not read"):
+        dispatcher.run(Job(job.caller, job.request_id, job.issued, extra, job.timeout_s))
+    with pytest.raises(InvalidArgument, match="missing"):
+        dispatcher.run(Job(job.caller, job.request_id, job.issued, {}, job.timeout_s))
+    assert not routes.runs
+
+
+def test_calibration_learns_from_measurements_not_from_the_device(parts) -> None:  # type: ignore[no-untyped-def]
+    from splitinfer.planner import DeviceProfile, ServerProfile
+
+    dispatcher, _, _, calibration, book = parts
+    lies = [
+        model_server_pb2.StepTiming(partition=route_pb2.PartitionRef(model="m", variant="fp32", partition="p1"),
+                                    compute_ms=1e-9),  # a server partition claimed by the device
+        model_server_pb2.StepTiming(partition=route_pb2.PartitionRef(model="m", variant="fp32", partition="p0"),
+                                    compute_ms=float("inf")),
+    ]  # fmt: skip
+    for i in range(5):
+        dispatcher.run(_job(book, _plan([A]), "alice", f"r{i}", 1.0, device_steps=lies * 100))
+    server = calibration.server(ServerProfile(A, 1e9))
+    assert dict(server.partition_factors)["m@fp32/p1"] == pytest.approx(2.0, rel=0.05)  # measured 4 / base 2
+    device = calibration.device("alice", DeviceProfile(1e9, 10.0, 10.0))
+    assert not device.partition_factors  # nothing the device claimed was believed

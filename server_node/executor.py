@@ -14,7 +14,7 @@ The deadline is checked before decoding, after compute (by the pool) and before 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -136,70 +136,92 @@ class RequestExecutor:
         state = _State(dict(received))
         pending = [header.entry_step]
         remote: dict[int, None] = {}
+        launched: dict[int, asyncio.Task[list[Delivered]]] = {}
         done: set[int] = set()
         to_sink: list[WireTensor] = []
         timings: list[model_server_pb2.StepTiming] = []
-        while pending:
-            index = pending.pop(0)
-            if index in done:
-                continue
-            done.add(index)
-            step = steps[index]
-            partition = self._host.get(key_of(step.partition))
-            needed = [s.name for s in partition.inputs]
-            if not all(state.has(n) for n in needed):
-                if not _is_join(steps, index):
-                    missing = [n for n in needed if not state.has(n)]
-                    raise InvalidArgument(
-                        f"partition {key_of(step.partition)} needs inputs {missing}, which this request did not carry"
-                    )
-                joined = await self._join(header.request_id, index, needed, state, deadline)
-                if joined is None:
-                    continue  # another call completed the join and runs this step
-            routes = list(step.outputs) or [
-                route_pb2.TensorRoute(tensor_name=spec.name, deliver=True) for spec in partition.outputs
-            ]
-            local: list[int] = []
-            to_encode: list[route_pb2.TensorRoute] = []
-            for out in routes:
-                here = [c for c in out.consumer_steps if self.is_local(steps[c])]
-                local.extend(here)
-                remote.update((c, None) for c in out.consumer_steps if c not in here)
-                if out.deliver or len(here) < len(out.consumer_steps):
-                    to_encode.append(out)
-            timing = await self._run_step(step, to_encode, state, deadline)
-            timings.append(timing)
-            yield timing
-            for out in routes:
-                if out.deliver:
-                    if sink:
-                        to_sink.append(state.encoded[out.tensor_name])
-                    else:
-                        yield state.encoded[out.tensor_name]
-            for consumer in local:
-                if consumer not in done and consumer not in pending:
-                    pending.append(consumer)
-            pending.sort()
-        jobs = []
-        for consumer in remote:
+
+        def launch(consumer: int) -> None:
             step = steps[consumer]
             carried = [n for n in step.input_names if n in state.encoded]
             if not carried:
                 raise InvalidArgument(f"route step {consumer} needs {list(step.input_names)}; this node has none")
+            deadline.check("before forwarding")
             forward_header = model_server_pb2.RequestHeader()
             forward_header.CopyFrom(header)
             forward_header.entry_step = consumer
             planned = downstream_planned_s(header.route, consumer)
-            jobs.append(
-                self._forwarder.forward(forward_header, step, [state.encoded[n] for n in carried], deadline, planned)
+            tensors = [state.encoded[n] for n in carried]
+            launched[consumer] = asyncio.ensure_future(
+                self._forwarder.forward(forward_header, step, tensors, deadline, planned)
             )
-        if to_sink:
-            deadline.check("before delivering to the sink")
-            jobs.append(self._deliver(sink, header.request_id, to_sink, timings, deadline))
-        if jobs:
-            deadline.check("before forwarding")
-            for item in await _all(jobs):
-                yield item
+
+        def launch_ready() -> None:
+            """Starts the forwards whose inputs no step still to run here will produce: a local join may be
+            waiting for what they bring back."""
+            later = _future_outputs(steps, pending, done, self.is_local)
+            for consumer in remote:
+                if consumer not in launched and not any(n in later for n in steps[consumer].input_names):
+                    launch(consumer)
+
+        try:
+            while pending:
+                index = pending.pop(0)
+                if index in done:
+                    continue
+                done.add(index)
+                step = steps[index]
+                partition = self._host.get(key_of(step.partition))
+                needed = [s.name for s in partition.inputs]
+                if not all(state.has(n) for n in needed):
+                    if not _is_join(steps, index):
+                        missing = [n for n in needed if not state.has(n)]
+                        raise InvalidArgument(
+                            f"partition {key_of(step.partition)} needs inputs {missing}, "
+                            "which this request did not carry"
+                        )
+                    launch_ready()
+                    joined = await self._join(header.request_id, index, needed, state, deadline)
+                    if joined is None:
+                        continue  # another call completed the join and runs this step
+                routes = list(step.outputs) or [
+                    route_pb2.TensorRoute(tensor_name=spec.name, deliver=True) for spec in partition.outputs
+                ]
+                local: list[int] = []
+                to_encode: list[route_pb2.TensorRoute] = []
+                for out in routes:
+                    here = [c for c in out.consumer_steps if self.is_local(steps[c])]
+                    local.extend(here)
+                    remote.update((c, None) for c in out.consumer_steps if c not in here)
+                    if out.deliver or len(here) < len(out.consumer_steps):
+                        to_encode.append(out)
+                timing = await self._run_step(step, to_encode, state, deadline)
+                timings.append(timing)
+                yield timing
+                for out in routes:
+                    if out.deliver:
+                        if sink:
+                            to_sink.append(state.encoded[out.tensor_name])
+                        else:
+                            yield state.encoded[out.tensor_name]
+                for consumer in local:
+                    if consumer not in done and consumer not in pending:
+                        pending.append(consumer)
+                pending.sort()
+            for consumer in remote:
+                if consumer not in launched:
+                    launch(consumer)
+            jobs: list[Coroutine[Any, Any, list[Delivered]]] = []
+            if to_sink:
+                deadline.check("before delivering to the sink")
+                jobs.append(self._deliver(sink, header.request_id, to_sink, timings, deadline))
+            if jobs or launched:
+                for item in await _all([*launched.values(), *jobs]):
+                    yield item
+        finally:
+            for task in launched.values():
+                if not task.done():
+                    task.cancel()
 
     async def _deliver(
         self,
@@ -274,7 +296,30 @@ class RequestExecutor:
         )
 
 
-async def _all(jobs: list[Coroutine[Any, Any, list[Delivered]]]) -> list[Delivered]:
+def _future_outputs(
+    steps: Sequence[route_pb2.RouteStep],
+    pending: list[int],
+    done: set[int],
+    is_local: Callable[[route_pb2.RouteStep], bool],
+) -> set[str]:
+    """Names of the tensors that steps still to run on this node (pending, and the local steps they feed) produce."""
+    names: set[str] = set()
+    seen: set[int] = set()
+    stack = list(pending)
+    while stack:
+        index = stack.pop()
+        if index in seen or index in done:
+            continue
+        seen.add(index)
+        for out in steps[index].outputs:
+            names.add(out.tensor_name)
+            stack.extend(c for c in out.consumer_steps if is_local(steps[c]))
+    return names
+
+
+async def _all(
+    jobs: Sequence[Coroutine[Any, Any, list[Delivered]] | asyncio.Future[list[Delivered]]],
+) -> list[Delivered]:
     """Runs the coroutines as tasks; their results in order. The first failure cancels the others."""
     tasks = [asyncio.ensure_future(job) for job in jobs]
     try:

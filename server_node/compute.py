@@ -112,6 +112,8 @@ class ComputePool:
         self, partition: LoadedPartition, inputs: Mapping[str, torch.Tensor], deadline: Deadline
     ) -> tuple[dict[str, torch.Tensor], RunTiming]:
         """Runs ``partition`` on ``inputs`` on a compute thread; see the module docstring."""
+        if partition.batches:
+            return await self._run_batched(partition, inputs, deadline)
         key = str(partition.key)
         self._count(key, 1)
         try:
@@ -125,6 +127,31 @@ class ComputePool:
             self._count(key, -1)
         deadline.check(f"after computing {partition.key}")
         return outputs, timing
+
+    async def _run_batched(
+        self, partition: LoadedPartition, inputs: Mapping[str, torch.Tensor], deadline: Deadline
+    ) -> tuple[dict[str, torch.Tensor], RunTiming]:
+        """A partition that batches: the request joins its batcher's queue (which runs on its own thread,
+        one run per batch) and waits without holding a compute thread. Its time is reported as compute."""
+        key = str(partition.key)
+        self._count(key, 1)
+        started = time.perf_counter()
+        try:
+            remaining = deadline.check(f"before {partition.key} joined a batch")
+            future = partition.submit(inputs, remaining)
+            try:
+                outputs = await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+            except TimeoutError:
+                future.cancel()
+                raise DeadlineExceeded(f"request deadline passed while {partition.key} waited or ran") from None
+            except INPUT_ERRORS as exc:
+                raise InvalidArgument(
+                    f"partition {partition.key} cannot run on these input values ({type(exc).__name__})"
+                ) from exc
+        finally:
+            self._count(key, -1)
+        deadline.check(f"after computing {partition.key}")
+        return outputs, RunTiming(0.0, (time.perf_counter() - started) * 1e3)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs codec work (decoding, encoding large tensors) off the event loop."""

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from splitinfer.config import load_config
+
+if TYPE_CHECKING:
+    from splitinfer.runtime import RuntimeOptions
 
 __all__ = ["NodeConfig"]
 
@@ -48,6 +52,22 @@ class NodeConfig:
     max_in_flight_bytes: int = 4 << 30
     #: torch intra-op threads; 0 leaves torch's default.
     torch_threads: int = 0
+    #: Engine for partitions: "onnxruntime" (partitions without an ONNX twin fall back to the interpreter) or
+    #: "interpreter" (the reference: every partition on splitinfer's ATen interpreter).
+    runtime: str = "onnxruntime"
+    #: onnxruntime execution providers in order of preference, comma-separated: cpu, cuda, tensorrt. A
+    #: provider this machine lacks makes loading fail with FAILED_PRECONDITION naming it.
+    execution_providers: str = "cpu"
+    #: onnxruntime intra-op threads per partition run; 0: onnxruntime's default (one per physical core).
+    intra_op_threads: int = 1
+    #: onnxruntime inter-op threads (parallel branches of one graph); 0: onnxruntime's default.
+    inter_op_threads: int = 1
+    #: Whether onnxruntime's idle threads spin waiting for work (off: spinning steals 1-2 core hosts' cores).
+    ort_spinning: bool = False
+    #: Dynamic batching: most rows one run of a partition with a symbolic batch dimension takes; 1: off.
+    max_batch_size: int = 1
+    #: Dynamic batching: longest a request waits for others to join its batch, milliseconds.
+    max_queue_delay_ms: float = 2.0
     #: Largest single gRPC message, in bytes.
     max_message_bytes: int = 64 << 20
     #: Largest decoded tensor accepted from a peer, in bytes.
@@ -89,7 +109,10 @@ class NodeConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("compute_slots", "torch_threads", "max_request_bytes", "benchmark_s", "shutdown_grace_s"):
+        for name in (
+            "compute_slots", "torch_threads", "max_request_bytes", "benchmark_s", "shutdown_grace_s",
+            "intra_op_threads", "inter_op_threads", "max_queue_delay_ms",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_in_flight > self.max_streams:
@@ -103,8 +126,28 @@ class NodeConfig:
             problems.append(f"chunk_bytes ({self.chunk_bytes}) must be below max_message_bytes")
         if not -1 <= self.metrics_port <= 65535 or not 0 <= self.port <= 65535:
             problems.append("port must be in 0..65535 and metrics_port in -1..65535")
+        if self.runtime not in ("onnxruntime", "interpreter"):
+            problems.append(f"runtime must be 'onnxruntime' or 'interpreter', got {self.runtime!r}")
+        providers = [p.strip() for p in self.execution_providers.split(",") if p.strip()]
+        unknown = [p for p in providers if p not in ("cpu", "cuda", "tensorrt")]
+        if not providers or unknown:
+            problems.append(f"execution_providers must list cpu, cuda or tensorrt, got {self.execution_providers!r}")
+        if self.max_batch_size < 1:
+            problems.append(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if problems:
             raise ValueError("invalid NodeConfig: " + "; ".join(problems))
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How this node runs partitions (engine, onnxruntime providers and threads, batching)."""
+        from splitinfer.runtime import OrtOptions, RuntimeOptions
+
+        providers = tuple(p.strip() for p in self.execution_providers.split(",") if p.strip())
+        return RuntimeOptions(
+            runtime=self.runtime,
+            ort=OrtOptions(providers, self.intra_op_threads, self.inter_op_threads, self.ort_spinning),
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_ms=self.max_queue_delay_ms,
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> NodeConfig:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitinfer.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from splitinfer.runtime import LoadedPartition, PartitionKey, load_partition_artifact
+from splitinfer.runtime import LoadedPartition, PartitionKey, RuntimeOptions, read_partition_artifact
 
 __all__ = ["PartitionHost"]
 
@@ -27,7 +27,15 @@ class PartitionHost:
     compute pool's count, plugged in by the node).
     """
 
-    def __init__(self, *, max_in_flight: int, queue_length: Callable[[str], int] = lambda key: 0) -> None:
+    def __init__(
+        self,
+        *,
+        max_in_flight: int,
+        queue_length: Callable[[str], int] = lambda key: 0,
+        runtime: RuntimeOptions | None = None,
+    ) -> None:
+        #: How partitions run here (onnxruntime by default, the interpreter as fallback or when configured).
+        self.runtime = runtime or RuntimeOptions()
         self._lock = threading.Lock()
         self._slots: dict[PartitionKey, _Slot] = {}
         self._max_in_flight = max_in_flight
@@ -39,17 +47,23 @@ class PartitionHost:
         """Loads an artifact; the artifact must be the partition ``expected`` names when given."""
         placeholder = expected is not None and self._mark_loading(expected)
         try:
-            key, program = load_partition_artifact(source, manifest_sha256)
+            artifact = read_partition_artifact(source, manifest_sha256, with_onnx=self.runtime.runtime == "onnxruntime")
+            key = artifact.key
             if expected is not None and key != expected:
                 raise InvalidArgument(f"artifact at {source} holds partition {key}, not {expected}")
-            loaded = LoadedPartition(key, program)
+            loaded = LoadedPartition(
+                key, artifact.program, onnx_model=artifact.onnx_model, onnx=artifact.onnx, options=self.runtime
+            )
         except BaseException:
             if placeholder and expected is not None:
                 with self._lock:
                     self._slots.pop(expected, None)
             raise
         with self._lock:
+            previous = self._slots.get(key)
             self._slots[key] = _Slot(loaded)
+        if previous is not None and previous.partition is not None:
+            previous.partition.close()
         return loaded
 
     def _mark_loading(self, key: PartitionKey) -> bool:
@@ -62,7 +76,10 @@ class PartitionHost:
 
     def unload(self, key: PartitionKey) -> bool:
         with self._lock:
-            return self._slots.pop(key, None) is not None
+            slot = self._slots.pop(key, None)
+        if slot is not None and slot.partition is not None:
+            slot.partition.close()  # stops its batcher once the queued requests ran
+        return slot is not None
 
     def get(self, key: PartitionKey) -> LoadedPartition:
         with self._lock:

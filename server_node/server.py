@@ -158,7 +158,9 @@ def start_node(
     measured = measure_flops(config.benchmark_s)
     flops = compute_hook.reported_flops(measured) if compute_hook is not None else measured
     pool = ComputePool(compute_threads(config.compute_slots, config.torch_threads), compute_hook)
-    host = PartitionHost(max_in_flight=config.max_in_flight, queue_length=pool.queue_length)
+    host = PartitionHost(
+        max_in_flight=config.max_in_flight, queue_length=pool.queue_length, runtime=config.runtime_options()
+    )
     limits = ServerLimits(
         max_message_bytes=config.max_message_bytes,
         max_streams=config.max_streams,

@@ -265,4 +265,19 @@ def _hosted(partition: LoadedPartition, queued: int) -> model_server_pb2.HostedP
         parameter_bytes=partition.program.param_bytes,
         completed=partition.completed,
         mean_compute_ms=partition.mean_compute_ms,
+        runtime=partition.runtime,
+        fallback_reason=partition.fallback_reason,
+        **_batching(partition),
     )
+
+
+def _batching(partition: LoadedPartition) -> dict[str, int]:
+    stats = partition.batch_stats
+    if stats is None:
+        return {}
+    return {
+        "batches": stats.batches,
+        "batched_requests": stats.requests,
+        "largest_batch_requests": stats.largest_batch_requests,
+        "largest_batch_rows": stats.largest_batch_rows,
+    }

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,15 +41,13 @@ class BatchStats:
 
 
 class _Pending:
-    __slots__ = ("deadline", "done", "error", "feeds", "outputs", "rows")
+    __slots__ = ("deadline", "feeds", "future", "rows")
 
     def __init__(self, feeds: Feeds, rows: int, deadline: float | None) -> None:
         self.feeds = feeds
         self.rows = rows
         self.deadline = deadline
-        self.done = threading.Event()
-        self.outputs: Outputs | None = None
-        self.error: BaseException | None = None
+        self.future: Future[Outputs] = Future()
 
 
 class DynamicBatcher:
@@ -77,6 +76,12 @@ class DynamicBatcher:
         self._thread.start()
 
     def submit(self, feeds: Feeds, timeout_s: float | None = None) -> Outputs:
+        """Queues the request and waits for its rows."""
+        return self.submit_future(feeds, timeout_s).result()
+
+    def submit_future(self, feeds: Feeds, timeout_s: float | None = None) -> Future[Outputs]:
+        """Queues the request; the future holds its rows (or its error). A cancelled future's request is
+        left out of the batch it would have joined."""
         rows = {int(a.shape[0]) for a in feeds.values()}
         if len(rows) != 1:
             raise InvalidArgument(f"batched inputs disagree on dimension 0: {sorted(rows)}")
@@ -89,11 +94,7 @@ class DynamicBatcher:
                 raise Unavailable("the partition is being unloaded")
             self._queue.append(pending)
             self._cond.notify_all()
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.outputs is not None
-        return pending.outputs
+        return pending.future
 
     def close(self) -> None:
         with self._cond:
@@ -127,9 +128,12 @@ class DynamicBatcher:
             now = time.monotonic()
             live = []
             for item in batch:
+                if not item.future.set_running_or_notify_cancel():
+                    continue  # the caller gave up
                 if item.deadline is not None and item.deadline <= now:
-                    item.error = DeadlineExceeded("deadline passed while the request waited for its batch")
-                    item.done.set()
+                    item.future.set_exception(
+                        DeadlineExceeded("deadline passed while the request waited for its batch")
+                    )
                     self.stats.expired += 1
                 else:
                     live.append(item)
@@ -149,10 +153,9 @@ class DynamicBatcher:
                     {n: np.ascontiguousarray(v[bounds[i] : bounds[i + 1]]) for n, v in outputs.items()}
                     for i in range(len(batch))
                 ]
-        except BaseException as exc:  # every member fails with the batch's error
+        except Exception as exc:  # every member fails with the batch's error
             for item in batch:
-                item.error = exc
-                item.done.set()
+                item.future.set_exception(exc)
             return
         rows = sum(p.rows for p in batch)
         stats = self.stats
@@ -163,5 +166,4 @@ class DynamicBatcher:
         stats.largest_batch_requests = max(stats.largest_batch_requests, len(batch))
         stats.requests_per_batch[len(batch)] = stats.requests_per_batch.get(len(batch), 0) + 1
         for item, result in zip(batch, results, strict=True):
-            item.outputs = result
-            item.done.set()
+            item.future.set_result(result)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,6 +155,47 @@ class LoadedPartition:
             raise InvalidArgument(f"partition {self.key}: inputs disagree on the batch size: {sorted(batches)}")
         return batches.pop() if batches else 1
 
+    @property
+    def batches(self) -> bool:
+        """Whether concurrent requests are batched (use :meth:`submit` so waiting holds no thread)."""
+        return self._batcher is not None
+
+    def submit(
+        self, feeds: Mapping[str, torch.Tensor], timeout_s: float | None = None
+    ) -> Future[dict[str, torch.Tensor]]:
+        """Checks the inputs and queues them for the next batch; the future holds this request's rows.
+        Only for a partition that :attr:`batches`."""
+        if self._batcher is None:
+            raise InvalidArgument(f"partition {self.key} does not batch requests")
+        self.check_inputs(feeds)
+        arrays = {name: t.detach().contiguous().numpy() for name, t in feeds.items()}
+        start = time.perf_counter()
+        inner = self._batcher.submit_future(arrays, timeout_s)
+        result: Future[dict[str, torch.Tensor]] = Future()
+
+        def finish(done: Future[dict[str, np.ndarray]]) -> None:
+            if done.cancelled():
+                result.cancel()
+                return
+            error = done.exception()
+            if error is not None:
+                result.set_exception(error)
+                return
+            self._record((time.perf_counter() - start) * 1e3)
+            result.set_result({name: torch.from_numpy(v) for name, v in done.result().items()})
+
+        inner.add_done_callback(finish)
+        return result
+
+    def _record(self, elapsed_ms: float) -> None:
+        with self._lock:
+            self.completed += 1
+            self.mean_compute_ms = (
+                elapsed_ms
+                if self.completed == 1
+                else (1 - self._alpha) * self.mean_compute_ms + self._alpha * elapsed_ms
+            )
+
     def _run_numpy(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None
         return self._session.run(feeds)
@@ -173,14 +215,7 @@ class LoadedPartition:
             else:
                 results = self._session.run(arrays)
             outputs = {name: torch.from_numpy(value) for name, value in results.items()}
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-        with self._lock:
-            self.completed += 1
-            self.mean_compute_ms = (
-                elapsed_ms
-                if self.completed == 1
-                else (1 - self._alpha) * self.mean_compute_ms + self._alpha * elapsed_ms
-            )
+        self._record((time.perf_counter() - start) * 1e3)
         return outputs
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from splitinfer.divider import Division, partition_at
 from splitinfer.frontend.server import FrontEndConfig, start_frontend
 from splitinfer.graph import ModelGraph, cut_points, narrow_cuts
 from splitinfer.planner.profiles import DEFAULT_CODECS
+from splitinfer.planner.tracking import PredictionTracker
 from splitinfer.pool import ModelPool
 from splitinfer.program import CompiledProgram, Program
 from splitinfer.registry import EmbeddedRegistry
@@ -222,6 +223,7 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
     digits_req = plan_pb2.Requirements(max_latency_ms=500, min_accuracy=round(fp32_accuracy - 0.02, 3))
     resnet_req = plan_pb2.Requirements(max_latency_ms=3000)
     rows: list[dict[str, Any]] = []
+    tracker = PredictionTracker()
     try:
         for phase, mbps, battery in PHASES:
             console.rule(f"[bold]phase {phase}: uplink {mbps} Mbps, phone battery {battery:.0f}%")
@@ -236,9 +238,11 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
                     result = device.agent.infer("digits", {digits_input: images[k : k + 1]}, digits_req)
                     correct += int(next(iter(result.outputs.values())).argmax() == labels[k])
                     results["digits"].append(result)
+                    _show_prediction(console, tracker, phase, device.name, "digits", result)
                 for _ in range(2):
                     x = torch.randn(resnet_example[0].shape)
                     results["resnet18"].append(device.agent.infer("resnet18", {resnet_input: x}, resnet_req))
+                    _show_prediction(console, tracker, phase, device.name, "resnet18", results["resnet18"][-1])
                 for model, done in results.items():
                     summary = done[-1].plan_summary
                     for address, label in names.items():
@@ -266,6 +270,7 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
         frontend.stop(1)
         for node in nodes:
             node.stop(1)
+    console.print(_prediction_table(tracker))
     table = Table(title="summary")
     for column in ("phase", "device", "model", "latency ms", "device ms", "remote ms", "energy mJ", "accuracy"):
         table.add_column(column, justify="right")
@@ -283,6 +288,34 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
     console.print(f"results database: {store_path} ({stored} results stored; query them through ResultStoreService)")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return stored > 0 and all(r["latency_ms"] > 0 for r in rows)
+
+
+def _show_prediction(
+    console: Console, tracker: PredictionTracker, phase: str, device: str, model: str, result: AgentResult
+) -> None:
+    """One line per request: the plan's predicted latency next to the measured one."""
+    predicted = result.plan.predicted_latency_ms if result.plan is not None else float("nan")
+    n = tracker.request_index(phase, device, model) + 1
+    error = tracker.record(phase, device, model, predicted, result.total_ms)
+    console.print(
+        f"    {device:<6} {model:<8} #{n}: predicted {predicted:8.1f} ms, measured {result.total_ms:8.1f} ms, "
+        f"error {error:6.1%}",
+        markup=False,
+    )
+
+
+def _prediction_table(tracker: PredictionTracker) -> Table:
+    """Per phase: median |predicted - measured| / measured from the third request of each condition on, and
+    on first requests of models that ran on that device before."""
+    table = Table(title="prediction error per phase (|predicted - measured| / measured)")
+    for column in ("phase", "requests", "median from 3rd request (<= 15%)", "first, model seen (<= 50%)", "worst"):
+        table.add_column(column, justify="right")
+    verdict = {True: "met", False: "NOT met", None: "-"}
+    for s in tracker.summary():
+        settled = "-" if s.settled_median is None else f"{s.settled_median:.1%} {verdict[s.settled_met]}"
+        first = "-" if s.first_median is None else f"{s.first_median:.1%} {verdict[s.first_met]}"
+        table.add_row(s.phase, str(s.requests), settled, first, f"{s.worst:.1%}")
+    return table
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -82,6 +82,7 @@ bench-quick: install
 	$(PY) benchmarks/codecs.py --quick --out benchmarks/results/codecs-quick.json
 	$(PY) benchmarks/divider.py --quick --out benchmarks/results/divider-quick.json
 	$(PY) benchmarks/pipeline.py --quick --out benchmarks/results/pipeline-quick.json
+	$(PY) benchmarks/runtimes.py --quick --out benchmarks/results/runtimes-quick.json
 	$(PY) benchmarks/planner.py --quick --out benchmarks/results/planner-quick.json
 	$(PY) benchmarks/load.py --quick --out benchmarks/results/load-quick.json
 	$(PY) benchmarks/adaptation.py --quick --out benchmarks/results/adaptation-quick.json
@@ -91,6 +92,7 @@ bench: install
 	$(PY) benchmarks/codecs.py --out benchmarks/results/codecs.json
 	$(PY) benchmarks/divider.py --out benchmarks/results/divider.json
 	$(PY) benchmarks/pipeline.py --out benchmarks/results/pipeline.json
+	$(PY) benchmarks/runtimes.py --out benchmarks/results/runtimes.json
 	$(PY) benchmarks/planner.py --out benchmarks/results/planner.json
 	$(PY) benchmarks/load.py --out benchmarks/results/load.json
 	$(PY) benchmarks/adaptation.py --out benchmarks/results/adaptation.json

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from splitinfer.errors import InvalidArgument
+from splitinfer.postprocess import PostprocessSpec
 
 __all__ = [
     "DIVISION_FORMAT",
@@ -254,6 +255,8 @@ class DivisionManifest:
     accuracy: float
     accuracy_measured: bool
     partitions: tuple[PartitionEntry, ...]
+    #: The stage that runs after the last partition, outside the programs (a detector's decode and NMS).
+    postprocess: PostprocessSpec | None = None
 
     def partition(self, name: str) -> PartitionEntry:
         for p in self.partitions:
@@ -283,6 +286,7 @@ class DivisionManifest:
             "accuracy": self.accuracy,
             "accuracy_measured": self.accuracy_measured,
             "partitions": [p.to_json() for p in self.partitions],
+            **({"postprocess": self.postprocess.to_json()} if self.postprocess is not None else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -307,6 +311,7 @@ class DivisionManifest:
                 accuracy=float(data.get("accuracy", 0.0)),
                 accuracy_measured=bool(data.get("accuracy_measured", False)),
                 partitions=tuple(PartitionEntry.from_json(p) for p in partitions),
+                postprocess=PostprocessSpec.from_json(data["postprocess"]) if "postprocess" in data else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed division manifest: {exc!r}") from None

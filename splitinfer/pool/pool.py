@@ -183,6 +183,7 @@ class ModelPool:
             accuracy=accuracy,
             accuracy_measured=accuracy_measured,
             partitions=tuple(entries),
+            postprocess=division.postprocess,
         )
         sha = self.store.put_bytes(manifest.to_bytes())
         with self._lock:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
+from splitinfer.results.detections import DetectionStore, detection_rows
 from splitinfer.results.keys import check_id, shown
 from splitinfer.v1 import result_store_pb2
 
@@ -74,6 +75,8 @@ class ResultStore:
         self._migrate()
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        #: The boxes of detection results, one record per box (splitinfer.results.detections).
+        self.detections = DetectionStore(path)
 
     def _migrate(self) -> None:
         """A database from before callers: results keyed by request id alone. Each becomes its device's."""
@@ -94,6 +97,7 @@ class ResultStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self.detections.close()
 
     def put(self, result: result_store_pb2.StoredResult) -> bool:
         """Stores ``result``; False when its (caller, request id) was already stored (the stored one is kept)."""
@@ -106,6 +110,7 @@ class ResultStore:
         check_id(result.caller, "a result's caller", required=False)
         check_id(result.device_id, "a result's device_id", required=False)
         check_id(result.model, "a result's model", required=False)
+        detection_rows(result)  # refuse malformed boxes before anything is written
         stored = result_store_pb2.StoredResult()
         stored.CopyFrom(result)
         stored.outputs_omitted = False
@@ -129,7 +134,10 @@ class ResultStore:
             inserted = cursor.rowcount == 1
             if inserted:
                 self._apply_retention()
-                return True, stored
+        if inserted:
+            self.detections.add(stored)
+            return True, stored
+        with self._lock:
             row = self._db.execute(
                 "SELECT body FROM results WHERE caller = ? AND request_id = ?", (stored.caller, stored.request_id)
             ).fetchone()

@@ -28,13 +28,15 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
 from splitinfer.frontend.plans import REPLAN, IssuedPlan, PlanBook
 from splitinfer.planner.calibration import Calibration, MeasuredStep
 from splitinfer.planner.plan import ON_DEVICE, Plan
+from splitinfer.postprocess import PostprocessSpec
+from splitinfer.postprocess.apply import apply_postprocess
 from splitinfer.registry import Registry
 from splitinfer.results.client import Results, stored_result
 from splitinfer.results.keys import input_digest, shown
@@ -92,8 +94,12 @@ class Dispatcher:
         results: Results | None,
         calibration: Calibration,
         plans: PlanBook | None = None,
+        postprocess: Callable[[str, str], PostprocessSpec | None] | None = None,
     ) -> None:
         self._registry = registry
+        #: The post-processing stage of (model, variant), run here after the chain returns (a detector's
+        #: decode and NMS); its outputs replace the ones it read, and its boxes are stored as detections.
+        self._postprocess = postprocess
         self._routes = routes
         self._results = results
         self._calibration = calibration
@@ -157,7 +163,8 @@ class Dispatcher:
         delivered, timings = self._routes.run(route, job.tensors, request_id=job.request_id, timeout_s=job.timeout_s)
         server_ms = (time.perf_counter() - start) * 1e3
         self._learn(job, timings)
-        outputs = list(delivered.values())
+        stage = self._postprocess(plan.model, plan.variant) if self._postprocess is not None else None
+        outputs, detections = apply_postprocess(stage, list(delivered.values()))
         if self._results is None:
             return Outcome(outputs, timings, server_ms)
         stored, kept = self._results.put(
@@ -171,6 +178,7 @@ class Dispatcher:
                 plan_summary=plan.summary(),
                 latency_ms=job.device_ms + server_ms,
                 outputs=outputs,
+                detections=detections,
             )
         )
         if not stored:  # another front-end stored this request first: answer what it stored

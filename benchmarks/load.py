@@ -50,7 +50,7 @@ from splitinfer.registry.etcd_server import start_etcd
 from splitinfer.runtime import PartitionKey
 from splitinfer.transport.channel import channel_options
 from splitinfer.transport.clients import NodeClient
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, model_server_pb2_grpc, plan_pb2
 from splitinfer.zoo import build
 
 MODEL = "residual_cnn"
@@ -113,26 +113,64 @@ async def _device_loop(address: str, index: int, tensor: Any, until: float, out:
     out[f"device{index}"] = (latencies, errors)
 
 
-async def _devices(address: str, devices: int, seconds: float, tensor: Any, out: dict[str, Any]) -> None:
+async def _idle_stream(channel: grpc.aio.Channel, until: float, closed: list[int]) -> None:
+    """One stream that opens Process on a node and never sends anything; when the node closes it (its
+    first-message timeout), it opens another, so the node has it open for the whole run."""
+    stub = model_server_pb2_grpc.ModelServerServiceStub(channel)
+
+    async def nothing() -> Any:
+        await asyncio.sleep(3600)
+        yield model_server_pb2.ProcessRequest()
+
+    while time.monotonic() < until:
+        call = stub.Process(nothing(), timeout=max(0.1, until - time.monotonic()))
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            if "server closed the stream" in (exc.details() or ""):
+                closed[0] += 1  # the node's first-message timeout, not the end of the run
+
+
+async def _devices(
+    address: str, devices: int, seconds: float, tensor: Any, out: dict[str, Any], idle: int = 0,
+    idle_targets: tuple[str, ...] = (),
+) -> int:  # fmt: skip
+    """Runs the devices (and ``idle`` idle streams spread over ``idle_targets``); returns how many idle
+    streams the servers closed."""
     until = time.monotonic() + seconds
+    closed = [0]
+    channels = [grpc.aio.insecure_channel(t, options=channel_options()) for t in idle_targets for _ in range(2)]
+    idlers = [asyncio.create_task(_idle_stream(channels[k % len(channels)], until, closed)) for k in range(idle)]
+    if idlers:
+        await asyncio.sleep(0.5)  # the idle streams are open before the first request
     await asyncio.gather(*(_device_loop(address, k, tensor, until, out) for k in range(devices)))
+    for task in idlers:
+        task.cancel()
+    await asyncio.gather(*idlers, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    return closed[0]
 
 
 def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input_name: str,
-              processes: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+              processes: dict[str, int], idle: int = 0,
+              idle_targets: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """``devices`` concurrent devices, driven by one asyncio loop (threads would add GIL contention on
-    the load generator's side of a small machine)."""
+    the load generator's side of a small machine), beside ``idle`` streams that hold the nodes open."""
     results: dict[str, Any] = {}
     tensor = encode_tensor(x, input_name)
     with Sampler(processes) as sampler:
         start = time.perf_counter()
-        asyncio.run(_devices(address, devices, seconds, tensor, results))
+        closed = asyncio.run(_devices(address, devices, seconds, tensor, results, idle, idle_targets))
         elapsed = time.perf_counter() - start
     latencies = sorted(s for samples, _ in results.values() for s in samples)
     errors = sum(e for _, e in results.values())
     quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else 0.0  # noqa: E731
     return {
         "devices": devices,
+        "idle_streams": idle,
+        "idle_streams_closed_by_servers": closed,
         "seconds": elapsed,
         "requests": len(latencies),
         "errors": errors,
@@ -148,18 +186,24 @@ def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument(
+        "--idle-streams", type=int, default=200,
+        help="idle Process streams held open on the nodes during an extra run beside --idle-devices devices",
+    )  # fmt: skip
+    parser.add_argument("--idle-devices", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="levels 1 and 4, 2 s each (CI smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.levels, args.seconds = [1, 4], 2.0
+        args.levels, args.seconds, args.idle_streams, args.idle_devices = [1, 4], 2.0, 50, 4
     console = Console(width=140)
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="splitinfer-load-"))
     etcd = start_etcd(work / "etcd")
     nodes: list[NodeProcess] = []
     frontend = None
+    idle_runs: list[dict[str, Any]] = []
     try:
         model, example = build(MODEL)
         program = export_program(model, example)
@@ -195,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         run_level(address, 1, 1.0, example[0], program.input_names[0], processes)  # warm-up, not reported
         levels = [run_level(address, d, args.seconds, example[0], program.input_names[0], processes)
                   for d in args.levels]  # fmt: skip
+        if args.idle_streams:
+            # The same device count without and with the idle streams, alternated twice: the ratio of their
+            # p99 is what the idle streams cost good requests.
+            for idle in (0, args.idle_streams, 0, args.idle_streams):
+                idle_runs.append(run_level(address, args.idle_devices, args.seconds, example[0],
+                                           program.input_names[0], processes, idle,
+                                           tuple(n.address for n in nodes)))  # fmt: skip
     finally:
         if frontend is not None:
             frontend.terminate()
@@ -211,6 +262,26 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(str(level["devices"]), f"{level['throughput_rps']:.1f}", str(level["errors"]),
                       f"{level['p50_ms']:.1f}", f"{level['p99_ms']:.1f}", rss)  # fmt: skip
     console.print(table)
+    idle_summary: dict[str, Any] = {}
+    if idle_runs:
+        idle_table = Table(
+            title=f"{args.idle_devices} devices without and with {args.idle_streams} idle streams on the nodes"
+        )
+        for column in ("idle streams", "req/s", "errors", "p50 ms", "p99 ms", "idle closed by nodes"):
+            idle_table.add_column(column, justify="right")
+        for run in idle_runs:
+            idle_table.add_row(str(run["idle_streams"]), f"{run['throughput_rps']:.1f}", str(run["errors"]),
+                               f"{run['p50_ms']:.1f}", f"{run['p99_ms']:.1f}",
+                               str(run["idle_streams_closed_by_servers"]))  # fmt: skip
+        console.print(idle_table)
+        quiet = [r for r in idle_runs if not r["idle_streams"]]
+        busy = [r for r in idle_runs if r["idle_streams"]]
+        p99 = lambda runs: _quantile(sorted(v for r in runs for v in r["latencies_ms"]), 0.99)  # noqa: E731
+        idle_summary = {
+            "p99_without_ms": p99(quiet), "p99_with_ms": p99(busy), "p99_ratio": p99(busy) / max(p99(quiet), 1e-9),
+            "errors_with_idle": sum(r["errors"] for r in busy),
+        }  # fmt: skip
+        console.print(f"p99 with idle streams / without: {idle_summary['p99_ratio']:.2f} (target <= 2)")
     throughputs = [level["throughput_rps"] for level in levels]
     non_decreasing = all(b >= 0.9 * a for a, b in itertools.pairwise(throughputs))
     bounded = all(v < MEMORY_LIMIT_BYTES for level in levels for v in level["peak_rss_bytes"].values())
@@ -220,11 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         "memory_bounded_1GiB": bounded,
         "no_errors": no_errors,
     }
+    if idle_summary:
+        targets["idle_streams_p99_within_2x"] = idle_summary["p99_ratio"] <= 2.0
+        targets["idle_streams_no_errors"] = idle_summary["errors_with_idle"] == 0
     console.print(f"targets: {targets}")
     write_json(args.out, {
         "benchmark": "load", "machine": machine_info(), "model": MODEL, "nodes": 2, "seconds_per_level": args.seconds,
         "parameters": {"levels": args.levels, "seconds": args.seconds, "torch_threads": 1},
-        "levels": levels, "targets": targets,
+        "levels": levels, "idle_runs": idle_runs, "idle_summary": idle_summary, "targets": targets,
     })  # fmt: skip
     # The full run's plot goes with docs/benchmarks.md; a quick run's stays beside its (git-ignored) JSON.
     _plot(
@@ -234,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         else Path(__file__).resolve().parents[1] / "docs" / "img" / "load.png",
     )
     return 0
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def _plot(levels: list[dict[str, Any]], path: Path) -> None:

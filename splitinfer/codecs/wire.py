@@ -127,7 +127,10 @@ def encode_wire(tensor: torch.Tensor, name: str = "", codec: CodecSpec = _NO_COD
     if not raw.nbytes:
         encoding.lossless = tensor_pb2.LOSSLESS_CODEC_NONE
         encoding.level = 0
-    payload = LOSSLESS_STEPS[encoding.lossless].compress(raw, encoding.level)
+    if encoding.lossless == tensor_pb2.LOSSLESS_CODEC_NONE:
+        payload: bytes | memoryview = raw  # the tensor's own bytes, no copy (the view keeps them alive)
+    else:
+        payload = LOSSLESS_STEPS[encoding.lossless].compress(raw, encoding.level)
     head = tensor_pb2.Tensor(
         name=name, dtype=wire_dtype, shape=list(tensor.shape), encoding=encoding, payload_size_bytes=len(payload)
     )

@@ -9,7 +9,7 @@ PROTO_STAMP := splitinfer/v1/.generated
 DEBIAN_PACKAGES := etcd-server graphviz
 
 .PHONY: install proto docs test test-unit test-integration lint buf-lint demo bench bench-quick clean help \
-	cluster-up cluster-status cluster-down certs fuzz
+	cluster-up cluster-status cluster-down certs fuzz train-planner
 
 help:
 	@echo "make demo   - install if needed, then run the split-inference demo"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint   - ruff (lint + format check), mypy, and buf lint when npx is available"
 	@echo "make proto  - regenerate Python code from proto/"
 	@echo "make bench-quick / make bench - benchmarks (tiny / full)"
+	@echo "make train-planner - train the learned planner's policy on the simulator (a few minutes)"
 
 NODE_STAMP := examples/node/node_modules/.installed
 
@@ -76,6 +77,11 @@ buf-lint:
 
 demo: install
 	$(PY) -m splitinfer.cli demo
+
+# The learned planner's policy, trained on the scenario simulator (one CPU core, a few minutes); the committed
+# policy is what tests, benchmarks and the demo use until this replaces it.
+train-planner: install
+	$(PY) -m splitinfer.planner.training --out splitinfer/planner/policies/resnet18-phone.safetensors
 
 # Smoke run at tiny sizes (CI): the scripts must not rot. Results go to *-quick.json (git-ignored).
 bench-quick: install

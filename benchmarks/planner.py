@@ -20,7 +20,6 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,6 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_json
 
-from splitinfer.divider import partition_at
-from splitinfer.graph import ModelGraph, narrow_cuts
 from splitinfer.planner import (
     AutoSolver,
     CpSatSolver,
@@ -45,58 +42,19 @@ from splitinfer.planner import (
     PlanningProblem,
     Requirements,
     ServerProfile,
-    VariantProfile,
 )
-from splitinfer.planner.build import variant_from_division
 from splitinfer.planner.cost import evaluate
+from splitinfer.planner.learned import LearnedSolver
 from splitinfer.planner.plan import assignment_of
 from splitinfer.planner.planner import Planner
 from splitinfer.planner.profiles import DEFAULT_CODECS, random_problem
-from splitinfer.program import export_program
-from splitinfer.sim import STANDARD_UPLINKS_MBPS, DeviceClassSpec, Scenario, bandwidth_trace, simulate
-from splitinfer.zoo import build, resnet18
+from splitinfer.sim import STANDARD_UPLINKS_MBPS, simulate
+from splitinfer.sim.scenarios import divided, divided_dag, phone_scenario, three_variants
+from splitinfer.zoo import build
 
 TARGET_COLD_MS = 50.0
 TARGET_COLD_P95_MS = 150.0
 TARGET_CACHED_US = 100.0
-
-
-def three_variants(base: VariantProfile) -> tuple[VariantProfile, ...]:
-    """fp32 as divided; fp16 with half the parameter and inner-tensor bytes; int8 (weight-only) with a quarter of
-    the parameter bytes. Accuracies are declared (ImageNet-like top-1 for a ResNet), not measured."""
-    n = len(base.partitions)
-    fp16 = replace(
-        base,
-        variant="fp16",
-        accuracy=base.accuracy - 0.001,
-        partitions=tuple(replace(p, param_bytes=p.param_bytes // 2) for p in base.partitions),
-        edges=tuple(replace(e, nbytes=e.nbytes // 2) if e.src >= 0 and e.dst < n else e for e in base.edges),
-    )
-    int8 = replace(
-        base,
-        variant="int8",
-        accuracy=base.accuracy - 0.01,
-        partitions=tuple(replace(p, param_bytes=p.param_bytes // 4) for p in base.partitions),
-    )
-    return base, fp16, int8
-
-
-def divided(name: str, model: torch.nn.Module, example: tuple, partitions: int, accuracy: float) -> VariantProfile:  # type: ignore[type-arg]
-    graph = ModelGraph.build(export_program(model, example), example)
-    cuts = [c.position for c in narrow_cuts(graph)][1:-1]
-    step = max(1, len(cuts) // max(1, partitions - 1))
-    chosen = cuts[::step][: partitions - 1]
-    return variant_from_division(partition_at(graph, name, chosen), "fp32", accuracy)
-
-
-def divided_dag(name: str, model: torch.nn.Module, example: tuple, partitions: int, accuracy: float) -> VariantProfile:  # type: ignore[type-arg]
-    """Cut at evenly spaced positions of the topological order, narrow or not: residual blocks are split
-    inside, so skip connections cross partitions (a DAG with up to two tensors on a cut)."""
-    graph = ModelGraph.build(export_program(model, example), example)
-    n = len(graph.nodes)
-    return variant_from_division(
-        partition_at(graph, name, [round(k * n / partitions) for k in range(1, partitions)]), "fp32", accuracy
-    )
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -223,39 +181,55 @@ def gaps(instances: int) -> dict[str, Any]:
 
 
 def simulations(requests: int) -> list[dict[str, Any]]:
-    model, example = resnet18(224)
-    base = divided("resnet18", model, example, 8, 0.697)
-    variants = three_variants(base)
-    servers = (ServerProfile("edge:7000", 4e10, hosts=None), ServerProfile("cloud:7000", 1.5e11))
-    # A phone 10x slower than the edge server (the split-computing literature's setting).
-    phone = DeviceClassSpec("phone", flops=4e9, compute_power_w=3.0, transmit_power_w=1.3, battery_wh=0.5)
+    """ResNet-18 on phones, edge + cloud, under fluctuating bandwidth and draining batteries: the exact
+    planner (planning on what the device believes, with its plan cache), the learned planner, greedy,
+    Neurosurgeon and DADS, each scored on what actually happened."""
+    scenarios = [
+        phone_scenario(profile, mbps, requests, seed=7, variability=0.6)
+        for profile, mbps in STANDARD_UPLINKS_MBPS.items()
+    ]
+    scenarios.append(phone_scenario("4G volatile", STANDARD_UPLINKS_MBPS["4G"], requests, seed=7, variability=1.0))
+    scenarios.append(phone_scenario("3G low battery", STANDARD_UPLINKS_MBPS["3G"], requests, seed=7,
+                                    variability=0.6, battery_start_percent=25))  # fmt: skip
+    learned = LearnedSolver()
     rows = []
-    for profile, mbps in STANDARD_UPLINKS_MBPS.items():
-        scenario = Scenario(
-            name=profile,
-            variants=variants,
-            servers=servers,
-            codecs=DEFAULT_CODECS,
-            requirements=Requirements(max_latency_ms=1500, min_accuracy=0.68),
-            device_classes=(phone,),
-            uplink_trace=tuple(bandwidth_trace(mbps, requests, seed=7)),
-            devices=10,
-        )
+    for scenario in scenarios:
         planner = Planner()
         contenders = {
-            "planner": lambda p, d, planner=planner: planner.plan(p, device_id=d),
+            "exact": lambda p, d, planner=planner: planner.plan(p, device_id=d),
+            "learned": lambda p, d: learned.solve(p),
             "greedy": lambda p, d: GreedySolver().solve(p),
             "neurosurgeon": lambda p, d: NeurosurgeonSolver().solve(p),
             "dads": lambda p, d: DadsSolver().solve(p),
         }
         for name, fn in contenders.items():
             metrics = simulate(scenario, fn, name)
-            rows.append(
-                {"profile": profile, "uplink_mbps": mbps, **metrics.__dict__}
-                if hasattr(metrics, "__dict__")
-                else {"profile": profile, "uplink_mbps": mbps, **{k: getattr(metrics, k) for k in metrics.__slots__}}
-            )
+            mean = statistics.fmean(scenario.uplink_trace)
+            rows.append({"profile": scenario.name, "uplink_mbps": mean,
+                         **{k: getattr(metrics, k) for k in metrics.__slots__}})  # fmt: skip
     return rows
+
+
+def learned_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Per profile, the learned planner against the exact one: better, worse or equal on each metric."""
+    notes = []
+    for profile in dict.fromkeys(r["profile"] for r in rows):
+        exact = next(r for r in rows if r["profile"] == profile and r["planner"] == "exact")
+        learned = next(r for r in rows if r["profile"] == profile and r["planner"] == "learned")
+        parts = []
+        for key, label, unit in (("slo_violation_rate", "SLO violations", "%"), ("mean_latency_ms", "mean", " ms"),
+                                 ("p95_latency_ms", "p95", " ms"), ("mean_energy_mj", "energy", " mJ")):  # fmt: skip
+            a, b = learned[key], exact[key]
+            scale = 100 if unit == "%" else 1
+            if abs(a - b) <= 0.005 * max(abs(b), 1e-9) + (0.0005 if unit == "%" else 0):
+                parts.append(f"{label} equal")
+            else:
+                word = "lower" if a < b else "HIGHER"
+                parts.append(f"{label} {word} ({a * scale:.1f}{unit} vs {b * scale:.1f}{unit})")
+        acc = learned["mean_accuracy"] - exact["mean_accuracy"]
+        parts.append(f"accuracy {acc:+.3f}")
+        notes.append(f"- {profile}: learned vs exact: " + ", ".join(parts) + ".")
+    return notes
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -264,29 +238,28 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    profiles = list(STANDARD_UPLINKS_MBPS)
+    profiles = list(dict.fromkeys(r["profile"] for r in rows))
     planners = list(dict.fromkeys(r["planner"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (("mean_latency_ms", "mean latency (ms)", True), ("p95_latency_ms", "p95 latency (ms)", True),
+              ("mean_energy_mj", "device energy per request (mJ)", True),
+              ("slo_violation_rate", "SLO violation rate", False))  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(18, 4.2))
     width = 0.8 / len(planners)
     for k, name in enumerate(planners):
-        latency = [
-            next(r["mean_latency_ms"] for r in rows if r["planner"] == name and r["profile"] == p) for p in profiles
-        ]
-        energy = [
-            next(r["mean_energy_mj"] for r in rows if r["planner"] == name and r["profile"] == p) for p in profiles
-        ]
         xs = [i + k * width for i in range(len(profiles))]
-        axes[0].bar(xs, latency, width, label=name)
-        axes[1].bar(xs, energy, width, label=name)
-    for ax, title in zip(axes, ("mean latency (ms)", "device energy per request (mJ)"), strict=True):
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(profiles))], profiles)
-        ax.set_yscale("log")
+        for ax, (key, _, _) in zip(axes, panels, strict=True):
+            values = [next(r[key] for r in rows if r["planner"] == name and r["profile"] == p) for p in profiles]
+            ax.bar(xs, values, width, label=name)
+    for ax, (_, title, log) in zip(axes, panels, strict=True):
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(profiles))], profiles, rotation=20, fontsize=8)
+        if log:
+            ax.set_yscale("log")
         ax.set_title(title)
-    axes[0].legend()
-    fig.suptitle("ResNet-18 on a phone + edge + cloud, simulated over the standard uplink profiles")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("ResNet-18 on phones + edge + cloud, simulated under fluctuating uplinks and draining batteries")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main() -> int:
@@ -312,7 +285,8 @@ def main() -> int:
                                          "instances": instances, "requests": requests, "torch_threads": 1},
                           "targets": {"cold_p50_ms": TARGET_COLD_MS, "cold_p95_ms": TARGET_COLD_P95_MS,
                                       "cached_p50_us": TARGET_CACHED_US},
-                          "solve_times": timing, "gaps": gap, "simulations": sims})  # fmt: skip
+                          "solve_times": timing, "gaps": gap, "simulations": sims,
+                          "learned_notes": learned_notes(sims)})  # fmt: skip
     console = Console(width=130)
     table = Table(title="solve time (3 variants x 4 codecs): planner default cold, CP-SAT cold, plan cache")
     for column in ("shape", "hosting", "partitions", "skip edges", "servers", "default p50 ms", "default p95 ms",
@@ -332,12 +306,13 @@ def main() -> int:
                       str(g["more_violation_than_optimum"]))  # fmt: skip
     console.print(table)
     table = Table(title="simulated ResNet-18 on a phone, by uplink profile")
-    for column in ("profile", "planner", "SLO violations", "mean ms", "p95 ms", "energy mJ", "accuracy", "plan ms"):
+    for column in ("profile", "planner", "SLO violations", "mean ms", "p95 ms", "energy mJ", "accuracy", "plan ms",
+                   "plan p50 ms"):  # fmt: skip
         table.add_column(column, justify="right")
     for r in sims:
         table.add_row(r["profile"], r["planner"], f"{r['slo_violation_rate']:.1%}", f"{r['mean_latency_ms']:.1f}",
                       f"{r['p95_latency_ms']:.1f}", f"{r['mean_energy_mj']:.1f}", f"{r['mean_accuracy']:.3f}",
-                      f"{r['mean_plan_ms']:.2f}")  # fmt: skip
+                      f"{r['mean_plan_ms']:.2f}", f"{r['p50_plan_ms']:.3f}")  # fmt: skip
     console.print(table)
     print(f"wrote {args.out}")
     return 0

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from splitinfer.planner.cost import evaluate
+from splitinfer.planner.cost import Evaluation, evaluate
 from splitinfer.planner.plan import Plan, assignment_of
 from splitinfer.planner.problem import (
     CodecProfile,
@@ -26,7 +26,7 @@ from splitinfer.planner.problem import (
     VariantProfile,
 )
 
-__all__ = ["DeviceClassSpec", "Metrics", "Scenario", "simulate"]
+__all__ = ["DeviceClassSpec", "Metrics", "Scenario", "ScenarioRun", "simulate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,59 +72,111 @@ class Metrics:
     mean_accuracy: float
     mean_plan_ms: float
     final_battery_percent: float
+    p50_plan_ms: float = 0.0
 
 
 PlanFn = Callable[[PlanningProblem, str], Plan]
 
 
+class ScenarioRun:
+    """One pass over a scenario's requests, step by step: what the device believes for the next request,
+    what actually happens, and the bookkeeping after it (battery drain, the device's bandwidth estimate,
+    the servers' queues). :func:`simulate` and the learning environment (:mod:`splitinfer.sim.env`) both
+    drive it."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.rng = random.Random(scenario.seed)
+        shares = [c.share for c in scenario.device_classes]
+        self.classes = [self.rng.choices(scenario.device_classes, shares)[0] for _ in range(scenario.devices)]
+        self.battery = [scenario.battery_start_percent] * scenario.devices
+        self.believed = [scenario.uplink_trace[0]] * scenario.devices
+        self.reported_queue = [scenario.server_queue_ms] * len(scenario.servers)
+        self.request = 0
+        self._actual_queue: list[float] = []
+        self._actual_for = -1
+
+    @property
+    def done(self) -> bool:
+        return self.request >= len(self.scenario.uplink_trace)
+
+    @property
+    def device_index(self) -> int:
+        return self.request % self.scenario.devices
+
+    def _device(self, uplink: float) -> DeviceProfile:
+        d, scenario = self.device_index, self.scenario
+        spec = self.classes[d]
+        return DeviceProfile(
+            flops=spec.flops,
+            uplink_mbps=uplink,
+            downlink_mbps=uplink * scenario.downlink_factor,
+            rtt_ms=scenario.rtt_ms,
+            battery_percent=self.battery[d],
+            charging=spec.charging,
+            compute_power_w=spec.compute_power_w,
+            transmit_power_w=spec.transmit_power_w,
+            memory_bytes=spec.memory_bytes,
+            device_class=spec.name,
+        )
+
+    def believed_problem(self) -> PlanningProblem:
+        """The next request as its device sees it: its smoothed uplink, the servers' last reported queues."""
+        scenario = self.scenario
+        servers = tuple(replace(s, queue_ms=q) for s, q in zip(scenario.servers, self.reported_queue, strict=True))
+        d = self.device_index
+        return PlanningProblem(
+            scenario.variants, self._device(self.believed[d]), servers, scenario.codecs, scenario.requirements
+        )
+
+    def actual_problem(self) -> PlanningProblem:
+        """The next request as it really runs: the trace's uplink, fresh queues (drawn once per request)."""
+        scenario = self.scenario
+        if self._actual_for != self.request:
+            self._actual_queue = [self.rng.expovariate(1 / scenario.server_queue_ms) for _ in scenario.servers]
+            self._actual_for = self.request
+        servers = tuple(replace(s, queue_ms=q) for s, q in zip(scenario.servers, self._actual_queue, strict=True))
+        uplink = scenario.uplink_trace[self.request]
+        return PlanningProblem(scenario.variants, self._device(uplink), servers, scenario.codecs, scenario.requirements)
+
+    def outcome(self, plan: Plan) -> Evaluation:
+        """How ``plan`` does on the next request's actual conditions."""
+        actual = self.actual_problem()
+        return evaluate(actual, assignment_of(actual, plan))
+
+    def violated(self, outcome: Evaluation) -> bool:
+        req = self.scenario.requirements
+        late = req.max_latency_ms > 0 and outcome.latency_s * 1e3 > req.max_latency_ms
+        inaccurate = req.min_accuracy > 0 and outcome.accuracy < req.min_accuracy - 1e-12
+        return late or inaccurate
+
+    def advance(self, outcome: Evaluation) -> None:
+        """Drains the device's battery by what the request cost, updates its estimate, next request."""
+        self.actual_problem()  # the queues of this request are drawn even if nobody looked at them
+        d, spec = self.device_index, self.classes[self.device_index]
+        if not spec.charging:
+            self.battery[d] = max(0.0, self.battery[d] - outcome.energy_j / (spec.battery_wh * 3600) * 100)
+        self.believed[d] = 0.7 * self.believed[d] + 0.3 * self.scenario.uplink_trace[self.request]
+        self.reported_queue = self._actual_queue
+        self.request += 1
+
+
 def simulate(scenario: Scenario, plan: PlanFn, label: str) -> Metrics:
     """Runs every request of the scenario through ``plan(problem, device_id)``; returns the metrics."""
-    rng = random.Random(scenario.seed)
-    shares = [c.share for c in scenario.device_classes]
-    classes = [rng.choices(scenario.device_classes, shares)[0] for _ in range(scenario.devices)]
-    battery = [scenario.battery_start_percent] * scenario.devices
-    believed = [scenario.uplink_trace[0]] * scenario.devices
-    reported_queue = [scenario.server_queue_ms] * len(scenario.servers)
+    run = ScenarioRun(scenario)
     latencies, energies, accuracies, plan_times = [], [], [], []
     violations = 0
-    req = scenario.requirements
-    for r, actual_uplink in enumerate(scenario.uplink_trace):
-        d = r % scenario.devices
-        spec = classes[d]
-
-        def device(uplink: float, d: int = d, spec: DeviceClassSpec = spec) -> DeviceProfile:
-            return DeviceProfile(
-                flops=spec.flops,
-                uplink_mbps=uplink,
-                downlink_mbps=uplink * scenario.downlink_factor,
-                rtt_ms=scenario.rtt_ms,
-                battery_percent=battery[d],
-                charging=spec.charging,
-                compute_power_w=spec.compute_power_w,
-                transmit_power_w=spec.transmit_power_w,
-                memory_bytes=spec.memory_bytes,
-                device_class=spec.name,
-            )
-
-        servers = tuple(replace(s, queue_ms=q) for s, q in zip(scenario.servers, reported_queue, strict=True))
-        problem = PlanningProblem(scenario.variants, device(believed[d]), servers, scenario.codecs, req)
+    while not run.done:
+        problem = run.believed_problem()
         start = time.perf_counter()
-        chosen = plan(problem, f"device-{d}")
+        chosen = plan(problem, f"device-{run.device_index}")
         plan_times.append((time.perf_counter() - start) * 1e3)
-        actual_queue = [rng.expovariate(1 / scenario.server_queue_ms) for _ in scenario.servers]
-        actual_servers = tuple(replace(s, queue_ms=q) for s, q in zip(scenario.servers, actual_queue, strict=True))
-        actual = PlanningProblem(scenario.variants, device(actual_uplink), actual_servers, scenario.codecs, req)
-        outcome = evaluate(actual, assignment_of(actual, chosen))
+        outcome = run.outcome(chosen)
         latencies.append(outcome.latency_s * 1e3)
         energies.append(outcome.energy_j * 1e3)
         accuracies.append(outcome.accuracy)
-        late = req.max_latency_ms > 0 and outcome.latency_s * 1e3 > req.max_latency_ms
-        inaccurate = req.min_accuracy > 0 and outcome.accuracy < req.min_accuracy - 1e-12
-        violations += late or inaccurate
-        if not spec.charging:
-            battery[d] = max(0.0, battery[d] - outcome.energy_j / (spec.battery_wh * 3600) * 100)
-        believed[d] = 0.7 * believed[d] + 0.3 * actual_uplink
-        reported_queue = actual_queue
+        violations += run.violated(outcome)
+        run.advance(outcome)
     ordered = sorted(latencies)
     return Metrics(
         planner=label,
@@ -136,5 +188,6 @@ def simulate(scenario: Scenario, plan: PlanFn, label: str) -> Metrics:
         mean_energy_mj=statistics.fmean(energies),
         mean_accuracy=statistics.fmean(accuracies),
         mean_plan_ms=statistics.fmean(plan_times),
-        final_battery_percent=statistics.fmean(battery),
+        final_battery_percent=statistics.fmean(run.battery),
+        p50_plan_ms=statistics.median(plan_times),
     )

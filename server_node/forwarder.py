@@ -16,20 +16,19 @@ from collections.abc import AsyncIterator
 import grpc
 
 from server_node.executor import Delivered, key_of
-from splitinfer.codecs import ChunkAssembler, DecodeLimits, WireTensor, split_wire
+from splitinfer.codecs import ChunkAssembler, DecodeLimits, WireTensor
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.transport.channel import open_aio_channel
 from splitinfer.transport.deadline import Deadline
 from splitinfer.transport.retry import RetryPolicy, call_replicas
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import ONCE_MAX_BYTES
+from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_wire
 from splitinfer.v1 import (
     model_server_pb2,
     model_server_pb2_grpc,
     result_sink_pb2,
     result_sink_pb2_grpc,
     route_pb2,
-    tensor_pb2,
 )
 
 __all__ = ["GrpcForwarder"]
@@ -94,12 +93,8 @@ class GrpcForwarder:
 
         async def requests() -> AsyncIterator[model_server_pb2.ProcessRequest]:
             yield model_server_pb2.ProcessRequest(header=header)
-            for tensor in tensors:
-                for piece in split_wire(tensor, self._chunk_bytes):
-                    if isinstance(piece, tensor_pb2.Tensor):
-                        yield model_server_pb2.ProcessRequest(tensor=piece)
-                    else:
-                        yield model_server_pb2.ProcessRequest(chunk=piece)
+            for message in stream_wire(model_server_pb2.ProcessRequest, tensors, self._chunk_bytes):
+                yield message
 
         call = stub.Process(requests(), timeout=timeout_s)
         assembler = ChunkAssembler(self._limits)
@@ -127,12 +122,8 @@ class GrpcForwarder:
 
         async def requests() -> AsyncIterator[result_sink_pb2.DeliverRequest]:
             yield result_sink_pb2.DeliverRequest(header=header)
-            for tensor in tensors:
-                for piece in split_wire(tensor, self._chunk_bytes):
-                    if isinstance(piece, tensor_pb2.Tensor):
-                        yield result_sink_pb2.DeliverRequest(tensor=piece)
-                    else:
-                        yield result_sink_pb2.DeliverRequest(chunk=piece)
+            for message in stream_wire(result_sink_pb2.DeliverRequest, tensors, self._chunk_bytes):
+                yield message
 
         stub = result_sink_pb2_grpc.ResultSinkServiceStub(self._channel(sink))
         try:

@@ -29,7 +29,7 @@ from server_node.forwarder import GrpcForwarder
 from server_node.host import PartitionHost
 from server_node.metrics import NodeMetrics
 from server_node.trust import RouteTrust
-from splitinfer.codecs import ChunkAssembler, CodecSpec, DecodeLimits, WireTensor, split_wire
+from splitinfer.codecs import ChunkAssembler, CodecSpec, DecodeLimits, WireTensor
 from splitinfer.codecs.dtypes import from_torch
 from splitinfer.errors import FailedPrecondition, InvalidArgument
 from splitinfer.pool.service import POOL_SCHEME, pull_partition
@@ -41,6 +41,7 @@ from splitinfer.transport.deadline import Deadline
 from splitinfer.transport.reader import Admission, StreamTimeouts, read_stream
 from splitinfer.transport.retry import RetryPolicy
 from splitinfer.transport.status import map_errors, set_request_id
+from splitinfer.transport.stream import stream_wire
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["ModelServerServicer"]
@@ -133,11 +134,8 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                     timings.append(item)
                     continue
                 self._count_bytes("out", item)
-                for piece in split_wire(item, self._config.chunk_bytes):
-                    if isinstance(piece, tensor_pb2.Tensor):
-                        yield model_server_pb2.ProcessResponse(tensor=piece)
-                    else:
-                        yield model_server_pb2.ProcessResponse(chunk=piece)
+                for message in stream_wire(model_server_pb2.ProcessResponse, [item], self._config.chunk_bytes):
+                    yield message
             yield model_server_pb2.ProcessResponse(done=model_server_pb2.ProcessDone(timings=timings))
 
     @map_errors()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from splitinfer.codecs.errors import DecodeError
-from splitinfer.codecs.wire import DEFAULT_LIMITS, DecodeLimits, WireTensor, decode_shape
+from splitinfer.codecs.wire import DEFAULT_LIMITS, DecodeLimits, WireTensor, aligned_buffer, decode_shape
 from splitinfer.codecs.wire import head_of as _head_of
 from splitinfer.v1 import tensor_pb2
 
@@ -79,7 +79,7 @@ class ChunkAssembler:
         self._limits = limits
         self._precheck = precheck
         self._max_total_bytes = max_total_bytes
-        self._partial: dict[str, tuple[tensor_pb2.Tensor, bytearray, int]] = {}
+        self._partial: dict[str, tuple[tensor_pb2.Tensor, memoryview, int]] = {}
         self._seen: set[str] = set()
         #: Payload bytes all tensors of this stream declared so far.
         self.declared_bytes = 0
@@ -117,7 +117,7 @@ class ChunkAssembler:
             )
         if received == declared:
             return WireTensor(_head_of(message), payload)
-        buffer = bytearray(declared)  # calloc'd: pages are committed only as chunks fill them
+        buffer = aligned_buffer(declared)  # pages are committed only as chunks fill them
         buffer[:received] = payload
         self._partial[name] = (_head_of(message), buffer, received)
         return None

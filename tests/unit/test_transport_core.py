@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import torch
 
@@ -208,8 +209,16 @@ def test_chunks_assemble_into_one_buffer_and_decode_from_it() -> None:
     results = [assembler.add(p) for p in pieces]
     assert all(r is None for r in results[:-1])
     wire = results[-1]
-    assert wire is not None and isinstance(wire.payload, bytearray)
+    assert wire is not None and isinstance(wire.payload, memoryview)
     assert torch.equal(decode_wire(wire.head, wire.payload), value)
+    plain = ChunkAssembler()
+    for piece in split_tensor(encode_tensor(value, "x"), 4096):
+        raw = plain.add(piece)
+    assert raw is not None
+    decoded = decode_wire(raw.head, raw.payload)
+    assert torch.equal(decoded, value)
+    assert decoded.data_ptr() % 64 == 0  # aligned for the kernels, and decoded without a copy:
+    assert decoded.data_ptr() == np.frombuffer(raw.payload, dtype=np.uint8).ctypes.data
     assembler.finish()
 
 

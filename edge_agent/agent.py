@@ -33,6 +33,7 @@ from splitinfer.planner.plan import Plan
 from splitinfer.planner.planner import log_bucket
 from splitinfer.pool import ModelPool
 from splitinfer.pool.service import PoolClient
+from splitinfer.postprocess.apply import final_outputs
 from splitinfer.program import CompiledProgram
 from splitinfer.runtime import load_partition_artifact
 from splitinfer.runtime.compute import measure_flops
@@ -334,7 +335,7 @@ class EdgeAgent:
         device_s = self._run_local(model, variant, [p["name"] for p in manifest["partitions"]], values)
         energy = device_s * self.config.compute_power_w
         self.battery.drain(energy)
-        outputs = {name: values[name] for name in _output_names(manifest)}
+        outputs = final_outputs(manifest, values, ran_last_here=True, request_id=request_id)
         total_ms = (time.perf_counter() - start) * 1e3
         return AgentResult(
             request_id, outputs, plan, plan is None, device_s * 1e3, 0.0, total_ms, 0, reason, energy_j=energy
@@ -402,10 +403,9 @@ class EdgeAgent:
         network_s = max(0.0, remote_s - trace.server_ms / 1e3)
         energy = device_s * self.config.compute_power_w + network_s * self.config.transmit_power_w
         self.battery.drain(energy)
-        missing = [n for n in _output_names(manifest) if n not in values]
-        if missing:
-            raise SplitInferError(f"request {request_id}: outputs {missing} never arrived")
-        outputs = {n: values[n] for n in _output_names(manifest)}
+        # A declared post-processing stage runs where the plan ends: here after a device tail, else it ran
+        # on the front-end and its outputs arrived.
+        outputs = final_outputs(manifest, values, ran_last_here=bool(tail), request_id=request_id)
         return AgentResult(
             request_id,
             outputs,
@@ -418,7 +418,3 @@ class EdgeAgent:
             energy_j=energy,
             plan_id=device_plan.plan_id,
         )
-
-
-def _output_names(manifest: Mapping[str, Any]) -> list[str]:
-    return [spec.split(":", 1)[0] for spec in manifest["outputs"]]

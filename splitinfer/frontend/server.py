@@ -26,6 +26,7 @@ from splitinfer.planner.problem import CodecProfile
 from splitinfer.planner.profiles import DEFAULT_CODECS
 from splitinfer.pool import ModelPool
 from splitinfer.pool.service import ModelPoolServicer
+from splitinfer.postprocess.apply import StageLookup
 from splitinfer.registry import FRONTEND, Registration, Registry, ServerRecord, connect
 from splitinfer.results import ResultStore
 from splitinfer.results.client import LocalResults, RemoteResults, Results
@@ -150,7 +151,8 @@ def start_frontend(
     plans = PlanBook(config.plan_ttl_s, config.max_plans)
     metrics = FrontEndMetrics()
     # One request path for both front doors.
-    dispatcher = Dispatcher(registry, routes, results, planner.calibration, plans)
+    stages = StageLookup(lambda model, variant: pool.division(pool.resolve(model, variant, "default")))
+    dispatcher = Dispatcher(registry, routes, results, planner.calibration, plans, postprocess=stages)
     frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(
         FrontEndServicer(planning, dispatcher, plans, tokens=tokens, metrics=metrics), server
     )

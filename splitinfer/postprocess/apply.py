@@ -4,13 +4,17 @@ edge agent holds them, and turning a detector's outputs into the Result Store's 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
 
 from splitinfer.codecs.wire import decode_tensor, encode_tensor
+from splitinfer.errors import SplitInferError
 from splitinfer.postprocess.stage import PostprocessSpec, run_postprocess
 from splitinfer.v1 import result_store_pb2, tensor_pb2
 
-__all__ = ["StageLookup", "apply_postprocess", "detections_from"]
+__all__ = ["StageLookup", "apply_postprocess", "detections_from", "final_outputs"]
 
 DETECTION_OUTPUTS = ("boxes", "scores", "labels")
 
@@ -67,3 +71,33 @@ class StageLookup:
         with self._lock:
             self._cache[key] = spec
         return spec
+
+
+def final_outputs(
+    manifest: Mapping[str, Any], values: Mapping[str, torch.Tensor], *, ran_last_here: bool, request_id: str = ""
+) -> dict[str, torch.Tensor]:
+    """What a request answers, where the plan ends (an edge agent holding a division manifest as JSON).
+
+    Without a post-processing stage: the model's outputs. With one: when the last partition ran here
+    (``ran_last_here``), the stage runs here on the model's outputs; otherwise the front-end ran it and its
+    outputs are among ``values``. The stage's outputs replace the model outputs it read.
+    SplitInferError naming what is missing.
+    """
+    model_outputs = [str(s).split(":", 1)[0] for s in manifest.get("outputs", [])]
+    raw = manifest.get("postprocess")
+    stage = PostprocessSpec.from_json(raw) if raw is not None else None
+    if stage is None:
+        wanted = model_outputs
+        found: dict[str, torch.Tensor] = dict(values)
+    else:
+        found = dict(values)
+        if ran_last_here:
+            missing = [n for n in stage.inputs if n not in found]
+            if missing:
+                raise SplitInferError(f"request {request_id}: outputs {missing} never arrived")
+            found.update(run_postprocess(stage, {n: found[n] for n in stage.inputs}))
+        wanted = [n for n in model_outputs if n not in stage.inputs] + list(stage.outputs)
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise SplitInferError(f"request {request_id}: outputs {missing} never arrived")
+    return {n: found[n] for n in wanted}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from splitinfer.errors import SplitInferError
+from splitinfer.results.detections import DetectionQuery
 from splitinfer.results.store import ResultQuery, ResultStore
 from splitinfer.security.auth import ADMIN, CLUSTER, TokenTable
 from splitinfer.security.interceptor import identify
@@ -72,3 +73,25 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
         except SplitInferError as exc:
             abort(context, exc)
         return result_store_pb2.QueryResultsResponse(results=results, next_page_token=token)
+
+    def QueryDetections(
+        self, request: result_store_pb2.QueryDetectionsRequest, context: grpc.ServicerContext
+    ) -> result_store_pb2.QueryDetectionsResponse:
+        try:
+            caller = self._own_caller(context)
+            records, token = self._store.detections.query(
+                DetectionQuery(
+                    label=request.label,
+                    min_score=request.min_score,
+                    since_unix_ms=request.since_unix_ms,
+                    until_unix_ms=request.until_unix_ms,
+                    model=request.model,
+                    device_id=request.device_id,
+                    caller=request.caller if caller is None else caller,
+                    page_size=request.page_size,
+                    page_token=request.page_token,
+                )
+            )
+        except SplitInferError as exc:
+            abort(context, exc)
+        return result_store_pb2.QueryDetectionsResponse(detections=records, next_page_token=token)

@@ -27,6 +27,7 @@ from splitinfer.divider.picture import render_division
 from splitinfer.errors import InvalidArgument
 from splitinfer.graph import ModelGraph, bottlenecks
 from splitinfer.pool import ModelPool
+from splitinfer.pool.sources import put_source
 from splitinfer.program import example_feeds
 from splitinfer.runtime.compute import measure_flops
 from splitinfer.variants import VARIANT_KINDS, Accuracy, make_variant, measure_top1, output_drift
@@ -203,6 +204,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 accuracy=accuracy.value,
                 accuracy_measured=accuracy.measured,
             )
+            put_source(pool, name, kind, program)  # the division controller divides it again from this
             progress.advance(task)
             console.print(f"[bold]{name}@{kind}[/] accuracy {accuracy}; manifest {sha[:16]}")
             console.print(f"  drift from {kinds[0]} on the example: {drift}")

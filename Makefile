@@ -8,7 +8,7 @@ PROTO_SRC := $(wildcard proto/splitinfer/v1/*.proto proto/splitinfer/inference/*
 PROTO_STAMP := splitinfer/v1/.generated
 DEBIAN_PACKAGES := etcd-server graphviz
 
-.PHONY: install proto docs test test-unit test-integration lint buf-lint demo bench bench-quick clean help \
+.PHONY: install proto docs test test-unit test-integration agent-test lint buf-lint demo bench bench-quick clean help \
 	cluster-up cluster-status cluster-down certs fuzz train-planner
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make lint   - ruff (lint + format check), mypy, and buf lint when npx is available"
 	@echo "make proto  - regenerate Python code from proto/"
 	@echo "make bench-quick / make bench - benchmarks (tiny / full)"
+	@echo "make agent-test - the edge agent in a venv without torch (the [agent] extra) against real nodes"
 	@echo "make train-planner - train the learned planner's policy on the simulator (a few minutes)"
 
 NODE_STAMP := examples/node/node_modules/.installed
@@ -62,6 +63,11 @@ test-unit: install
 
 test-integration: install
 	$(PY) -m pytest tests/integration
+
+# The agent in its own venv: the [agent] extra only, torch not importable (built once under .cache/).
+agent-test: install
+	$(PY) scripts/agent_venv.py
+	$(PY) -m pytest tests/integration/test_agent_no_torch.py
 
 lint: install
 	$(VENV)/bin/ruff check .

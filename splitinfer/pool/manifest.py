@@ -17,10 +17,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from splitinfer.errors import InvalidArgument
-from splitinfer.postprocess import PostprocessSpec
+
+if TYPE_CHECKING:  # splitinfer.postprocess needs torch; the torch-free agent reads manifests too
+    from splitinfer.postprocess import PostprocessSpec
 
 __all__ = [
     "DIVISION_FORMAT",
@@ -311,7 +313,7 @@ class DivisionManifest:
                 accuracy=float(data.get("accuracy", 0.0)),
                 accuracy_measured=bool(data.get("accuracy_measured", False)),
                 partitions=tuple(PartitionEntry.from_json(p) for p in partitions),
-                postprocess=PostprocessSpec.from_json(data["postprocess"]) if "postprocess" in data else None,
+                postprocess=_postprocess(data["postprocess"]) if "postprocess" in data else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed division manifest: {exc!r}") from None
@@ -323,3 +325,9 @@ class DivisionManifest:
         except ValueError:
             raise InvalidArgument("division manifest is not JSON") from None
         return cls.from_json(parsed)
+
+
+def _postprocess(data: Any) -> PostprocessSpec:
+    from splitinfer.postprocess import PostprocessSpec
+
+    return PostprocessSpec.from_json(data)

@@ -16,16 +16,16 @@ from collections.abc import AsyncIterator
 import grpc
 
 from server_node.executor import Delivered, key_of
-from splitinfer.codecs import ChunkAssembler, DecodeLimits, WireTensor
+from splitinfer.codecs import DecodeLimits, WireTensor
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.transport.channel import open_aio_channel
+from splitinfer.transport.clients import process_call
 from splitinfer.transport.deadline import Deadline
 from splitinfer.transport.retry import RetryPolicy, call_replicas
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_wire
+from splitinfer.transport.stream import stream_wire
 from splitinfer.v1 import (
     model_server_pb2,
-    model_server_pb2_grpc,
     result_sink_pb2,
     result_sink_pb2_grpc,
     route_pb2,
@@ -72,43 +72,21 @@ class GrpcForwarder:
         what = f"request {header.request_id}: step {header.entry_step} ({key_of(step.partition)})"
 
         async def attempt(address: str, timeout_s: float) -> list[Delivered]:
-            header.timeout_ms = max(1, int(timeout_s * 1e3))
             try:
-                return await self._call(address, header, tensors, timeout_s)
+                return await process_call(
+                    self._channel(address),
+                    header,
+                    tensors,
+                    timeout_s,
+                    chunk_bytes=self._chunk_bytes,
+                    limits=self._limits,
+                )
             except grpc.aio.AioRpcError as exc:
                 raise error_from_rpc(exc, f"next hop {address} ({key_of(step.partition)})") from None
 
         return await call_replicas(
             self.policy, self.balancer, step.addresses, step.fallback_addresses, deadline, planned_s, attempt, what
         )
-
-    async def _call(
-        self, address: str, header: model_server_pb2.RequestHeader, tensors: list[WireTensor], timeout_s: float
-    ) -> list[Delivered]:
-        stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel(address))
-        if sum(t.nbytes for t in tensors) <= ONCE_MAX_BYTES:
-            request = model_server_pb2.ProcessOnceRequest(header=header, tensors=[t.to_message() for t in tensors])
-            once = await stub.ProcessOnce(request, timeout=timeout_s)
-            return [*(WireTensor.from_message(t) for t in once.tensors), *once.done.timings]
-
-        async def requests() -> AsyncIterator[model_server_pb2.ProcessRequest]:
-            yield model_server_pb2.ProcessRequest(header=header)
-            for message in stream_wire(model_server_pb2.ProcessRequest, tensors, self._chunk_bytes):
-                yield message
-
-        call = stub.Process(requests(), timeout=timeout_s)
-        assembler = ChunkAssembler(self._limits)
-        delivered: list[Delivered] = []
-        async for response in call:
-            kind = response.WhichOneof("kind")
-            if kind == "done":
-                delivered.extend(response.done.timings)
-            elif kind is not None:
-                complete = assembler.add(getattr(response, kind))
-                if complete is not None:
-                    delivered.append(complete)
-        assembler.finish()
-        return delivered
 
     async def deliver(
         self,

@@ -1,27 +1,37 @@
-"""Clients of the data plane: one node (NodeClient) and a whole route across nodes (RouteClient)."""
+"""Clients of the data plane: one node (NodeClient) and a whole route across nodes (RouteClient), and
+``AsyncRouteClient`` for ``grpc.aio`` callers (the front-end); :func:`process_call` is the one aio call of
+a node's Process/ProcessOnce, used by AsyncRouteClient and by the nodes' forwarder."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from splitinfer.codecs import DEFAULT_CHUNK_BYTES, TensorAssembler
+from splitinfer.codecs import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_LIMITS,
+    ChunkAssembler,
+    DecodeLimits,
+    TensorAssembler,
+    WireTensor,
+)
 from splitinfer.errors import InvalidArgument
 from splitinfer.routing import ReplicaBalancer, downstream_planned_s, entry_steps
 from splitinfer.runtime import PartitionKey
 from splitinfer.security.tls import ClientSecurity
-from splitinfer.transport.channel import MAX_MESSAGE_BYTES, open_channel
+from splitinfer.transport.channel import MAX_MESSAGE_BYTES, open_aio_channel, open_channel
 from splitinfer.transport.deadline import Deadline
-from splitinfer.transport.retry import RetryPolicy, call_replicas_sync
+from splitinfer.transport.retry import RetryPolicy, call_replicas, call_replicas_sync
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
+from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages, stream_wire
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
-__all__ = ["NodeClient", "RouteClient", "partition_ref"]
+__all__ = ["AsyncRouteClient", "NodeClient", "RouteClient", "partition_ref", "process_call"]
 
 
 def partition_ref(key: PartitionKey) -> route_pb2.PartitionRef:
@@ -208,4 +218,129 @@ class RouteClient:
                 out, steps = future.result()
                 outputs.update(out)
                 timings.extend(steps)
+        return outputs, timings
+
+
+async def process_call(
+    channel: grpc.aio.Channel,
+    header: model_server_pb2.RequestHeader,
+    tensors: list[WireTensor],
+    timeout_s: float,
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    once_max_bytes: int = ONCE_MAX_BYTES,
+) -> list[WireTensor | model_server_pb2.StepTiming]:
+    """One call of a node's ProcessOnce (tensors up to ``once_max_bytes`` together) or Process (chunked from
+    each tensor's buffer); returns what it delivered (encoded) and the step timings. Raises
+    ``grpc.aio.AioRpcError``; the caller maps it (``error_from_rpc``)."""
+    header.timeout_ms = max(1, int(timeout_s * 1e3))
+    stub = model_server_pb2_grpc.ModelServerServiceStub(channel)
+    if sum(t.nbytes for t in tensors) <= once_max_bytes:
+        request = model_server_pb2.ProcessOnceRequest(header=header, tensors=[t.to_message() for t in tensors])
+        once = await stub.ProcessOnce(request, timeout=timeout_s)
+        return [*(WireTensor.from_message(t) for t in once.tensors), *once.done.timings]
+
+    async def requests() -> AsyncIterator[model_server_pb2.ProcessRequest]:
+        yield model_server_pb2.ProcessRequest(header=header)
+        for message in stream_wire(model_server_pb2.ProcessRequest, tensors, chunk_bytes):
+            yield message
+
+    assembler = ChunkAssembler(limits)
+    delivered: list[WireTensor | model_server_pb2.StepTiming] = []
+    async for response in stub.Process(requests(), timeout=timeout_s):
+        kind = response.WhichOneof("kind")
+        if kind == "done":
+            delivered.extend(response.done.timings)
+        elif kind is not None:
+            complete = assembler.add(getattr(response, kind))
+            if complete is not None:
+                delivered.append(complete)
+    assembler.finish()
+    return delivered
+
+
+class AsyncRouteClient:
+    """:class:`RouteClient` for ``grpc.aio`` callers: entries run as concurrent tasks, replicas tried by the
+    one retry policy. Create and use it inside one event loop; ``await close()`` at the end."""
+
+    def __init__(
+        self,
+        balancer: ReplicaBalancer | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        security: ClientSecurity | None = None,
+        policy: RetryPolicy | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.balancer = balancer or ReplicaBalancer()
+        self.policy = policy or RetryPolicy()
+        self._chunk_bytes = chunk_bytes
+        self._security = security
+        self._max_message_bytes = max_message_bytes
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = open_aio_channel(address, self._max_message_bytes, self._security)
+            self._channels[address] = channel
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(grace=None)
+
+    async def _run_entry(
+        self, route: route_pb2.Route, step: int, request_id: str, tensors: list[WireTensor], deadline: Deadline
+    ) -> list[WireTensor | model_server_pb2.StepTiming]:
+        async def attempt(address: str, timeout_s: float) -> list[WireTensor | model_server_pb2.StepTiming]:
+            header = model_server_pb2.RequestHeader(request_id=request_id, route=route, entry_step=step)
+            try:
+                return await process_call(
+                    self._channel(address), header, tensors, timeout_s, chunk_bytes=self._chunk_bytes
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise error_from_rpc(exc, f"node {address}") from None
+
+        target = route.steps[step]
+        return await call_replicas(
+            self.policy, self.balancer, target.addresses, target.fallback_addresses, deadline,
+            downstream_planned_s(route, step), attempt, f"request {request_id}: entry step {step}",
+        )  # fmt: skip
+
+    async def run(
+        self,
+        route: route_pb2.Route,
+        inputs: Mapping[str, tensor_pb2.Tensor | WireTensor],
+        *,
+        request_id: str = "",
+        timeout_s: float = 30.0,
+    ) -> tuple[dict[str, WireTensor], list[model_server_pb2.StepTiming]]:
+        """Runs one request; returns the delivered tensors (encoded, as WireTensors) and every step's timing."""
+        request_id = request_id or uuid.uuid4().hex
+        wires = {n: t if isinstance(t, WireTensor) else WireTensor.from_message(t) for n, t in inputs.items()}
+        jobs = []
+        deadline = Deadline.after(timeout_s)
+        for step in entry_steps(route):
+            names = list(route.steps[step].input_names)
+            missing = [n for n in names if n not in wires]
+            if missing:
+                raise InvalidArgument(f"route step {step} needs inputs {missing}")
+            jobs.append(self._run_entry(route, step, request_id, [wires[n] for n in names], deadline))
+        tasks = [asyncio.ensure_future(job) for job in jobs]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        outputs: dict[str, WireTensor] = {}
+        timings: list[model_server_pb2.StepTiming] = []
+        for items in results:
+            for item in items:
+                if isinstance(item, WireTensor):
+                    outputs[item.name] = item
+                else:
+                    timings.append(item)
         return outputs, timings

@@ -192,3 +192,29 @@ def test_a_node_answers_status_while_a_request_is_refused(registered: dict) -> N
         with pytest.raises(Exception, match="request_id"):
             client.process(header, [], timeout_s=2)
         assert client.status().address == a
+
+
+def test_async_route_client_runs_a_split_request_across_nodes(registered: dict) -> None:  # type: ignore[type-arg]
+    import asyncio
+
+    import torch
+
+    from splitinfer.codecs import decode_wire
+    from splitinfer.transport.clients import AsyncRouteClient
+
+    a, b = (n.address for n in registered["nodes"])
+    division = registered["division"]
+    route = build_route("diamond", "fp32", division.partitions, {"p0": [a], "p1": [b], "p2": [a], "p3": [b]})
+
+    async def run() -> torch.Tensor:
+        client = AsyncRouteClient()
+        try:
+            outputs, timings = await client.run(route, {"x": encode_tensor(registered["x"], "x")}, timeout_s=10)
+            assert {t.partition.partition for t in timings} == {"p0", "p1", "p2", "p3"}
+            return decode_wire(outputs["linear"].head, outputs["linear"].payload)
+        finally:
+            await client.close()
+
+    with torch.no_grad():
+        expected = _diamond_division()[0](registered["x"])
+    assert torch.allclose(asyncio.run(run()), expected, atol=1e-5)

@@ -34,8 +34,7 @@ from splitinfer.planner.planner import log_bucket
 from splitinfer.pool import ModelPool
 from splitinfer.pool.service import PoolClient
 from splitinfer.postprocess.apply import final_outputs
-from splitinfer.program import CompiledProgram
-from splitinfer.runtime import load_partition_artifact
+from splitinfer.runtime import LoadedPartition, load_partition
 from splitinfer.runtime.compute import measure_flops
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
@@ -127,7 +126,8 @@ class EdgeAgent:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._lock = threading.Lock()
         self._plans: dict[tuple[Any, ...], tuple[DevicePlan, float]] = {}
-        self._programs: dict[tuple[str, str, str], CompiledProgram] = {}
+        #: Device partitions, on onnxruntime where the pool has their ONNX twin (the interpreter otherwise).
+        self._programs: dict[tuple[str, str, str], LoadedPartition] = {}
         self._device_steps: list[model_server_pb2.StepTiming] = []
         self._manifest_sha: dict[tuple[str, str], str] = {}
         self._fallback_ready: set[tuple[str, str]] = set()
@@ -229,7 +229,7 @@ class EdgeAgent:
                 client.close()
         return self.local_pool.manifest(sha)
 
-    def _program(self, model: str, variant: str, partition: str) -> CompiledProgram:
+    def _program(self, model: str, variant: str, partition: str) -> LoadedPartition:
         key = (model, variant, partition)
         program = self._programs.get(key)
         if program is not None:
@@ -248,8 +248,7 @@ class EdgeAgent:
                 client.close()
         target = self.cache / "partitions" / f"{model}@{variant}" / partition
         manifest_sha = self.local_pool.export_partition(self._manifest_sha[(model, variant)], partition, target)
-        _, loaded = load_partition_artifact(target, manifest_sha)
-        program = self._programs[key] = CompiledProgram(loaded)
+        program = self._programs[key] = load_partition(target, manifest_sha)
         return program
 
     def _run_local(self, model: str, variant: str, names: list[str], values: dict[str, torch.Tensor]) -> float:
@@ -260,7 +259,7 @@ class EdgeAgent:
         for name in names:
             program = self._program(model, variant, name)
             begin = time.perf_counter()
-            values.update(program({s: values[s] for s in program.program.input_names}))
+            values.update(program.run({s: values[s] for s in program.program.input_names}))
             timings.append((name, (time.perf_counter() - begin) * self.config.compute_slowdown))
         elapsed = time.perf_counter() - start
         if self.config.compute_slowdown > 1:

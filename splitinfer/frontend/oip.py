@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,18 +33,21 @@ from splitinfer.frontend.oip_tensors import TensorSpec, parse_spec, read_inputs,
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.frontend.plans import PlanBook
 from splitinfer.frontend.service import caller_of
+from splitinfer.frontend.serving import in_executor
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
 from splitinfer.planner.plan import Plan
 from splitinfer.results.keys import check_id, shown
 from splitinfer.security.auth import TokenTable
 from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S, clamp_timeout_s
+from splitinfer.transport.reader import StreamTimeouts, next_message
 from splitinfer.transport.status import bounded, status_for
 from splitinfer.v1 import plan_pb2
 
 __all__ = ["FRONT_DOOR_DEVICE", "InferenceServicer"]
 
 log = logging.getLogger("splitinfer.frontend.oip")
+Context = grpc.aio.ServicerContext
 
 DOOR = "oip"
 #: The request parameter that asks for a retry to be answered from the store (see the module docstring).
@@ -90,6 +93,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         default_timeout_s: float = 30.0,
         max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S,
         limits: DecodeLimits = DEFAULT_LIMITS,
+        timeouts: StreamTimeouts | None = None,
     ) -> None:
         self._planning = planning
         self._dispatcher = dispatcher
@@ -99,6 +103,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         self._default_timeout_s = default_timeout_s
         self._max_timeout_s = max_timeout_s
         self._limits = limits
+        self._timeouts = timeouts or StreamTimeouts()
         self._stats: dict[tuple[str, str], _Stats] = {}
         self._lock = threading.Lock()
         rpcs = ("ModelReady", "ModelMetadata", "ModelStatistics", "ModelInfer", "ModelStreamInfer", "RepositoryIndex")
@@ -106,15 +111,13 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     # --- server -------------------------------------------------------------------------------------------
 
-    def ServerLive(self, request: oip.ServerLiveRequest, context: grpc.ServicerContext) -> oip.ServerLiveResponse:
+    async def ServerLive(self, request: oip.ServerLiveRequest, context: Context) -> oip.ServerLiveResponse:
         return oip.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: oip.ServerReadyRequest, context: grpc.ServicerContext) -> oip.ServerReadyResponse:
+    async def ServerReady(self, request: oip.ServerReadyRequest, context: Context) -> oip.ServerReadyResponse:
         return oip.ServerReadyResponse(ready=bool(self._planning.registry.servers()))
 
-    def ServerMetadata(
-        self, request: oip.ServerMetadataRequest, context: grpc.ServicerContext
-    ) -> oip.ServerMetadataResponse:
+    async def ServerMetadata(self, request: oip.ServerMetadataRequest, context: Context) -> oip.ServerMetadataResponse:
         return oip.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["statistics"])
 
     # --- models -------------------------------------------------------------------------------------------
@@ -141,13 +144,11 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         missing = [n for n in names if f"{model}@{variant}/{n}" not in hosted]
         return not missing, f"no live server hosts partitions {missing}" if missing else ""
 
-    def ModelReady(self, request: oip.ModelReadyRequest, context: grpc.ServicerContext) -> oip.ModelReadyResponse:
+    async def ModelReady(self, request: oip.ModelReadyRequest, context: Context) -> oip.ModelReadyResponse:
         ready = any(self._hosted(request.name, v)[0] for v in self._variants(request.name, request.version))
         return oip.ModelReadyResponse(ready=ready)
 
-    def ModelMetadata(
-        self, request: oip.ModelMetadataRequest, context: grpc.ServicerContext
-    ) -> oip.ModelMetadataResponse:
+    async def ModelMetadata(self, request: oip.ModelMetadataRequest, context: Context) -> oip.ModelMetadataResponse:
         variants = self._variants(request.name, request.version)
         manifest = self._manifest(request.name, variants[0])
         inputs = [parse_spec(s) for s in manifest["inputs"]]
@@ -158,8 +159,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 field.add(name=s.name, datatype=s.datatype, shape=list(s.shape))
         return response
 
-    def RepositoryIndex(
-        self, request: oip.RepositoryIndexRequest, context: grpc.ServicerContext
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: Context
     ) -> oip.RepositoryIndexResponse:
         response = oip.RepositoryIndexResponse()
         for entry in self._planning.pool.variants():
@@ -173,8 +174,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             )
         return response
 
-    def ModelStatistics(
-        self, request: oip.ModelStatisticsRequest, context: grpc.ServicerContext
+    async def ModelStatistics(
+        self, request: oip.ModelStatisticsRequest, context: Context
     ) -> oip.ModelStatisticsResponse:
         if request.name:
             self._variants(request.name, request.version)
@@ -198,18 +199,24 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ----------------------------------------------------------------------------------------
 
-    def ModelInfer(self, request: oip.ModelInferRequest, context: grpc.ServicerContext) -> oip.ModelInferResponse:
+    async def ModelInfer(self, request: oip.ModelInferRequest, context: Context) -> oip.ModelInferResponse:
         self.metrics.requests.labels(DOOR, "ModelInfer").inc()
-        return self._infer(request, context, context.time_remaining())
+        caller = caller_of(self._tokens, context, FRONT_DOOR_DEVICE.device_id)  # type: ignore[arg-type]
+        return await in_executor(self._infer, request, caller, context.time_remaining())
 
-    def ModelStreamInfer(
-        self, request_iterator: Iterator[oip.ModelInferRequest], context: grpc.ServicerContext
-    ) -> Iterator[oip.ModelStreamInferResponse]:
-        # As in the protocol: a failed request is reported in its response and the stream goes on.
-        for request in request_iterator:
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[oip.ModelInferRequest], context: Context
+    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+        # As in the protocol: a failed request is reported in its response and the stream goes on. A stream
+        # that sends nothing for the idle timeout is closed.
+        caller = caller_of(self._tokens, context, FRONT_DOOR_DEVICE.device_id)  # type: ignore[arg-type]
+        requests = aiter(request_iterator)
+        wait_s = self._timeouts.first_message_s
+        while (request := await next_message(requests, wait_s, "ModelStreamInfer request")) is not None:
+            wait_s = self._timeouts.idle_s
             self.metrics.requests.labels(DOOR, "ModelStreamInfer").inc()
             try:
-                response = self._infer(request, context, context.time_remaining())
+                response = await in_executor(self._infer, request, caller, context.time_remaining())
                 yield oip.ModelStreamInferResponse(infer_response=response)
             except Exception as exc:
                 code = status_for(exc).name
@@ -246,9 +253,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             raise Unavailable(f"model {shown(request.model_name)} cannot run on the servers now: {why or 'no route'}")
         return plan
 
-    def _infer(
-        self, request: oip.ModelInferRequest, context: grpc.ServicerContext, remaining_s: float | None
-    ) -> oip.ModelInferResponse:
+    def _infer(self, request: oip.ModelInferRequest, caller: str, remaining_s: float | None) -> oip.ModelInferResponse:
         start = time.perf_counter_ns()
         model, variant = request.model_name, ""  # statistics only for a variant that exists (a plan for it)
         try:
@@ -264,7 +269,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             if unknown:
                 shown_unknown = [shown(n) for n in unknown[:8]]
                 raise InvalidArgument(f"model {shown(model)} has no outputs {shown_unknown}; its outputs are {known}")
-            outputs, compute_ns = self._run(request, context, plan, inputs, remaining_s)
+            outputs, compute_ns = self._run(request, caller, plan, inputs, remaining_s)
         except Exception:
             if variant:
                 self._record(model, variant, ok=False, elapsed_ns=time.perf_counter_ns() - start)
@@ -277,7 +282,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def _run(
         self,
         request: oip.ModelInferRequest,
-        context: grpc.ServicerContext,
+        caller: str,
         plan: Plan,
         inputs: dict[str, torch.Tensor],
         remaining_s: float | None,
@@ -287,7 +292,6 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument(f"the {DEDUP_PARAMETER!r} parameter needs an id to deduplicate by")
         # Without dedup, the id only correlates: every request is its own.
         request_id = request.id if dedup else f"oip-{uuid.uuid4().hex}"
-        caller = caller_of(self._tokens, context, FRONT_DOOR_DEVICE.device_id)
         issued = self._plans.issue(plan, caller, FRONT_DOOR_DEVICE.device_id, keep=False)
         codecs = {c.tensor: c.codec for c in plan.crossings}
         encoded = {n: encode_tensor(t, n, codecs.get(n, CodecSpec())) for n, t in inputs.items()}

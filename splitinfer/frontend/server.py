@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer as AioHealthServicer  # what health.aio re-exports
 from grpc_reflection.v1alpha import reflection
 
 from splitinfer.frontend.dispatch import Dispatcher
@@ -18,7 +19,8 @@ from splitinfer.frontend.metrics import FrontEndMetrics
 from splitinfer.frontend.oip import InferenceServicer
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.frontend.plans import PlanBook
-from splitinfer.frontend.service import FrontEndServicer
+from splitinfer.frontend.service import DEFAULT_MAX_REQUEST_BYTES, FrontEndServicer
+from splitinfer.frontend.serving import ServingLoop
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
 from splitinfer.planner.planner import Planner
@@ -32,8 +34,11 @@ from splitinfer.results import ResultStore
 from splitinfer.results.client import LocalResults, RemoteResults, Results
 from splitinfer.results.service import ResultStoreServicer
 from splitinfer.security.tls import ClientSecurity, client_security_from_dir, server_security_from_dir
-from splitinfer.transport.channel import bind, new_server
+from splitinfer.transport.aio_server import ServerLimits, StreamLimiter, new_aio_server
+from splitinfer.transport.channel import bind
 from splitinfer.transport.clients import RouteClient
+from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S
+from splitinfer.transport.reader import StreamTimeouts
 from splitinfer.v1 import (
     frontend_pb2,
     frontend_pb2_grpc,
@@ -60,6 +65,7 @@ class FrontEndConfig:
     results_address: str = ""
     #: Registry endpoint, etcd://host:port.
     registry: str = ""
+    #: Threads that run planning and requests (waiting streams cost none).
     grpc_workers: int = 32
     shutdown_grace_s: float = 10.0
     #: Keep at most this many results in a local database (oldest dropped first).
@@ -74,29 +80,56 @@ class FrontEndConfig:
     metrics_port: int = -1
     #: Lease of the front-end's registry record (role "frontend": nodes accept it as a sink), seconds.
     registry_ttl_s: float = 10.0
+    #: Streams (Infer, ModelStreamInfer, ...) in progress at once, in total and from one peer (IP address);
+    #: more are refused with RESOURCE_EXHAUSTED before their first message. Health checks are not counted.
+    max_streams: int = 4096
+    max_streams_per_peer: int = 2048
+    #: A stream must send its first message within this, and each next one within ``idle_timeout_s`` of the
+    #: previous; the server closes it otherwise (DEADLINE_EXCEEDED).
+    first_message_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+    #: Longest a request may run (a larger or absent ``timeout_ms`` is clamped to it), seconds.
+    max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S
+    #: Most payload bytes one Infer request may send, all its tensors together.
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
     def __post_init__(self) -> None:
         if self.plan_ttl_s <= 0 or self.max_plans < 1:
             raise ValueError("plan_ttl_s must be > 0 and max_plans >= 1")
         if self.registry_ttl_s <= 0:
             raise ValueError("registry_ttl_s must be > 0")
+        if min(self.first_message_timeout_s, self.idle_timeout_s, self.max_timeout_s) <= 0:
+            raise ValueError("stream timeouts and max_timeout_s must be > 0")
+        if self.max_request_bytes < 1 or self.grpc_workers < 1:
+            raise ValueError("max_request_bytes and grpc_workers must be >= 1")
+        ServerLimits(  # the stream caps, checked here so that a bad config fails at load
+            max_streams=self.max_streams,
+            max_streams_per_peer=self.max_streams_per_peer,
+            max_concurrent_rpcs=self.max_streams + 256,
+        )
 
 
 @dataclass
 class RunningFrontEnd:
-    server: grpc.Server
+    serving: ServingLoop
     port: int
     address: str
     planner: Planner
     store: ResultStore | None
-    health: health.HealthServicer
+    health: AioHealthServicer
     registry: Registry
     plans: PlanBook
     metrics: FrontEndMetrics
+    limiter: StreamLimiter
     metrics_port: int | None = None
     registration: Registration | None = None
     extra: list[object] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        assert self.serving.server is not None
+        return self.serving.server
 
     def keep_registered(self, record: ServerRecord, ttl_s: float) -> None:
         """Registers the front-end (role FRONTEND) and renews its record every third of the lease."""
@@ -110,11 +143,12 @@ class RunningFrontEnd:
         threading.Thread(target=renew, name="frontend-lease", daemon=True).start()
 
     def stop(self, grace_s: float = 5.0) -> None:
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         if self.registration is not None:
             self.registration.close()  # nodes stop accepting this front-end as a sink
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace_s).wait()
+        self.serving.stop(grace_s, before=self.health.enter_graceful_shutdown)
         if self.store is not None:
             self.store.close()
         self.registry.close()
@@ -135,7 +169,6 @@ def start_frontend(
     if config.tls_dir:
         security = server_security_from_dir(Path(config.tls_dir), require_client_cert=False)
         client = client_security_from_dir(Path(config.tls_dir), "cluster")
-    server = new_server(config.grpc_workers, security=security)
     tokens = security.tokens if security is not None else None
     store = None
     results: Results | None = None
@@ -144,7 +177,6 @@ def start_frontend(
     elif config.results_db:
         store = ResultStore(Path(config.results_db), max_rows=config.results_max_rows)
         results = LocalResults(store)
-        result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store, tokens), server)
     planner = Planner()
     planning = PlanningService(pool, registry, planner, codecs=codecs)
     routes = RouteClient(security=client)
@@ -153,16 +185,12 @@ def start_frontend(
     # One request path for both front doors.
     stages = StageLookup(lambda model, variant: pool.division(pool.resolve(model, variant, "default")))
     dispatcher = Dispatcher(registry, routes, results, planner.calibration, plans, postprocess=stages)
-    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(
-        FrontEndServicer(planning, dispatcher, plans, tokens=tokens, metrics=metrics), server
+    timeouts = StreamTimeouts(config.first_message_timeout_s, config.idle_timeout_s)
+    limits = ServerLimits(
+        max_streams=config.max_streams,
+        max_streams_per_peer=config.max_streams_per_peer,
+        max_concurrent_rpcs=config.max_streams + 256,  # room above the data plane: health is always answered
     )
-    # The Open Inference Protocol (KServe v2 / Triton) on the same port, for clients that speak it.
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(planning, dispatcher, plans, tokens=tokens, metrics=metrics), server
-    )
-    model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [
         frontend_pb2.DESCRIPTOR.services_by_name["FrontEndService"].full_name,
         model_pool_pb2.DESCRIPTOR.services_by_name["ModelPoolService"].full_name,
@@ -170,16 +198,57 @@ def start_frontend(
     ]
     if store is not None:
         names.append(result_store_pb2.DESCRIPTOR.services_by_name["ResultStoreService"].full_name)
-    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-    port = bind(server, f"{config.host}:{config.port}", security)
-    server.start()
-    for name in ("", *names):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    serving = ServingLoop("frontend", config.grpc_workers)
+
+    async def serve() -> tuple[int, AioHealthServicer, StreamLimiter]:
+        server, limiter = new_aio_server(limits, security)
+        frontend = FrontEndServicer(
+            planning,
+            dispatcher,
+            plans,
+            tokens=tokens,
+            metrics=metrics,
+            timeouts=timeouts,
+            max_timeout_s=config.max_timeout_s,
+            max_request_bytes=config.max_request_bytes,
+        )
+        frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(frontend, server)
+        # The Open Inference Protocol (KServe v2 / Triton) on the same port, for clients that speak it.
+        inference = InferenceServicer(
+            planning,
+            dispatcher,
+            plans,
+            tokens=tokens,
+            metrics=metrics,
+            timeouts=timeouts,
+            max_timeout_s=config.max_timeout_s,
+        )
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+        model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
+        if store is not None:
+            result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store, tokens), server)
+        health_servicer = AioHealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+        port = bind(server, f"{config.host}:{config.port}", security)
+        if port == 0:
+            raise OSError(f"could not bind {config.host}:{config.port}")
+        serving.server = server
+        await server.start()
+        for name in ("", *names):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return port, health_servicer, limiter
+
+    try:
+        port, health_servicer, limiter = serving.run(serve())
+    except BaseException:
+        serving.stop(0)
+        raise
     address = f"{config.host}:{port}"
     metrics_port = metrics.serve(config.metrics_port, config.host) if config.metrics_port >= 0 else None
     log.info("front-end serving at %s", address)
     running = RunningFrontEnd(
-        server, port, address, planner, store, health_servicer, registry, plans, metrics, metrics_port
+        serving, port, address, planner, store, health_servicer, registry, plans, metrics, limiter, metrics_port
     )
     running.keep_registered(ServerRecord(address, role=FRONTEND), config.registry_ttl_s)
     return running

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 
-from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits, TensorAssembler
+from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits
 from splitinfer.errors import InvalidArgument, Unauthenticated
 from splitinfer.frontend.dispatch import Dispatcher, Job
 from splitinfer.frontend.metrics import FrontEndMetrics, instrument
 from splitinfer.frontend.planning import PlanningService
-from splitinfer.frontend.plans import PlanBook
+from splitinfer.frontend.plans import IssuedPlan, PlanBook
+from splitinfer.frontend.serving import in_executor
 from splitinfer.results.keys import check_id, shown
 from splitinfer.security.auth import TokenTable
 from splitinfer.security.interceptor import identify
 from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S, clamp_timeout_s
+from splitinfer.transport.reader import Admission, StreamTimeouts, read_stream
 from splitinfer.transport.status import set_request_id
 from splitinfer.transport.stream import stream_messages
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, tensor_pb2
@@ -32,8 +34,8 @@ __all__ = ["FrontEndServicer", "caller_of"]
 log = logging.getLogger("splitinfer.frontend")
 
 DOOR = "frontend"
-#: Most tensors one Infer request may send.
-MAX_TENSORS = 256
+#: Most payload bytes one Infer request may send (all its tensors together).
+DEFAULT_MAX_REQUEST_BYTES = 256 << 20
 
 
 def caller_of(tokens: TokenTable | None, context: grpc.ServicerContext, device_id: str) -> str:
@@ -48,6 +50,10 @@ def caller_of(tokens: TokenTable | None, context: grpc.ServicerContext, device_i
 
 
 class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
+    """For ``grpc.aio`` servers. A stream waiting for its header or idling between tensors costs a coroutine
+    and is closed at its timeout (``timeouts``); planning and the request itself run on the loop's default
+    executor (the serving loop's bounded pool)."""
+
     def __init__(
         self,
         planning: PlanningService,
@@ -59,6 +65,8 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S,
         default_timeout_s: float = 30.0,
         limits: DecodeLimits = DEFAULT_LIMITS,
+        timeouts: StreamTimeouts | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self._planning = planning
         self._dispatcher = dispatcher
@@ -68,68 +76,68 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         self._max_timeout_s = max_timeout_s
         self._default_timeout_s = default_timeout_s
         self._limits = limits
+        self._timeouts = timeouts or StreamTimeouts()
+        self._max_request_bytes = max_request_bytes
         instrument(self, self.metrics, DOOR, ("Plan", "Infer"))
 
-    def Plan(self, request: frontend_pb2.PlanRequest, context: grpc.ServicerContext) -> frontend_pb2.PlanResponse:
+    async def Plan(
+        self, request: frontend_pb2.PlanRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.PlanResponse:
         self.metrics.requests.labels(DOOR, "Plan").inc()
         if not request.model:
             raise InvalidArgument("PlanRequest needs a model name")
         check_id(request.model, "model")
         device_id = check_id(request.device.device_id, "device_id", required=False)
-        caller = caller_of(self._tokens, context, device_id)
-        plan = self._planning.plan(request.model, request.device, request.requirements)
+        caller = caller_of(self._tokens, context, device_id)  # type: ignore[arg-type]
+        plan = await in_executor(self._planning.plan, request.model, request.device, request.requirements)
         issued = self._plans.issue(plan, caller, device_id)
         return frontend_pb2.PlanResponse(plan=issued.device_share())
 
-    def Infer(
-        self, request_iterator: Iterator[frontend_pb2.InferRequest], context: grpc.ServicerContext
-    ) -> Iterator[frontend_pb2.InferResponse]:
+    async def Infer(
+        self, request_iterator: AsyncIterator[frontend_pb2.InferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[frontend_pb2.InferResponse]:
         self.metrics.requests.labels(DOOR, "Infer").inc()
         start = time.perf_counter()
-        header, tensors = self._read(request_iterator)
-        request_id = check_id(header.request_id, "request_id")
-        set_request_id(request_id)
-        device_id = check_id(header.device.device_id, "device_id", required=False)
-        caller = caller_of(self._tokens, context, device_id)
-        issued = self._plans.get(header.plan_id, caller, device_id)
+        resolved: list[tuple[str, str, IssuedPlan]] = []
+
+        def admit(header: frontend_pb2.InferHeader) -> Admission:
+            """Before any tensor is buffered: the caller, its plan, and what that plan lets it send."""
+            request_id = check_id(header.request_id, "request_id")
+            set_request_id(request_id)
+            device_id = check_id(header.device.device_id, "device_id", required=False)
+            caller = caller_of(self._tokens, context, device_id)  # type: ignore[arg-type]
+            issued = self._plans.get(header.plan_id, caller, device_id)
+            resolved.append((caller, device_id, issued))
+            wanted = set(issued.entry_tensors)
+
+            def precheck(tensor: tensor_pb2.Tensor) -> None:
+                if tensor.name not in wanted:
+                    raise InvalidArgument(
+                        f"tensor {shown(tensor.name)} is not read by the plan; it reads {sorted(wanted)}"
+                    )
+
+            return Admission(precheck=precheck, max_total_bytes=self._max_request_bytes)
+
+        header, wires = await read_stream(request_iterator, self._timeouts, self._limits, admit=admit, what="Infer")
+        caller, device_id, issued = resolved[0]
         timeout_ms = header.timeout_ms or int(self._default_timeout_s * 1e3)
         job = Job(
             caller=caller,
-            request_id=request_id,
+            request_id=header.request_id,
             issued=issued,
-            tensors=tensors,
+            tensors={name: wire.to_message() for name, wire in wires.items()},
             timeout_s=clamp_timeout_s(timeout_ms, context.time_remaining(), self._max_timeout_s),
             device_ms=header.device_ms,
             device_steps=header.device_steps,
             device_id=device_id,
         )
         with self.metrics.run_seconds.time():
-            outcome = self._dispatcher.run(job)
+            outcome = await in_executor(self._dispatcher.run, job)
         if outcome.recalled:
             self.metrics.recalled.inc()
-            log.info("request %s answered from the store", shown(request_id))
+            log.info("request %s answered from the store", shown(header.request_id))
         server_ms = outcome.server_ms if not outcome.recalled else (time.perf_counter() - start) * 1e3
         trace = frontend_pb2.InferTrace(device_ms=header.device_ms, server_ms=server_ms, steps=outcome.timings)
-        yield from stream_messages(frontend_pb2.InferResponse, outcome.outputs)
+        for message in stream_messages(frontend_pb2.InferResponse, outcome.outputs):
+            yield message
         yield frontend_pb2.InferResponse(trace=trace)
-
-    def _read(
-        self, request_iterator: Iterator[frontend_pb2.InferRequest]
-    ) -> tuple[frontend_pb2.InferHeader, dict[str, tensor_pb2.Tensor]]:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "header":
-            raise InvalidArgument("an Infer stream must start with a header")
-        header = first.header
-        assembler = TensorAssembler(self._limits)
-        tensors: dict[str, tensor_pb2.Tensor] = {}
-        for message in request_iterator:
-            kind = message.WhichOneof("kind")
-            if kind not in ("tensor", "chunk"):
-                raise InvalidArgument("an Infer stream carries one header, first, and then only tensors")
-            complete = assembler.add(getattr(message, kind))
-            if complete is not None:
-                if complete.name in tensors or len(tensors) >= MAX_TENSORS:
-                    raise InvalidArgument(f"tensor {shown(complete.name)} sent twice, or more than {MAX_TENSORS}")
-                tensors[complete.name] = complete
-        assembler.finish()
-        return header, tensors

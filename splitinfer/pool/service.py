@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
-from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError
+from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitinfer.pool.pool import ModelPool
 from splitinfer.pool.store import BlobStore, check_sha
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
-from splitinfer.transport.status import abort, error_from_rpc
+from splitinfer.transport.reader import next_message
+from splitinfer.transport.status import error_from_rpc, map_errors
 from splitinfer.v1 import model_pool_pb2, model_pool_pb2_grpc
 
 __all__ = ["ModelPoolServicer", "PoolClient", "parse_pool_uri", "pull_partition"]
@@ -22,14 +27,20 @@ CHUNK_BYTES = 1 << 20
 
 
 class ModelPoolServicer(model_pool_pb2_grpc.ModelPoolServiceServicer):
-    def __init__(self, pool: ModelPool) -> None:
-        self._pool = pool
+    """For ``grpc.aio`` servers: file reads and writes run on the loop's default (bounded) executor, one
+    chunk at a time, so a slow client costs no thread while it is waiting."""
 
-    def ListModels(
-        self, request: model_pool_pb2.ListModelsRequest, context: grpc.ServicerContext
+    def __init__(self, pool: ModelPool, idle_s: float = 30.0) -> None:
+        self._pool = pool
+        self._idle_s = idle_s
+
+    @map_errors()
+    async def ListModels(
+        self, request: model_pool_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> model_pool_pb2.ListModelsResponse:
+        entries = await _blocking(self._pool.variants, request.name_prefix)
         models: dict[str, model_pool_pb2.ModelInfo] = {}
-        for entry in self._pool.variants(request.name_prefix):
+        for entry in entries:
             info = models.setdefault(entry.model, model_pool_pb2.ModelInfo(name=entry.model, task=entry.task))
             info.variants.append(
                 model_pool_pb2.VariantInfo(
@@ -41,39 +52,67 @@ class ModelPoolServicer(model_pool_pb2_grpc.ModelPoolServiceServicer):
             )
         return model_pool_pb2.ListModelsResponse(models=list(models.values()))
 
-    def FetchArtifact(
-        self, request: model_pool_pb2.FetchArtifactRequest, context: grpc.ServicerContext
-    ) -> Iterator[model_pool_pb2.FetchArtifactResponse]:
-        try:
-            sha = check_sha(request.sha256)
-            chunks = self._pool.store.stream(sha)  # verifies the blob before the first byte goes out
-            first = next(chunks, b"")
-            size = self._pool.store.path(sha).stat().st_size
-        except SplitInferError as exc:
-            abort(context, exc)
+    @map_errors()
+    async def FetchArtifact(
+        self, request: model_pool_pb2.FetchArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_pool_pb2.FetchArtifactResponse]:
+        sha = check_sha(request.sha256)
+        # stream() verifies the blob before the first byte goes out
+        chunks = await _blocking(self._pool.store.stream, sha)
+        first = await _blocking(next, chunks, b"")
+        size = (await _blocking(self._pool.store.path(sha).stat)).st_size
         yield model_pool_pb2.FetchArtifactResponse(size_bytes=size, sha256=sha, data=first)
-        for chunk in chunks:
+        while (chunk := await _blocking(next, chunks, None)) is not None:
             yield model_pool_pb2.FetchArtifactResponse(data=chunk)
 
-    def PutArtifact(
-        self, request_iterator: Iterator[model_pool_pb2.PutArtifactRequest], context: grpc.ServicerContext
+    @map_errors()
+    async def PutArtifact(
+        self, request_iterator: AsyncIterator[model_pool_pb2.PutArtifactRequest], context: grpc.aio.ServicerContext
     ) -> model_pool_pb2.PutArtifactResponse:
+        messages = aiter(request_iterator)
+        first = await next_message(messages, self._idle_s, "PutArtifact message")
+        if first is None:
+            raise InvalidArgument("PutArtifact stream is empty")
+        if not first.sha256:
+            raise InvalidArgument("the first PutArtifact message must declare sha256 and size_bytes")
+        # The store hashes and writes on a worker thread, fed chunk by chunk (at most a few held at once).
+        feed: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        loop = asyncio.get_running_loop()
+        writing = loop.run_in_executor(
+            None, lambda: self._pool.store.put(iter(feed.get, None), first.sha256, first.size_bytes)
+        )
         try:
-            first = next(request_iterator, None)
-            if first is None:
-                raise InvalidArgument("PutArtifact stream is empty")
-            if not first.sha256:
-                raise InvalidArgument("the first PutArtifact message must declare sha256 and size_bytes")
-
-            def chunks() -> Iterator[bytes]:
-                yield first.data
-                for message in request_iterator:
-                    yield message.data
-
-            sha, present = self._pool.store.put(chunks(), first.sha256, first.size_bytes)
-        except SplitInferError as exc:
-            abort(context, exc)
+            data: bytes | None = first.data
+            while data is not None:
+                if not await _blocking(_offer, feed, data, writing):
+                    break  # the store refused the blob already: its error is the answer
+                message = await next_message(messages, self._idle_s, "PutArtifact message")
+                data = None if message is None else message.data
+            if not writing.done():
+                await _blocking(_offer, feed, None, writing)
+            sha, present = await writing
+        finally:
+            if not writing.done():  # the client went away or idled: end the writer's input (a short blob is
+                loop.run_in_executor(None, _offer, feed, None, writing)  # refused by its size and sha256)
         return model_pool_pb2.PutArtifactResponse(sha256=sha, already_present=present)
+
+
+T = TypeVar("T")
+
+
+async def _blocking(function: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+def _offer(feed: queue.Queue[bytes | None], item: bytes | None, writer: Future[Any] | asyncio.Future[Any]) -> bool:
+    """Puts ``item`` on the writer's queue, waiting while it is full; False once the writer has ended."""
+    while not writer.done():
+        try:
+            feed.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 class PoolClient:

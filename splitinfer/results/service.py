@@ -7,91 +7,94 @@ name the caller they ask about.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
 import grpc
 
-from splitinfer.errors import SplitInferError
 from splitinfer.results.detections import DetectionQuery
 from splitinfer.results.store import ResultQuery, ResultStore
 from splitinfer.security.auth import ADMIN, CLUSTER, TokenTable
 from splitinfer.security.interceptor import identify
-from splitinfer.transport.status import abort
+from splitinfer.transport.status import map_errors
 from splitinfer.v1 import result_store_pb2, result_store_pb2_grpc
 
 __all__ = ["ResultStoreServicer"]
 
+T = TypeVar("T")
+
+
+async def _blocking(function: Callable[[], T]) -> T:
+    """SQLite (with a synchronous fsync per write) off the event loop, on the loop's bounded executor."""
+    return await asyncio.get_running_loop().run_in_executor(None, function)
+
 
 class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
+    """For ``grpc.aio`` servers; every store call runs on the loop's default (bounded) executor."""
+
     def __init__(self, store: ResultStore, tokens: TokenTable | None = None) -> None:
         self._store = store
         self._tokens = tokens
 
-    def _own_caller(self, context: grpc.ServicerContext) -> str | None:
+    def _own_caller(self, context: grpc.aio.ServicerContext) -> str | None:
         """The caller a device-role identity is confined to; None when the caller may ask about anyone."""
         if self._tokens is None:
             return None
-        identity = identify(self._tokens, context)
+        identity = identify(self._tokens, context)  # type: ignore[arg-type]
         if identity is None or identity.roles & {CLUSTER, ADMIN}:
             return None
         return identity.name
 
-    def PutResult(
-        self, request: result_store_pb2.PutResultRequest, context: grpc.ServicerContext
+    @map_errors()
+    async def PutResult(
+        self, request: result_store_pb2.PutResultRequest, context: grpc.aio.ServicerContext
     ) -> result_store_pb2.PutResultResponse:
-        try:
-            stored, kept = self._store.put_or_get(request.result)
-            return result_store_pb2.PutResultResponse(stored=stored, result=kept)
-        except SplitInferError as exc:
-            abort(context, exc)
+        stored, kept = await _blocking(lambda: self._store.put_or_get(request.result))
+        return result_store_pb2.PutResultResponse(stored=stored, result=kept)
 
-    def GetResult(
-        self, request: result_store_pb2.GetResultRequest, context: grpc.ServicerContext
+    @map_errors()
+    async def GetResult(
+        self, request: result_store_pb2.GetResultRequest, context: grpc.aio.ServicerContext
     ) -> result_store_pb2.GetResultResponse:
-        try:
-            caller = self._own_caller(context)
-            if caller is None:
-                caller = request.caller or None  # none named: the newest result under that id
-            return result_store_pb2.GetResultResponse(result=self._store.get(request.request_id, caller))
-        except SplitInferError as exc:
-            abort(context, exc)
+        caller = self._own_caller(context)
+        if caller is None:
+            caller = request.caller or None  # none named: the newest result under that id
+        found = await _blocking(lambda: self._store.get(request.request_id, caller))
+        return result_store_pb2.GetResultResponse(result=found)
 
-    def QueryResults(
-        self, request: result_store_pb2.QueryResultsRequest, context: grpc.ServicerContext
+    @map_errors()
+    async def QueryResults(
+        self, request: result_store_pb2.QueryResultsRequest, context: grpc.aio.ServicerContext
     ) -> result_store_pb2.QueryResultsResponse:
-        try:
-            caller = self._own_caller(context)
-            results, token = self._store.query(
-                ResultQuery(
-                    device_id=request.device_id,
-                    model=request.model,
-                    since_unix_ms=request.since_unix_ms,
-                    until_unix_ms=request.until_unix_ms,
-                    page_size=request.page_size,
-                    page_token=request.page_token,
-                    caller=request.caller if caller is None else caller,
-                )
-            )
-        except SplitInferError as exc:
-            abort(context, exc)
+        caller = self._own_caller(context)
+        query = ResultQuery(
+            device_id=request.device_id,
+            model=request.model,
+            since_unix_ms=request.since_unix_ms,
+            until_unix_ms=request.until_unix_ms,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            caller=request.caller if caller is None else caller,
+        )
+        results, token = await _blocking(lambda: self._store.query(query))
         return result_store_pb2.QueryResultsResponse(results=results, next_page_token=token)
 
-    def QueryDetections(
-        self, request: result_store_pb2.QueryDetectionsRequest, context: grpc.ServicerContext
+    @map_errors()
+    async def QueryDetections(
+        self, request: result_store_pb2.QueryDetectionsRequest, context: grpc.aio.ServicerContext
     ) -> result_store_pb2.QueryDetectionsResponse:
-        try:
-            caller = self._own_caller(context)
-            records, token = self._store.detections.query(
-                DetectionQuery(
-                    label=request.label,
-                    min_score=request.min_score,
-                    since_unix_ms=request.since_unix_ms,
-                    until_unix_ms=request.until_unix_ms,
-                    model=request.model,
-                    device_id=request.device_id,
-                    caller=request.caller if caller is None else caller,
-                    page_size=request.page_size,
-                    page_token=request.page_token,
-                )
-            )
-        except SplitInferError as exc:
-            abort(context, exc)
+        caller = self._own_caller(context)
+        query = DetectionQuery(
+            label=request.label,
+            min_score=request.min_score,
+            since_unix_ms=request.since_unix_ms,
+            until_unix_ms=request.until_unix_ms,
+            model=request.model,
+            device_id=request.device_id,
+            caller=request.caller if caller is None else caller,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        records, token = await _blocking(lambda: self._store.detections.query(query))
         return result_store_pb2.QueryDetectionsResponse(detections=records, next_page_token=token)

@@ -8,16 +8,11 @@ import grpc
 import pytest
 
 from splitinfer.divider import partition_at
-from splitinfer.frontend.dispatch import Dispatcher
-from splitinfer.frontend.planning import PlanningService
-from splitinfer.frontend.plans import PlanBook
-from splitinfer.frontend.service import FrontEndServicer
+from splitinfer.frontend.server import FrontEndConfig, start_frontend
 from splitinfer.graph import ModelGraph, narrow_cuts
 from splitinfer.planner import Plan
 from splitinfer.pool import ModelPool
 from splitinfer.registry import EmbeddedRegistry, ServerRecord
-from splitinfer.transport.channel import new_server
-from splitinfer.transport.clients import RouteClient
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2
 from splitinfer.variants import make_variant
 from splitinfer.zoo import build
@@ -42,17 +37,11 @@ def frontend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Em
         for p in pool.manifest(e.divisions["default"])["partitions"]
     )
     registry.register(ServerRecord("10.9.9.1:7000", hosted, compute_flops=5e10), ttl_s=600)
-    server = new_server(4)
-    planning = PlanningService(pool, registry)
-    dispatcher = Dispatcher(registry, RouteClient(), None, planning.planner.calibration)
-    servicer = FrontEndServicer(planning, dispatcher, PlanBook())
-    frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    frontend = start_frontend(FrontEndConfig(pool_dir=str(pool.root)), registry=registry)
     try:
-        yield f"127.0.0.1:{port}", registry
+        yield frontend.address, registry
     finally:
-        server.stop(1).wait()
+        frontend.stop(1)
 
 
 def _plan(address: str, **kwargs: object) -> frontend_pb2.PlanResponse:

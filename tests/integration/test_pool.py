@@ -14,12 +14,13 @@ from edge_agent.client import NodeClient
 from server_node.process import spawn_node
 from splitinfer.divider import ServerCapacity, divide
 from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
+from splitinfer.frontend.serving import ServingLoop
 from splitinfer.graph import ModelGraph
 from splitinfer.pool import BlobStore, ModelPool
 from splitinfer.pool.service import ModelPoolServicer, PoolClient
 from splitinfer.program import export_program
 from splitinfer.runtime import PartitionKey
-from splitinfer.transport.channel import new_server
+from splitinfer.transport.aio_server import new_aio_server
 from splitinfer.v1 import model_pool_pb2_grpc
 from splitinfer.zoo import build
 
@@ -31,14 +32,21 @@ def pool_server(tmp_path: Path) -> Iterator[tuple[ModelPool, str, str]]:
     graph = ModelGraph.build(export_program(model, example), example)
     division = divide(graph, "tiny_cnn", [ServerCapacity("a", 1e9, 1 << 20), ServerCapacity("b", 1e9, 1 << 20)])
     sha = pool.add_division(division, variant="fp32", division_name="two", task="classification", accuracy=0.9)
-    server = new_server(4)
-    model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    serving = ServingLoop("pool", 4)
+
+    async def serve() -> int:
+        server, _ = new_aio_server()
+        model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        serving.server = server
+        await server.start()
+        return port
+
+    port = serving.run(serve())
     try:
         yield pool, f"127.0.0.1:{port}", sha
     finally:
-        server.stop(1).wait()
+        serving.stop(1)
 
 
 def test_list_and_fetch_verified(pool_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

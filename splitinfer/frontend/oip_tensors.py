@@ -9,7 +9,6 @@ Every mismatch with the model's declared inputs is an InvalidArgument that names
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import torch
 from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits
 from splitinfer.errors import InvalidArgument
 from splitinfer.inference import grpc_service_pb2 as oip
+from splitinfer.pool import manifest
 from splitinfer.program.serde import parse_dtype
 from splitinfer.results.keys import shown
 
@@ -47,7 +47,6 @@ _CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
-_SPEC = re.compile(r"^(?P<name>[^:]+):(?P<dtype>\w+)\[(?P<shape>[\d,\s]*)\]$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +70,8 @@ def datatype_of(dtype: torch.dtype) -> str:
 
 def parse_spec(text: str) -> TensorSpec:
     """A manifest spec such as ``"x:float32[1, 3, 224, 224]"`` as the protocol names it."""
-    match = _SPEC.match(text.strip())
-    if match is None:
-        raise InvalidArgument(f"malformed tensor spec {shown(text)}")
-    shape = tuple(int(d) for d in match["shape"].split(",") if d.strip())
-    return TensorSpec(match["name"], datatype_of(parse_dtype(match["dtype"])), shape)
+    spec = manifest.parse_spec(text)
+    return TensorSpec(spec.name, datatype_of(parse_dtype(spec.dtype)), spec.shape)
 
 
 def _element_count(shape: Sequence[int], name: str, limits: DecodeLimits) -> int:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from splitinfer.codecs.dtypes import itemsize
 from splitinfer.divider import Division
 from splitinfer.errors import InvalidArgument
 from splitinfer.planner.problem import (
@@ -20,7 +18,7 @@ from splitinfer.planner.problem import (
     VariantProfile,
 )
 from splitinfer.planner.profiles import DEFAULT_CODECS
-from splitinfer.program.serde import parse_dtype
+from splitinfer.pool.manifest import parse_spec
 from splitinfer.registry import ServerRecord
 from splitinfer.v1 import plan_pb2
 
@@ -34,7 +32,6 @@ __all__ = [
     "variant_profile",
 ]
 
-_SPEC = re.compile(r"^(?P<name>[^:]+):(?P<dtype>[a-z0-9]+)\[(?P<shape>[0-9, ]*)\]$")
 #: Expected wait per request already in flight on a server, when it reports no better estimate.
 QUEUE_MS_PER_REQUEST = 5.0
 _OBJECTIVES = {
@@ -46,14 +43,8 @@ _OBJECTIVES = {
 
 def spec_bytes(spec: str) -> tuple[str, int]:
     """("name", bytes) of a manifest tensor spec such as ``"relu_3:float32[1, 64, 56, 56]"``."""
-    match = _SPEC.match(spec.strip())
-    if match is None:
-        raise InvalidArgument(f"malformed tensor spec {spec!r}")
-    shape = [int(d) for d in match["shape"].split(",") if d.strip()]
-    size = 1
-    for d in shape:
-        size *= d
-    return match["name"], size * itemsize(parse_dtype(match["dtype"]))
+    parsed = parse_spec(spec)
+    return parsed.name, parsed.nbytes
 
 
 def variant_profile(manifest: Mapping[str, Any]) -> VariantProfile:

@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r["quantization"] or "",
         )  # fmt: skip
     console.print(table)
-    return {"machine": machine_info(), "args": vars(args), "rows": rows}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return {"machine": machine_info(), "args": settings, "rows": rows}
 
 
 def main() -> None:
@@ -141,7 +142,7 @@ def main() -> None:
         args.resolution, args.rounds = 64, 3
     result = run(args)
     if args.out:
-        write_json(args.out, {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()})
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

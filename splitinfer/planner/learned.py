@@ -1,19 +1,20 @@
 """The learned planner: a small policy network that picks one of a fixed set of plan strategies per request.
 
 A *strategy* is a plan shape that applies to any problem: which variant (by accuracy rank), how much of the
-model the device runs as its head (a fraction of the partitions, or all of it), and the codec for every
-tensor that crosses; the server part runs on the fastest server that hosts it (per partition when no one
-server hosts it all). The policy maps the request's conditions (bandwidth, RTT, battery, queues,
-requirements; :func:`features`) to a score per strategy; strategies that cannot run in the problem (a
-variant or codec it lacks, a head the device cannot hold, partitions no server hosts) are masked out.
+model the device runs as its head (a fraction of the partitions, or all of it), and the codec for the tensors
+the device sends (what comes back travels as is); the server part runs on the fastest server that hosts it
+(per partition when no one server hosts it all). The policy maps the request's conditions (bandwidth, RTT,
+battery, queues, requirements; :func:`features`) to a score per strategy; strategies that cannot run in the
+problem (a variant or codec it lacks, a head the device cannot hold, partitions no server hosts) are masked
+out.
 
-It is trained on the scenario simulator (``splitinfer.sim.env``, ``make train-planner``) from the
-*outcome* of each choice under the conditions that actually happened, not those the device believed, so it
-can learn choices that are robust where bandwidth fluctuates — which the exact planner, optimising the
-believed conditions, cannot. It is not exact: see docs/benchmarks.md for where it wins and loses.
+It is trained on the scenario simulator (``splitinfer.sim.env``, ``make train-planner``) from the *outcome* of
+each choice under the conditions that actually happened, not those the device believed, so it can learn
+choices that are robust where bandwidth fluctuates — which the exact planner, optimising the believed
+conditions, cannot. It is not exact: see docs/benchmarks.md for where it wins and loses.
 
-The policy is stored as safetensors (weights) with the strategy list and feature names in its metadata:
-no pickle. Inference is numpy only (a 2-layer MLP), well under a millisecond.
+The policy is stored as safetensors (weights) with the strategy list and feature names in its metadata: no
+pickle. Inference is numpy only (a 2-layer MLP), well under a millisecond.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from splitinfer.planner.base import allowed_servers, finish, require_candidates
+from splitinfer.planner.base import allowed_servers, finish, none_codec, require_candidates
 from splitinfer.planner.cost import DEVICE, Assignment, compute_terms, crossing_tensors, energy_weight_s_per_j
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.problem import PlanningProblem
@@ -73,7 +74,7 @@ FEATURES = (
 @dataclass(frozen=True, slots=True)
 class Strategy:
     """A plan shape: variant by accuracy rank (0 the most accurate), device head as ``head`` / HEAD_STEPS of
-    the partitions (HEAD_STEPS: all on the device), one codec for every crossing tensor."""
+    the partitions (HEAD_STEPS: all on the device), one codec for the tensors the device sends."""
 
     variant_rank: int
     head: int
@@ -115,8 +116,12 @@ class Strategy:
                 for p, allowed in zip(range(head, n), options, strict=True):
                     times = {s: compute_terms(problem, variant, p, s) for s in allowed}
                     locations[p] = min(allowed, key=times.__getitem__)
+        # The codec is for what the device sends; what comes back (small outputs) travels as is, so a lossy
+        # codec costs its accuracy drop once.
+        lossless = none_codec(problem)
+        sent = {e.tensor for e in variant.edges if e.src < 0 or (e.src < n and locations[e.src] == DEVICE)}
         names = crossing_tensors(variant, tuple(locations))
-        return Assignment(v, tuple(locations), tuple((t, codec) for t in names))
+        return Assignment(v, tuple(locations), tuple((t, codec if t in sent else lossless) for t in names))
 
 
 def default_strategies() -> tuple[Strategy, ...]:

@@ -42,8 +42,8 @@ def _net(inputs: int, hidden: int, outputs: int) -> torch.nn.Sequential:
 
 
 def train(
-    iterations: int = 120,
-    episodes_per_iteration: int = 48,
+    iterations: int = 150,
+    episodes_per_iteration: int = 32,
     requests_per_episode: int = 24,
     hidden: int = 64,
     seed: int = 0,
@@ -122,8 +122,8 @@ def train(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_POLICY)
-    parser.add_argument("--iterations", type=int, default=120)
-    parser.add_argument("--episodes", type=int, default=48, help="episodes per iteration")
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--episodes", type=int, default=32, help="episodes per iteration")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -176,3 +176,36 @@ def test_unauthenticated_and_wrong_role_calls_are_refused_and_logged(secure: dic
     assert "refused /splitinfer.v1.FrontEndService/Plan" in log and "unauthenticated" in log
     assert "permission denied" in log and "PutArtifact" in log
     assert "refused /splitinfer.v1.ModelServerService/LoadPartition" in node.log_path.read_text()
+
+
+def test_plans_and_results_belong_to_the_token_that_made_them(secure: dict) -> None:  # type: ignore[type-arg]
+    from splitinfer.errors import FailedPrecondition
+    from splitinfer.frontend.client import FrontEndClient
+
+    ca = (secure["certs"] / "ca.pem").read_bytes()
+    device = ClientSecurity(ca, token=_token(secure, "device"))
+    admin = ClientSecurity(ca, token=_token(secure, "admin"))
+    state = plan_pb2.DeviceState(device_id="phone-tok", compute_flops=0, uplink_mbps=1000, rtt_ms=1)
+    x = secure["x"]
+    with FrontEndClient(secure["address"], security=device) as client:
+        plan = client.plan(MODEL, state)
+        mine, _ = client.infer(plan, state, {secure["input"]: x}, request_id="tok-1")
+    with FrontEndClient(secure["address"], security=admin) as other:
+        # Another identity cannot use the device's plan id, even claiming the same device id.
+        with pytest.raises(FailedPrecondition, match="new plan"):
+            other.infer(plan, state, {secure["input"]: x}, request_id="tok-2")
+        # Its own request under the same request id is another request, with its own answer.
+        theirs, _ = other.infer(other.plan(MODEL, state), state, {secure["input"]: x * 2}, request_id="tok-1")
+    [a], [b] = mine.values(), theirs.values()
+    assert not torch.allclose(a, b)
+    # The device reads only its own results, whatever caller it names.
+    with open_channel(secure["address"], security=device) as channel:
+        store = result_store_pb2_grpc.ResultStoreServiceStub(channel)
+        asked = store.GetResult(result_store_pb2.GetResultRequest(request_id="tok-1", caller="dev-admin"), timeout=10)
+        assert asked.result.caller == "dev-device"
+        listed = store.QueryResults(result_store_pb2.QueryResultsRequest(caller="dev-admin"), timeout=10)
+        assert listed.results and {r.caller for r in listed.results} == {"dev-device"}
+    with open_channel(secure["address"], security=admin) as channel:  # an operator may look at anyone's
+        store = result_store_pb2_grpc.ResultStoreServiceStub(channel)
+        asked = store.GetResult(result_store_pb2.GetResultRequest(request_id="tok-1", caller="dev-admin"), timeout=10)
+        assert asked.result.caller == "dev-admin"

@@ -289,10 +289,13 @@ def detection_section(data: dict[str, Any]) -> list[str]:
         "## Detection accuracy per variant and codec (`benchmarks/detection.py`)",
         "",
         f"The zoo's detector (`splitinfer/zoo/detector.py`), trained for {p['train_steps']} steps on "
-        f"{p['train_images']} synthetic images in {training['seconds']:.0f} s, then every variant divided after its",
-        "stem (the 32x16x16 tensor a device head sends) with each codec on that tensor; decode + NMS run outside",
-        f"the programs, as when served. COCO-style mAP (pycocotools) on {p['eval_images']} held-out synthetic images",
-        "(score threshold 0.05 for the metric).",
+        f"{p['train_images']} synthetic images",
+        f"in {training['seconds']:.0f} s (wall time on the machine below, shared with other work while it ran), "
+        "then every variant",
+        "divided after its stem (the 32x16x16 tensor a device head sends) with each codec on that tensor; decode and",
+        f"NMS run outside the programs, as when served. COCO-style mAP (pycocotools) on {p['eval_images']} "
+        "held-out synthetic",
+        "images (score threshold 0.05 for the metric).",
         "",
         f"Machine: {_machine(data)}.",
         "",

@@ -139,8 +139,9 @@ def from_exported(exported: ExportedProgram) -> Program:
             if op not in ALLOWED_OPERATORS:
                 raise InvalidArgument(
                     f"operator {op} (node {fx_node.name!r}, module {_module_path(fx_node) or 'unknown'}) is not on "
-                    f"splitinfer's allow-list of vetted operators ({OPERATOR_SET}); a data-dependent end of a model "
-                    "belongs in a post-processing stage (splitinfer.postprocess)"
+                    f"splitinfer's allow-list of vetted operators ({OPERATOR_SET}, splitinfer/program/operators.py, "
+                    "grown with a test per model family); a data-dependent end of a model belongs in a "
+                    "post-processing stage (splitinfer.postprocess)"
                 )
             nodes.append(
                 Node(

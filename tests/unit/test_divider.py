@@ -10,6 +10,7 @@ import torch
 
 from splitinfer.divider import (
     DeviceClass,
+    DivideOptions,
     Division,
     LocalDivisionRunner,
     ServerCapacity,
@@ -17,7 +18,8 @@ from splitinfer.divider import (
     divide,
     partition_at,
 )
-from splitinfer.errors import FailedPrecondition
+from splitinfer.divider.picture import division_dot, partition_dot
+from splitinfer.errors import FailedPrecondition, InvalidArgument
 from splitinfer.graph import ModelGraph, bottlenecks, cut_points, narrow_cuts
 from splitinfer.program import export_program
 from splitinfer.zoo import ZOO, build
@@ -151,3 +153,65 @@ def test_division_follows_the_active_device_population() -> None:
     assert {phones_only["phone"], jetsons_only["jetson"]} <= boundaries(mixed) | {0}
     for division in (d1, d2, mixed):
         _check(division, model, example)
+
+
+class _Masked(torch.nn.Module):
+    """Layers that all read one mask: no interior cut sends a single tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x)) * mask
+        return x
+
+
+def test_the_divider_searches_the_smallest_live_tensor_bound_and_reports_it() -> None:
+    torch.manual_seed(0)
+    model, x, mask = _Masked().eval(), torch.randn(1, 16), (torch.rand(1, 16) > 0.3).float()
+    graph = ModelGraph.build(export_program(model, (x, mask)), [x, mask])
+    servers = [ServerCapacity(f"s{i}", 1e6, 10**9) for i in range(3)]  # slow: splitting pays for the links
+    fixed = divide(graph, "masked", servers, options=DivideOptions(max_live_tensors=1))
+    assert len(fixed.partitions) == 1 and fixed.live_search == ((1, 1),)
+    found = divide(graph, "masked", servers)
+    assert len(found.partitions) == 3 and found.max_live_tensors == 2
+    assert found.live_search == ((1, 1), (2, 3))  # stops at the first bound that gives every server a partition
+    assert "cuts of at most 2 live tensors (partitions by bound: <=1: 1, <=2: 3)" in str(found)
+    outputs = LocalDivisionRunner(found).run({graph.program.input_names[0]: x, graph.program.input_names[1]: mask})
+    with torch.no_grad():
+        assert torch.allclose(outputs[graph.program.output_names[0]], model(x, mask), atol=1e-6)
+    capped = divide(graph, "masked", servers, options=DivideOptions(max_live_limit=1))
+    assert len(capped.partitions) == 1  # the bound is a bound
+    with pytest.raises(InvalidArgument, match="at least 1"):
+        divide(graph, "masked", servers, options=DivideOptions(max_live_tensors=0))
+
+
+def test_the_picture_shows_partitions_and_the_tensors_between_them() -> None:
+    graph = _graph("residual_cnn")[2]
+    servers = [ServerCapacity("edge", 1e9, 10**9), ServerCapacity("cloud", 4e9, 10**9)]
+    division = divide(graph, "residual_cnn", servers)
+    dot = partition_dot(graph, division)
+    assert dot.count("subgraph") == len(division.partitions)
+    for part in division.partitions:
+        assert f'"{part.name}" [fillcolor=' in dot and f"{part.name} on {part.host}" in dot
+        assert "MFLOPs" in dot and "params " in dot and "memory " in dot
+    crossing = division.partitions[1].inputs[0]
+    assert f'"{division.partitions[0].name}" -> "{division.partitions[1].name}"' in dot
+    assert crossing.name in dot and "x".join(map(str, crossing.shape)) in dot
+    assert len(dot.splitlines()) < 40  # one box per partition, not one per operation
+    ops = division_dot(graph, division)
+    assert len(ops.splitlines()) > len(graph.nodes)  # the op-level graph behind the flag
+
+
+def test_the_picture_marks_a_post_processing_stage() -> None:
+    from dataclasses import replace
+
+    from splitinfer.zoo.detector import detector
+
+    model, example = detector()
+    graph = ModelGraph.build(export_program(model, example), example)
+    division = replace(divide(graph, "detector", [ServerCapacity("s", 1e9, 10**9)]), postprocess=model.postprocess)
+    dot = partition_dot(graph, division)
+    assert "post-processing: detection.decode_nms" in dot and '-> "postprocess" [label="class_logits"]' in dot

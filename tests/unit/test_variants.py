@@ -80,3 +80,80 @@ def test_variants_keep_the_models_input_and_output_names(kind: str) -> None:
     assert program.input_names == reference.input_names and program.output_names == reference.output_names
     out = CompiledProgram(program)(dict(zip(program.input_names, example, strict=True)))
     assert set(out) == set(reference.output_names)
+
+
+class _TiedLM(torch.nn.Module):
+    """An embedding whose weight the output projection reads too (GPT-2's tied lm_head), plus a conv reader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, 8)
+        self.mix = torch.nn.Linear(8, 8)
+
+    def forward(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.tanh(self.mix(self.embed(ids)))
+        logits = torch.nn.functional.linear(h, self.embed.weight)  # the same weight, a second reader
+        norm = self.embed.weight.abs().mean(dim=1)  # a third, neither matmul nor gather: dequantised there
+        return {"logits": logits, "norm": norm}
+
+
+def test_int8_quantises_a_tied_weight_once_and_rewrites_every_reader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model, ids = _TiedLM().eval(), torch.randint(0, 20, (1, 5))
+    fp32 = make_variant(model, (ids,), "fp32")
+    int8 = make_variant(model, (ids,), "int8")
+    (embed,) = [name for name in fp32.params if "embed" in name]
+    assert embed not in int8.params and f"{embed}__int8" in int8.params  # quantised once, no float copy kept
+    assert sum(1 for n in int8.params if n.startswith(embed)) == 2  # the int8 tensor and its scales
+    readers = [n for n in int8.nodes if any(r.startswith(embed) for r in n.refs())]
+    assert {n.op for n in readers} >= {"aten.embedding.default", "aten._weight_int8pack_mm.default"}
+    expected = model(ids)
+    out = CompiledProgram(int8)({int8.input_names[0]: ids})
+    assert torch.allclose(out["logits"], expected["logits"], atol=0.05)
+    assert torch.allclose(out["norm"], expected["norm"], rtol=0.01)
+    save_program(int8, tmp_path)  # and it saves, loads and divides like any program
+    loaded = load_program(tmp_path)
+    graph = ModelGraph.build(loaded, [ids])
+    cuts = [c.position for c in cut_points(graph)][1:-1]
+    divided = LocalDivisionRunner(partition_at(graph, "tied", cuts[:: max(1, len(cuts) // 3)])).run(
+        {loaded.input_names[0]: ids}
+    )
+    assert torch.allclose(divided["logits"], out["logits"])
+
+
+def test_half_precision_over_structured_outputs_and_keyword_inputs() -> None:
+    torch.manual_seed(1)
+    model, ids = _TiedLM().eval(), torch.randint(0, 20, (1, 5))
+    for kind in ("fp16", "bf16"):
+        program = make_variant(model, (), kind, {"ids": ids})
+        assert program.input_names == ["ids"] and program.output_names == ["logits", "norm"]
+        out = CompiledProgram(program)({"ids": ids})
+        assert out["logits"].dtype == torch.float32
+        assert torch.allclose(out["logits"], model(ids)["logits"], atol=0.05)
+
+
+def test_a_variant_that_cannot_run_names_the_operator_and_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitinfer.program import interpreter
+
+    real = interpreter.resolve_op
+
+    def no_half_tanh(name: str):  # type: ignore[no-untyped-def]
+        op = real(name)
+        if name != "aten.tanh.default":
+            return op
+
+        def tanh(x: torch.Tensor) -> torch.Tensor:
+            if x.dtype == torch.float16:
+                raise RuntimeError("\"tanh_cpu\" not implemented for 'Half'")
+            return op(x)
+
+        return tanh
+
+    monkeypatch.setattr(interpreter, "resolve_op", no_half_tanh)
+    model, ids = _TiedLM().eval(), torch.randint(0, 20, (1, 5))
+    with pytest.raises(
+        InvalidArgument, match=r"fp16 variant of _TiedLM: operator aten\.tanh\.default .*module .*\(_TiedLM\).*Half"
+    ):
+        make_variant(model, (ids,), "fp16")
+    with pytest.raises(InvalidArgument, match="int8 variant of Embedding: no float32 linear"):
+        make_variant(torch.nn.Embedding(4, 2), (torch.tensor([1]),), "int8")

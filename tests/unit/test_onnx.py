@@ -190,3 +190,31 @@ def test_attention_partition_keeps_a_static_batch(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         part.run({entry.inputs[0].name: torch.cat([example[0], example[0]])})
     assert isinstance(part, LoadedPartition) and part.run({entry.inputs[0].name: example[0]})
+
+
+def test_an_onnx_model_reaching_for_files_is_refused(tmp_path: Path) -> None:
+    """Models load from verified bytes, never a path: an initializer stored as external data (a relative or
+    absolute file name an attacker chose) cannot be read."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from splitinfer.runtime.ort import OrtSession
+
+    (tmp_path / "secret.bin").write_bytes(b"\x00\x00\x80\x3f")
+    for location in ("secret.bin", str(tmp_path / "secret.bin"), "../../etc/passwd"):
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+        weight.ClearField("float_data")
+        weight.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("length", "4")):
+            entry = weight.external_data.add()
+            entry.key, entry.value = key, value
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "w"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+            [weight],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+        with pytest.raises(InvalidArgument, match="cannot load"):
+            OrtSession(model, {"x": "x", "y": "y"}, OrtOptions()).run({"x": np.zeros(1, np.float32)})

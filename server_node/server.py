@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from server_node.compute import ComputeHook, ComputePool, compute_threads
 from server_node.config import NodeConfig
 from server_node.host import PartitionHost
+from server_node.metrics import NodeMetrics
 from server_node.servicer import ModelServerServicer
 from server_node.trust import RouteTrust
 from splitinfer.registry import Registration, Registry, ServerRecord, connect
@@ -172,8 +173,11 @@ def start_node(
     thread = threading.Thread(target=loop.run_forever, name="node-loop", daemon=True)
     thread.start()
 
+    metrics = NodeMetrics()
+
     async def serve() -> tuple[grpc.aio.Server, StreamLimiter, int, AioHealthServicer]:
-        server, limiter = new_aio_server(limits, security)
+        refused = metrics.errors.labels(grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+        server, limiter = new_aio_server(limits, security, on_refused=refused.inc)
         port = bind(server, f"{config.host}:{config.port}", security)
         if port == 0:
             raise OSError(f"could not bind {config.host}:{config.port}")
@@ -210,6 +214,7 @@ def start_node(
         pool,
         trust,
         on_change=lambda: node_ref[0].publish() if node_ref else None,
+        metrics=metrics,
         limiter=limiter,
     )
 

@@ -96,8 +96,9 @@ def peer_host(peer: str) -> str:
 class StreamLimiter(grpc.aio.ServerInterceptor):
     """Caps data-plane calls in progress, in total and per peer; see the module docstring."""
 
-    def __init__(self, limits: ServerLimits) -> None:
+    def __init__(self, limits: ServerLimits, on_refused: Callable[[], None] | None = None) -> None:
         self._limits = limits
+        self._on_refused = on_refused
         self._lock = threading.Lock()
         self._per_peer: dict[str, int] = {}
         #: Data-plane calls in progress.
@@ -141,6 +142,8 @@ class StreamLimiter(grpc.aio.ServerInterceptor):
             peer = peer_host(context.peer() or "")
             refused = self._acquire(peer)
             if refused is not None:
+                if self._on_refused is not None:
+                    self._on_refused()
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{refused}; retry later")
             try:
                 yield
@@ -214,11 +217,13 @@ def new_aio_server(
     limits: ServerLimits | None = None,
     security: ServerSecurity | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    on_refused: Callable[[], None] | None = None,
 ) -> tuple[grpc.aio.Server, StreamLimiter]:
     """A ``grpc.aio`` server with ``limits`` (see the module) and its StreamLimiter; call from inside the
-    event loop that will run it. Extra ``interceptors`` run after authentication and the caps."""
+    event loop that will run it. Extra ``interceptors`` run after authentication and the caps;
+    ``on_refused()`` is called for every call the caps refuse (for metrics)."""
     limits = limits or ServerLimits()
-    limiter = StreamLimiter(limits)
+    limiter = StreamLimiter(limits, on_refused)
     chain: list[grpc.aio.ServerInterceptor] = [AioAuthInterceptor(security)] if security is not None else []
     chain += [limiter, AioMalformedGuard(), *interceptors]
     server = grpc.aio.server(

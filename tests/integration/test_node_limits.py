@@ -210,6 +210,7 @@ def test_streams_beyond_the_per_peer_cap_are_refused_and_health_still_answers(
 
         codes = asyncio.run(attempt())
         assert sorted(c.name for c in codes) == ["DEADLINE_EXCEEDED"] * 4 + ["RESOURCE_EXHAUSTED"] * 2
+        assert running.servicer.metrics.errors.labels("RESOURCE_EXHAUSTED")._value.get() == 2  # counted
     finally:
         running.stop(0.5)
 

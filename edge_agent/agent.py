@@ -26,6 +26,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent.config import AgentConfig
+from edge_agent.hooks import DeviceHook
 from edge_agent.monitors import BatteryMonitor, NetworkEstimator
 from splitinfer.codecs import CodecSpec, TensorAssembler, decode_tensor, encode_tensor
 from splitinfer.errors import DeadlineExceeded, FailedPrecondition, NotFound, SplitInferError, Unavailable
@@ -104,7 +105,10 @@ class EdgeAgent:
         battery: BatteryMonitor | None = None,
         network: NetworkEstimator | None = None,
         compute_flops: float | None = None,
+        hook: DeviceHook | None = None,
     ) -> None:
+        """``hook`` is for emulation only (``splitinfer.testbed.EmulatedDevice``); with none, a config that
+        asks for an emulated slowdown or uplink gets the testbed's emulation injected from it."""
         self.config = config
         self.battery = battery or BatteryMonitor(
             emulated=config.emulated_battery,
@@ -117,7 +121,13 @@ class EdgeAgent:
             self.network.emulated_uplink_mbps = config.emulated_uplink_mbps
         if config.compute_slowdown < 1:
             raise ValueError("compute_slowdown must be >= 1")
-        self.compute_flops = compute_flops or measure_flops(0.2) / config.compute_slowdown
+        if hook is None and (config.compute_slowdown > 1 or config.emulated_uplink_mbps):
+            from splitinfer.testbed import EmulatedDevice  # emulation lives in the testbed, not here
+
+            hook = EmulatedDevice(config.compute_slowdown, self.network)
+        self.hook = hook
+        measured = compute_flops or measure_flops(0.2)
+        self.compute_flops = hook.reported_flops(measured) if hook is not None and not compute_flops else measured
         self.cache = Path(config.cache_dir or tempfile.mkdtemp(prefix="splitinfer-agent-"))
         self.local_pool = ModelPool(self.cache)
         self._security = _client_security(config)
@@ -252,18 +262,18 @@ class EdgeAgent:
         return program
 
     def _run_local(self, model: str, variant: str, names: list[str], values: dict[str, torch.Tensor]) -> float:
-        """Runs partitions in order, reading and adding to ``values``; returns the seconds it took
-        (stretched by the emulated slowdown)."""
-        start = time.perf_counter()
+        """Runs partitions in order, reading and adding to ``values``; returns the seconds they took."""
         timings = []
+        total = 0.0
         for name in names:
             program = self._program(model, variant, name)
             begin = time.perf_counter()
             values.update(program.run({s: values[s] for s in program.program.input_names}))
-            timings.append((name, (time.perf_counter() - begin) * self.config.compute_slowdown))
-        elapsed = time.perf_counter() - start
-        if self.config.compute_slowdown > 1:
-            time.sleep(elapsed * (self.config.compute_slowdown - 1))
+            if self.hook is not None:
+                self.hook.after_run(name, time.perf_counter() - begin)
+            seconds = time.perf_counter() - begin
+            timings.append((name, seconds))
+            total += seconds
         with self._lock:  # reported with the next request, to calibrate the planner's device costs
             for name, seconds in timings:
                 self._device_steps.append(
@@ -273,7 +283,7 @@ class EdgeAgent:
                     )
                 )
             del self._device_steps[: -self.MAX_REPORTED_STEPS]
-        return elapsed * self.config.compute_slowdown
+        return total
 
     def _take_device_steps(self) -> list[model_server_pb2.StepTiming]:
         with self._lock:
@@ -374,9 +384,8 @@ class EdgeAgent:
             yield from stream_messages(frontend_pb2.InferRequest, messages)
 
         remote_start = time.perf_counter()
-        emulated = self.network.emulated_uplink_mbps
-        if emulated:  # an emulated link takes as long as the real one would to carry these bytes
-            time.sleep(bytes_sent * 8 / (emulated * 1e6) + self.network.rtt_ms / 2e3)
+        if self.hook is not None:
+            self.hook.before_send(bytes_sent)
         assembler = TensorAssembler()
         delivered = []
         trace = frontend_pb2.InferTrace()

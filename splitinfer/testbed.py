@@ -11,7 +11,8 @@ kernel, htb is); the edge and cloud hosts share an unshaped link, and the edge h
 Needs root (CAP_NET_ADMIN) and iproute2; :func:`available` says whether this machine can.
 
 Emulated hardware lives here too, never in the production code paths: :class:`Slowdown` makes a server node
-compute as a machine ``factor`` times slower would (a compute hook for ``start_node``), and
+compute as a machine ``factor`` times slower would (a compute hook for ``start_node``), :class:`EmulatedDevice`
+makes an edge agent compute and send as a slower device on a slower link would (a ``DeviceHook``), and
 ``python -m splitinfer.testbed node --slowdown F [splitinfer-server arguments]`` runs such a node as a process.
 """
 
@@ -27,9 +28,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["Slowdown", "Testbed", "available", "main"]
+__all__ = ["EmulatedDevice", "Slowdown", "Testbed", "available", "main"]
 
 HOSTS = ("device", "edge", "cloud")
 
@@ -182,6 +183,33 @@ class Slowdown:
 
     def reported_flops(self, measured: float) -> float:
         return measured / self.factor
+
+
+@dataclass
+class EmulatedDevice:
+    """A device hook (``edge_agent.hooks.DeviceHook``): each partition the agent runs is stretched to
+    ``slowdown`` times its real duration, the agent reports ``slowdown`` times fewer FLOP/s, and a request's
+    tensors take as long to leave as the link ``network.emulated_uplink_mbps`` (when set; the demo and tests
+    change it at run time) would need, plus half the RTT."""
+
+    slowdown: float
+    network: Any
+
+    def __post_init__(self) -> None:
+        if self.slowdown < 1:
+            raise ValueError(f"a slowdown factor must be >= 1, got {self.slowdown}")
+
+    def after_run(self, partition: str, elapsed_s: float) -> None:
+        if self.slowdown > 1:
+            time.sleep(elapsed_s * (self.slowdown - 1))
+
+    def before_send(self, nbytes: int) -> None:
+        mbps = self.network.emulated_uplink_mbps
+        if mbps:
+            time.sleep(nbytes * 8 / (mbps * 1e6) + self.network.rtt_ms / 2e3)
+
+    def reported_flops(self, measured: float) -> float:
+        return measured / self.slowdown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,8 @@ class IssuedPlan:
 
 
 class PlanBook:
-    """Issued plans by id, each for ``ttl_s``; at most ``max_plans`` (the oldest go first)."""
+    """Issued plans by id, each for ``ttl_s``; at most ``max_plans`` in all and ``max_per_caller`` per caller
+    (the oldest go first), so that one caller asking for plans in a loop only forgets its own."""
 
     def __init__(
         self,
@@ -66,11 +67,14 @@ class PlanBook:
         max_plans: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        max_per_caller: int = 4096,
     ) -> None:
-        if ttl_s <= 0 or max_plans < 1:
-            raise ValueError("a plan book needs ttl_s > 0 and max_plans >= 1")
+        if ttl_s <= 0 or max_plans < 1 or max_per_caller < 1:
+            raise ValueError("a plan book needs ttl_s > 0, max_plans >= 1 and max_per_caller >= 1")
         self.ttl_s = ttl_s
         self.max_plans = max_plans
+        self.max_per_caller = max_per_caller
+        self._by_caller: dict[str, deque[str]] = {}
         self._clock = clock
         self._wall_clock = wall_clock
         self._plans: OrderedDict[str, IssuedPlan] = OrderedDict()
@@ -99,8 +103,12 @@ class PlanBook:
         with self._lock:
             self._expire(now)
             self._plans[issued.plan_id] = issued
+            mine = self._by_caller.setdefault(caller, deque())
+            mine.append(issued.plan_id)
+            while len(mine) > self.max_per_caller:
+                self._plans.pop(mine.popleft(), None)
             while len(self._plans) > self.max_plans:
-                self._plans.popitem(last=False)
+                self._forget_oldest()
             recent = self._recent.pop((caller, device_id), None) or deque(maxlen=RECENT_PER_DEVICE)
             if not recent or recent[-1] is not plan:
                 recent.append(plan)
@@ -121,7 +129,17 @@ class PlanBook:
             first = next(iter(self._plans.values()))
             if first.expires_at > now:
                 break
-            self._plans.popitem(last=False)
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Drops the oldest plan; it is also the oldest of its caller's (both are in issue order)."""
+        _, issued = self._plans.popitem(last=False)
+        mine = self._by_caller.get(issued.caller)
+        if mine is not None:
+            while mine and mine[0] not in self._plans:
+                mine.popleft()
+            if not mine:
+                del self._by_caller[issued.caller]
 
     def get(self, plan_id: str, caller: str, device_id: str) -> IssuedPlan:
         """The plan ``plan_id`` names, when it was issued to ``caller`` for ``device_id`` and has not expired.

@@ -97,3 +97,25 @@ def test_the_device_share_carries_no_route() -> None:
     assert share.plan_id == issued.plan_id and list(share.entry_tensors) == ["head_out", "x"]
     assert share.expires_unix_ms > 0 and [p.on_device for p in share.placements] == [True, False, False]
     assert issued.plan.route is not None  # the front-end keeps it
+
+
+def test_one_caller_asking_in_a_loop_forgets_only_its_own_plans() -> None:
+    book = PlanBook(ttl_s=60, max_plans=1000, max_per_caller=4)
+    theirs = book.issue(_plan(), "bob", "phone-2")
+    mine = [book.issue(_plan(), "alice", "phone-1").plan_id for _ in range(50)]
+    assert book.get(theirs.plan_id, "bob", "phone-2") is theirs  # alice's flood did not push bob's plan out
+    assert len(book) == 5
+    for plan_id in mine[:-4]:
+        with pytest.raises(FailedPrecondition):
+            book.get(plan_id, "alice", "phone-1")
+    assert all(book.get(plan_id, "alice", "phone-1") for plan_id in mine[-4:])
+
+
+def test_expiry_keeps_the_per_caller_index_small() -> None:
+    clock = Clock()
+    book = PlanBook(ttl_s=1, clock=clock)
+    for i in range(20):
+        book.issue(_plan(), f"caller-{i}", "d")
+    clock.now += 2
+    book.issue(_plan(), "late", "d")
+    assert len(book) == 1 and list(book._by_caller) == ["late"]

@@ -201,8 +201,8 @@ def quantize_int8(program: Program, model: str = "model") -> Program:
         if layouts[weight]:
             value = add(
                 f"{node.name}__{weight}_wt",
-                "aten.t.default",
-                (value,),
+                "aten.transpose.int",
+                (value, 0, 1),
                 {},
                 _f32(f"{node.name}__{weight}_wt", shapes[weight]),
             )

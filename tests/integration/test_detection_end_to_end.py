@@ -29,7 +29,7 @@ from splitinfer.registry import EmbeddedRegistry
 from splitinfer.runtime import PartitionKey
 from splitinfer.transport.clients import NodeClient
 from splitinfer.v1 import plan_pb2, result_store_pb2, result_store_pb2_grpc
-from splitinfer.zoo.detector import detector
+from splitinfer.zoo.detector import TinyDetector, detector
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -38,6 +38,7 @@ pytestmark = pytest.mark.timeout(600)
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     root = tmp_path_factory.mktemp("detection")
     model, example = detector()
+    assert isinstance(model, TinyDetector)
     train_detector(model, synthetic_detection_set(384, seed=11), steps=150)
     program = export_program(model, example)
     graph = ModelGraph.build(program, example)
@@ -79,7 +80,7 @@ def test_detections_are_served_split_stored_and_queried(system: dict[str, object
     frontend = system["frontend"]
     assert isinstance(frontend, RunningFrontEnd)
     model = system["model"]
-    assert isinstance(model, torch.nn.Module)
+    assert isinstance(model, TinyDetector)
     agent = EdgeAgent(
         AgentConfig(
             device_id="cam-1", frontend=frontend.address, pool=frontend.address,

@@ -208,10 +208,13 @@ def test_the_picture_shows_partitions_and_the_tensors_between_them() -> None:
 def test_the_picture_marks_a_post_processing_stage() -> None:
     from dataclasses import replace
 
+    from splitinfer.postprocess import PostprocessSpec
     from splitinfer.zoo.detector import detector
 
     model, example = detector()
     graph = ModelGraph.build(export_program(model, example), example)
-    division = replace(divide(graph, "detector", [ServerCapacity("s", 1e9, 10**9)]), postprocess=model.postprocess)
+    spec = model.postprocess
+    assert isinstance(spec, PostprocessSpec)
+    division = replace(divide(graph, "detector", [ServerCapacity("s", 1e9, 10**9)]), postprocess=spec)
     dot = partition_dot(graph, division)
     assert "post-processing: detection.decode_nms" in dot and '-> "postprocess" [label="class_logits"]' in dot

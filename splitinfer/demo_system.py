@@ -173,6 +173,10 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
             task="imagenet-like", accuracy=accuracy_value, accuracy_measured=False,
         )  # fmt: skip
     console.print(f"divided digits ({len(DIGITS_VARIANTS)} variants) and resnet18@112 (fp32, int8) into {pool.root}")
+    from splitinfer.detection.demo import detection_phase, prepare_detector
+
+    _, detection_frames = prepare_detector(pool, work / "cache", console)
+    detected = False
 
     # Three server nodes of different capacities (emulated by the testbed's compute hook), all hosting every
     # partition, in the embedded registry.
@@ -264,6 +268,8 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
                         markup=False,  # plans print partitions in [brackets]
                     )
             console.print(f"  phone battery now {devices[0].agent.battery.read().percent:.1f}%")
+        devices[0].agent.network.emulated_uplink_mbps = PHASES[0][1]
+        detected = detection_phase(devices[0].agent, frontend.address, detection_frames, work, console)
     finally:
         for device in devices:
             device.agent.close()
@@ -287,7 +293,7 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
     console.print(f"plot: {plot}")
     console.print(f"results database: {store_path} ({stored} results stored; query them through ResultStoreService)")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
-    return stored > 0 and all(r["latency_ms"] > 0 for r in rows)
+    return stored > 0 and detected and all(r["latency_ms"] > 0 for r in rows)
 
 
 def _show_prediction(

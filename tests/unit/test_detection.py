@@ -200,3 +200,15 @@ def test_malformed_detections_and_tokens_are_refused(tmp_path: Path) -> None:
     ):
         with pytest.raises(InvalidArgument):
             store.detections.query(query)
+
+
+def test_one_frame_is_drawn_with_its_boxes(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from splitinfer.detection.demo import draw_detections
+    from splitinfer.detection.postprocess import Box
+
+    frames = synthetic_detection_set(1, seed=5)
+    x0, y0, x1, y1 = frames.boxes[0][0].tolist()
+    box = Box(x0, y0, x1, y1, label=CLASSES[int(frames.labels[0][0])], label_id=0, score=0.9)
+    path = draw_detections(frames.images[0], [box], frames.boxes[0], tmp_path / "frame.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000

@@ -92,7 +92,10 @@ def pipeline_section(data: dict[str, Any]) -> list[str]:
             ("local torch (whole model)", "local"),
             ("raw gRPC chain (floor)", "raw_chain"),
             ("splitinfer: device + 2 nodes", "splitinfer"),
+            ("splitinfer on onnxruntime: device + 2 nodes", "splitinfer_ort"),
         ):
+            if summary.get(key + "_ms") is None:
+                continue  # a run from before the onnxruntime path
             lines.append(
                 f"| {summary['model']} | {label} | {summary[key + '_ms']:.1f} | {summary[key + '_p95_ms']:.1f} | "
                 f"{summary[key + '_ms'] / summary['local_ms']:.3f} |"
@@ -103,6 +106,12 @@ def pipeline_section(data: dict[str, Any]) -> list[str]:
         "",
         f"Target: splitinfer <= {first['target_ratio']}x local torch for the ResNet-18 shape at 224x224: "
         f"{first['splitinfer_ratio']:.3f}x, {met}.",
+        *[
+            f"On onnxruntime, {s['model']}: <= {s['ort_target_ratio']}x local torch: {s['splitinfer_ort_ratio']:.3f}x, "
+            f"{'met' if s['ort_target_met'] else '**not met**'}."
+            for s in data["summaries"]
+            if s.get("ort_target_ratio") is not None
+        ],
         "",
         "Per hop: one node running a copy partition, against a raw gRPC echo of the same bytes (tensors over",
         "512 KiB travel in chunks):",
@@ -310,10 +319,37 @@ def detection_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def runtimes_section(data: dict[str, Any]) -> list[str]:
+    args = data["args"]
+    lines = [
+        "## Runtimes per partition and variant (`benchmarks/runtimes.py`)",
+        "",
+        f"Batch 1, one thread for every engine, {args['resolution']}x{args['resolution']}, each variant divided in",
+        f"two at the middle of its operations; {args['rounds']} interleaved rounds after a warm-up (medians). ONNX",
+        "Runtime runs the ONNX twin the pool stores (int8: static QDQ convolutions, dynamic MatMulInteger).",
+        "",
+        f"Machine: {_machine(data)}.",
+        "",
+        "| model | variant | partition | eager ms | interpreter ms | onnxruntime ms | ORT / interp. | int8 ONNX |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in data["rows"]:
+        m = r["median_ms"]
+        eager = f"{m['eager']:.1f}" if "eager" in m else ""
+        ort = f"{m['onnxruntime']:.1f}" if "onnxruntime" in m else "n/a"
+        ratio = f"{r['ort_vs_interpreter']:.2f}" if "ort_vs_interpreter" in r else ""
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['partition']} | {eager} | {m['interpreter']:.1f} | {ort} | "
+            f"{ratio} | {r['quantization']} |"
+        )
+    return [*lines, ""]
+
+
 SECTIONS = {
     "codecs": codecs_section,
     "divider": divider_section,
     "pipeline": pipeline_section,
+    "runtimes": runtimes_section,
     "planner": planner_section,
     "load": load_section,
     "adaptation": adaptation_section,
@@ -343,6 +379,11 @@ def targets_summary(results: Path) -> list[str]:
         first = pipeline["summaries"][0]
         rows.append(("Pipeline", f"{first['model']} split, vs local torch", f"<= {first['target_ratio']}x",
                      first["target_met"], f"{first['splitinfer_ratio']:.3f}x"))  # fmt: skip
+        for s in pipeline["summaries"]:
+            if s.get("ort_target_ratio") is not None:
+                rows.append(("Pipeline", f"{s['model']} split on onnxruntime, vs local torch",
+                             f"<= {s['ort_target_ratio']}x", s["ort_target_met"],
+                             f"{s['splitinfer_ort_ratio']:.3f}x"))  # fmt: skip
     planner = _load(results, "planner")
     if planner:
         largest = _largest_planner_row(planner, "dag")

@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
     console.print(table)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    return {"machine": machine_info(), "args": settings, "rows": rows}
+    parameters = {"torch_threads": 1, "ort_threads": 1, "onnxruntime": metadata.version("onnxruntime")}
+    machine = machine_info()
+    return {"benchmark": "runtimes", "machine": machine, "parameters": parameters, "args": settings, "rows": rows}
 
 
 def main() -> None:

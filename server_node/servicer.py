@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -78,6 +79,9 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         self._limiter = limiter
         self.pool = pool
         self.budget = MemoryBudget(config.max_in_flight_bytes)
+        self._entries: weakref.WeakKeyDictionary[
+            LoadedPartition, tuple[Callable[[tensor_pb2.Tensor], None], int, int]
+        ] = weakref.WeakKeyDictionary()
         policy = RetryPolicy(max_attempts=config.forward_attempts)
         self.forwarder = GrpcForwarder(config.chunk_bytes, config.max_message_bytes, balancer, policy, self._limits)
         self.executor = RequestExecutor(
@@ -100,8 +104,11 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         validate_route(header, self._route_limits, self.executor.may_enter)
         self._trust.check(header.route, context.peer() or "")
         partition = self._host.get(key_of(header.route.steps[header.entry_step].partition))
-        precheck, budget = entry_precheck(partition, self._config.max_request_bytes)
-        decoded = sum(s.nbytes for s in partition.inputs)
+        entry = self._entries.get(partition)
+        if entry is None:  # once per loaded partition: its precheck, byte budget and decoded input bytes
+            precheck, budget = entry_precheck(partition, self._config.max_request_bytes)
+            entry = self._entries[partition] = (precheck, budget, sum(s.nbytes for s in partition.inputs))
+        precheck, budget, decoded = entry
         try:
             stack.enter_context(self.budget.reserve(budget + decoded))
         except Exception:

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,20 +137,18 @@ class StreamLimiter(grpc.aio.ServerInterceptor):
         if handler is None or self._exempt(details.method):
             return handler
 
-        @asynccontextmanager
-        async def slot(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        release = self._release
+
+        async def slot(context: grpc.aio.ServicerContext) -> Callable[[], None]:
             peer = peer_host(context.peer() or "")
             refused = self._acquire(peer)
             if refused is not None:
                 if self._on_refused is not None:
                     self._on_refused()
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{refused}; retry later")
-            try:
-                yield
-            finally:
-                self._release(peer)
+            return lambda: release(peer)
 
-        return rewrap_aio(handler, around=slot)
+        return rewrap_aio(handler, enter=slot)
 
 
 class AioMalformedGuard(grpc.aio.ServerInterceptor):
@@ -201,16 +199,14 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
                 self.ended = (code, details)
                 raise _Aborted
 
-        @asynccontextmanager
-        async def authorized(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        async def authorized(context: grpc.aio.ServicerContext) -> None:
             recorder = _Recorder(context)
             with suppress(_Aborted):
                 sync._check(method, recorder)  # type: ignore[arg-type]
             if recorder.ended is not None:
                 await context.abort(*recorder.ended)
-            yield
 
-        return rewrap_aio(handler, around=authorized)
+        return rewrap_aio(handler, enter=authorized)
 
 
 def new_aio_server(

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import grpc
 
-__all__ = ["Around", "AsyncCheck", "Behaviour", "rewrap", "rewrap_aio"]
+__all__ = ["AsyncCheck", "Behaviour", "Enter", "rewrap", "rewrap_aio"]
 
 Behaviour = Callable[[Any, grpc.ServicerContext], Any]
 Deserializer = Callable[[bytes], Any] | None
@@ -43,7 +42,9 @@ def rewrap(
 
 
 AsyncCheck = Callable[[Any, Any], Awaitable[None]]
-Around = Callable[[Any], AbstractAsyncContextManager[None]]
+#: Called when a call starts (before its first request message is read); may end the call with
+#: ``await context.abort(...)``; returns what to call when the call ends (or None).
+Enter = Callable[[Any], Awaitable[Callable[[], None] | None]]
 
 
 async def _result(value: Any) -> Any:
@@ -53,20 +54,18 @@ async def _result(value: Any) -> Any:
 def rewrap_aio(
     handler: grpc.RpcMethodHandler,
     *,
-    around: Around | None = None,
+    enter: Enter | None = None,
     check: AsyncCheck | None = None,
     request_deserializer: Deserializer | None = None,
 ) -> grpc.RpcMethodHandler:
-    """For ``grpc.aio`` servers: ``handler`` run inside ``around(context)`` (an async context manager entered
-    before the first request message is read and left when the call ends), with ``await check(request,
-    context)`` on every request message; ``request_deserializer`` replaces the handler's when given.
+    """For ``grpc.aio`` servers: ``handler`` with ``release = await enter(context)`` before the first request
+    message is read and ``release()`` when the call ends, and ``await check(request, context)`` on every
+    request message; ``request_deserializer`` replaces the handler's when given.
 
-    The wrapped behaviour may be a coroutine, an async generator, or a plain function or generator."""
+    The wrapped behaviour may be a coroutine, an async generator, or a plain function or generator. (Plain
+    awaits and try/finally rather than async context managers: this runs on every call.)"""
     parse = request_deserializer or handler.request_deserializer
     serialize = handler.response_serializer
-
-    def enter(context: Any) -> AbstractAsyncContextManager[None]:
-        return around(context) if around is not None else nullcontext()
 
     async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for request in requests:
@@ -88,38 +87,54 @@ def rewrap_aio(
         uu: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: Any) -> Any:
-            async with enter(context):
+            release = await enter(context) if enter is not None else None
+            try:
                 if check is not None:
                     await check(request, context)
                 return await _result(uu(request, context))
+            finally:
+                if release is not None:
+                    release()
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
     if handler.unary_stream:
         us: Any = handler.unary_stream
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            async with enter(context):
+            release = await enter(context) if enter is not None else None
+            try:
                 if check is not None:
                     await check(request, context)
                 async for item in stream_out(us(request, context)):
                     yield item
+            finally:
+                if release is not None:
+                    release()
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
     if handler.stream_unary:
         su: Any = handler.stream_unary
 
         async def stream_unary(requests: Any, context: Any) -> Any:
-            async with enter(context):
+            release = await enter(context) if enter is not None else None
+            try:
                 return await _result(su(checked(requests, context) if check else requests, context))
+            finally:
+                if release is not None:
+                    release()
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, parse, serialize)
     if handler.stream_stream:
         ss: Any = handler.stream_stream
 
         async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-            async with enter(context):
+            release = await enter(context) if enter is not None else None
+            try:
                 async for item in stream_out(ss(checked(requests, context) if check else requests, context)):
                     yield item
+            finally:
+                if release is not None:
+                    release()
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, parse, serialize)
     return handler

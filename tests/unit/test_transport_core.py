@@ -272,3 +272,15 @@ def test_reader_refuses_slow_and_malformed_streams() -> None:
     refuse = Admission(max_total_bytes=4)
     with pytest.raises(DecodeError, match="budget"):
         asyncio.run(read_stream(_messages(header, tensor), StreamTimeouts(), DecodeLimits(), admit=lambda h: refuse))
+
+
+def test_peer_host_and_server_limits() -> None:
+    from splitinfer.transport.aio_server import ServerLimits, peer_host
+
+    assert peer_host("ipv4:10.0.0.1:5000") == "ipv4:10.0.0.1"
+    assert peer_host("ipv6:[::1]:5000") == "ipv6:[::1]"
+    assert peer_host("unix:/tmp/sock") == "unix:/tmp/sock"
+    with pytest.raises(ValueError, match="health checks"):
+        ServerLimits(max_streams=100, max_streams_per_peer=10, max_concurrent_rpcs=100)
+    with pytest.raises(ValueError, match="cannot exceed"):
+        ServerLimits(max_streams=10, max_streams_per_peer=20, max_concurrent_rpcs=100)

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import shutil
 import statistics
 import subprocess
@@ -194,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-devices", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="levels 1 and 4, 2 s each (CI smoke run)")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=1,
+        help="nodes batch concurrent requests per partition up to this many rows (1: no batching)",
+    )  # fmt: skip
+    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="longest a request waits for its batch")
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.seconds, args.idle_streams, args.idle_devices = [1, 4], 2.0, 50, 4
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     nodes: list[NodeProcess] = []
     frontend = None
     idle_runs: list[dict[str, Any]] = []
+    batching: list[dict[str, Any]] = []
     try:
         model, example = build(MODEL)
         program = export_program(model, example)
@@ -212,8 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         pool = ModelPool(work / "pool")
         sha = pool.add_division(partition_at(graph, MODEL, cuts[:: max(1, len(cuts) // 2)]), variant="fp32",
                                 division_name="default")  # fmt: skip
+        node_config = work / "node.json"
+        node_config.write_text(
+            json.dumps({"max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms})
+        )
         for _ in range(2):
-            nodes.append(spawn_node(["--registry", f"etcd://{etcd.endpoint}", "--torch-threads", "1"], log_dir=work))
+            nodes.append(spawn_node(["--registry", f"etcd://{etcd.endpoint}", "--torch-threads", "1",
+                                     "--config", str(node_config)], log_dir=work))  # fmt: skip
         parts = [p["name"] for p in pool.manifest(sha)["partitions"]]
         for part in parts:
             target = work / "exports" / part
@@ -239,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         run_level(address, 1, 1.0, example[0], program.input_names[0], processes)  # warm-up, not reported
         levels = [run_level(address, d, args.seconds, example[0], program.input_names[0], processes)
                   for d in args.levels]  # fmt: skip
+        for node in nodes:  # what each node's partitions ran on, and how its batcher grouped requests
+            with NodeClient(node.address) as client:
+                batching.extend(
+                    {"node": node.address, "partition": h.partition.partition, "runtime": h.runtime,
+                     "completed": h.completed, "batches": h.batches, "batched_requests": h.batched_requests,
+                     "largest_batch_requests": h.largest_batch_requests}
+                    for h in client.status().partitions
+                )  # fmt: skip
         if args.idle_streams:
             # The same device count without and with the idle streams, alternated twice: the ratio of their
             # p99 is what the idle streams cost good requests.
@@ -294,11 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     if idle_summary:
         targets["idle_streams_p99_within_2x"] = idle_summary["p99_ratio"] <= 2.0
         targets["idle_streams_no_errors"] = idle_summary["errors_with_idle"] == 0
+    if args.max_batch_size > 1:
+        served = sum(b["batched_requests"] for b in batching)
+        runs = sum(b["batches"] for b in batching)
+        console.print(f"dynamic batching: {served} requests in {runs} runs ({served / max(runs, 1):.2f} per run)")
     console.print(f"targets: {targets}")
     write_json(args.out, {
         "benchmark": "load", "machine": machine_info(), "model": MODEL, "nodes": 2, "seconds_per_level": args.seconds,
-        "parameters": {"levels": args.levels, "seconds": args.seconds, "torch_threads": 1},
+        "parameters": {"levels": args.levels, "seconds": args.seconds, "torch_threads": 1,
+                       "max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms},
         "levels": levels, "idle_runs": idle_runs, "idle_summary": idle_summary, "targets": targets,
+        "partitions": batching,
     })  # fmt: skip
     # The full run's plot goes with docs/benchmarks.md; a quick run's stays beside its (git-ignored) JSON.
     _plot(

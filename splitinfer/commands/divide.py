@@ -74,6 +74,9 @@ def add_parser(commands: Any) -> None:
         "for the smallest that gives every server a partition",
     )
     parser.add_argument("--max-live-limit", type=int, default=8, help="upper bound of the 'auto' search")
+    parser.add_argument(
+        "--no-onnx", action="store_true", help="store programs only, without their checked ONNX twins (faster)"
+    )
 
 
 def _factory(spec: str) -> tuple[str, Any]:
@@ -203,6 +206,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 task=args.task,
                 accuracy=accuracy.value,
                 accuracy_measured=accuracy.measured,
+                onnx=not args.no_onnx,
             )
             put_source(pool, name, kind, program)  # the division controller divides it again from this
             progress.advance(task)

@@ -79,11 +79,12 @@ def _spec(name: str, value: Any) -> ValueSpec:
     return ValueSpec(name, value.dtype, tuple(int(d) for d in value.shape))
 
 
-def _convert_arg(value: Any) -> Any:
+def _convert_arg(value: Any, alias: Mapping[str, str] | None = None) -> Any:
     if isinstance(value, torch.fx.Node):
-        return Ref(value.name)
+        return Ref(alias.get(value.name, value.name) if alias else value.name)
     if isinstance(value, list | tuple):
-        return tuple(_convert_arg(v) for v in value) if isinstance(value, tuple) else [_convert_arg(v) for v in value]
+        items = [_convert_arg(v, alias) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, torch.dtype | torch.device | torch.layout | torch.memory_format):
@@ -119,11 +120,22 @@ def from_exported(exported: ExportedProgram) -> Program:
             params[name] = constants[spec.target].detach()
         else:
             raise InvalidArgument(f"unsupported graph input kind {spec.kind} for {name!r}")
+    # A tied weight (GPT-2's lm_head and token embedding) is one tensor under two names: keep one parameter
+    # and point every reader at it, so that the tie survives saving, cutting and quantisation.
+    alias: dict[str, str] = {}
+    first: dict[tuple[int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    for name, tensor in list(params.items()):
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and key in first:
+            alias[name] = first[key]
+            del params[name]
+        else:
+            first[key] = name
     nodes: list[Node] = []
     outputs: list[ValueSpec] = []
     for fx_node in exported.graph.nodes:
         if fx_node.op == "placeholder":
-            if fx_node.name not in params:
+            if fx_node.name not in params and fx_node.name not in alias:
                 inputs.append(_spec(fx_node.name, fx_node.meta.get("val")))
         elif fx_node.op == "call_function":
             val = fx_node.meta.get("val")
@@ -147,8 +159,8 @@ def from_exported(exported: ExportedProgram) -> Program:
                 Node(
                     name=fx_node.name,
                     op=op,
-                    args=tuple(_convert_arg(a) for a in fx_node.args),
-                    kwargs={k: _convert_arg(v) for k, v in fx_node.kwargs.items()},
+                    args=tuple(_convert_arg(a, alias) for a in fx_node.args),
+                    kwargs={k: _convert_arg(v, alias) for k, v in fx_node.kwargs.items()},
                     outputs=node_outputs,
                     module=_module_path(fx_node),
                 )

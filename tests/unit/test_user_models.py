@@ -1,7 +1,8 @@
 """Models users bring, divided from the command line: Hugging Face ``transformers`` built from tiny configs
 (BERT-style encoder, GPT-2 with tied embeddings, ViT, T5 encoder) and ``torch.nn.TransformerEncoder`` with a
 padding mask. Each divides into three partitions over three servers, the stored fp32 partitions run in a
-chain match the whole model, and the fp16, bf16 and int8 variants build, with their drift reported."""
+chain match the whole model, and the fp16, bf16 and int8 variants build, with their drift reported.
+ONNX twins are left out (``--no-onnx``): they triple the time and are tested with the ONNX package."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_divides_from_the_cli_and_every_variant_builds(
     pool_dir = tmp_path / "pool"
     code = main(
         ["divide", f"tests.unit._user_models:{name}", "--pool", str(pool_dir), "--variants", "fp32,fp16,bf16,int8",
-         "--capacities", str(capacities)]
+         "--capacities", str(capacities), "--no-onnx"]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed

@@ -22,7 +22,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -65,6 +66,44 @@ def compute_threads(configured: int, torch_threads: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_run = torch_threads or torch.get_num_threads()
     return max(1, cores // max(1, per_run))
+
+
+async def _result_within(future: Future[T], timeout_s: float) -> T:
+    """``future``'s result, awaited from the event loop, or TimeoutError after ``timeout_s``; on a timeout or
+    when the waiting task is cancelled, ``future`` is cancelled (still queued: it will not run; running: its
+    result is dropped). One loop future and one timer: cheaper than wait_for(wrap_future(...)) per run."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[T] = loop.create_future()
+
+    def transfer(done: Future[T]) -> None:
+        if waiter.done():
+            return
+        if done.cancelled():
+            waiter.cancel()
+            return
+        error = done.exception()
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
+
+    def finished(done: Future[T]) -> None:  # on the worker thread
+        with suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
+            loop.call_soon_threadsafe(transfer, done)
+
+    def expire() -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+
+    future.add_done_callback(finished)
+    timer = loop.call_later(timeout_s, expire)
+    try:
+        return await waiter
+    except BaseException:
+        future.cancel()
+        raise
+    finally:
+        timer.cancel()
 
 
 class ComputePool:
@@ -119,9 +158,8 @@ class ComputePool:
         try:
             future = self._executor.submit(self._call, partition, inputs, time.perf_counter(), deadline)
             try:
-                outputs, timing = await asyncio.wait_for(asyncio.wrap_future(future), deadline.check("before compute"))
+                outputs, timing = await _result_within(future, deadline.check("before compute"))
             except TimeoutError:
-                future.cancel()  # still queued: it will not run; running: its result is dropped
                 raise DeadlineExceeded(f"request deadline passed while {partition.key} waited or ran") from None
         finally:
             self._count(key, -1)
@@ -140,9 +178,8 @@ class ComputePool:
             remaining = deadline.check(f"before {partition.key} joined a batch")
             future = partition.submit(inputs, remaining)
             try:
-                outputs = await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+                outputs = await _result_within(future, remaining)
             except TimeoutError:
-                future.cancel()
                 raise DeadlineExceeded(f"request deadline passed while {partition.key} waited or ran") from None
             except INPUT_ERRORS as exc:
                 raise InvalidArgument(

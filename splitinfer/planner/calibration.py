@@ -16,6 +16,10 @@ Per place (a device id, or a server address) the calibration learns two things:
   framework overhead, small ops) that FLOPs cannot see; it is what makes a tiny model on a slow device
   cost milliseconds rather than microseconds.
 
+Given the request's measured end-to-end latency, it also learns the per-request overhead no partition shows
+(dispatch, RPCs, framework work): measured total less measured compute less predicted transfers, per device,
+for plans that use servers and for device-only plans (``offload_overhead_ms`` / ``local_overhead_ms``).
+
 Inputs are bounded and outlier-filtered: non-finite, non-positive or absurd times (> ``MAX_STEP_MS``) are
 dropped; a sample more than ``OUTLIER_FACTOR`` away from an established estimate is held back and only
 accepted when the next one agrees with it (a real change of conditions, not one slow run); while an
@@ -50,6 +54,8 @@ RATIO_RANGE = (1e-4, 1e7)
 OUTLIER_FACTOR = 3.0
 #: Samples an estimate needs before it counts as established.
 ESTABLISHED = 3
+#: Additive estimates (per-request overhead) treat deviations below this many ms as noise, not outliers.
+OFFSET_FLOOR_MS = 2.0
 #: A place model's ratio is at least this (a place can be faster than it reports, but not without limit).
 MIN_PLACE_RATIO = 1e-3
 
@@ -92,6 +98,38 @@ class _Estimate:
         self.held = []
         self.value = (1 - alpha) * self.value + alpha * sample
         self.count += 1
+
+
+@dataclass
+class _Offset:
+    """A robust exponentially weighted average of an additive quantity (ms), published on real moves."""
+
+    value: float
+    published: float
+    count: int = 1
+    held: list[float] = field(default_factory=list)
+
+    def add(self, sample: float, alpha: float, significant: float) -> bool:
+        """Adds a sample; True when the published value moved."""
+        scale = max(abs(self.value), OFFSET_FLOOR_MS)
+        off = sample - self.value
+        if abs(off) > OUTLIER_FACTOR * scale:
+            if self.count < ESTABLISHED and off < 0:  # warm-up made the first requests slow
+                self.value, self.count, self.held = sample, 1, []
+            elif self.held and (self.held[-1] > self.value) != (off > 0):
+                self.held = [sample]
+            else:
+                self.held.append(sample)
+                if len(self.held) >= 2:
+                    self.value, self.count, self.held = sum(self.held) / len(self.held), 1, []
+        else:
+            self.held = []
+            self.value = (1 - alpha) * self.value + alpha * sample
+            self.count += 1
+        if abs(self.value - self.published) > max(significant * abs(self.published), OFFSET_FLOOR_MS / 4):
+            self.published = self.value
+            return True
+        return False
 
 
 @dataclass
@@ -151,11 +189,20 @@ class Calibration:
     #: The older API's whole-place ratios (observed / the caller's prediction).
     _place_ratio: dict[str, _Estimate] = field(default_factory=dict)
     _uplink_mbps: dict[str, _Estimate] = field(default_factory=dict)
+    #: "device:<id>:offload" / ":local" -> per-request overhead, ms.
+    _overhead_ms: dict[str, _Offset] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- the entry point ------------------------------------------------------------------------------------
 
-    def observe_request(self, plan: Plan, steps: Iterable[MeasuredStep], *, device_id: str) -> int:
+    def observe_request(
+        self,
+        plan: Plan,
+        steps: Iterable[MeasuredStep],
+        *,
+        device_id: str,
+        measured_total_ms: float | None = None,
+    ) -> int:
         """Learn from one request that ran ``plan``: ``steps`` are the measured compute times of its
         partitions (those the device ran, reported by the device, and those servers ran, from their
         timings; a device-only plan has only device steps). Returns how many samples were used.
@@ -165,7 +212,14 @@ class Calibration:
         them on a server (or the other way round), with no base prediction, or whose time is not a
         plausible measurement, are ignored. A step that ran on another server than planned (an equivalent
         replica the balancer chose) calibrates the server that ran it, against the planned base.
+
+        ``measured_total_ms``, when given, is the request's end-to-end inference latency as the device
+        measured it (cold costs excluded: plan RPC, RTT probe, artifact pulls). What it has beyond the
+        measured compute and the plan's predicted transfers is the per-request overhead (dispatch, RPCs,
+        framework work) that no partition shows; it is learned per device for plans that use servers and
+        for device-only plans, and the cost model adds it to every plan of that kind.
         """
+        steps = list(steps)
         placements = {p.partition: p for p in plan.placements}
         accepted: dict[str, list[tuple[str, float, float]]] = {}
         for step in steps:
@@ -185,6 +239,8 @@ class Calibration:
             place = _place("device", device_id) if on_device else _place("server", step.where)
             key = f"{plan.model}@{plan.variant}/{step.partition}"
             accepted.setdefault(place, []).append((key, base, measured))
+        if measured_total_ms is not None:
+            self._observe_overhead(plan, accepted, device_id, measured_total_ms)
         with self._lock:
             for place, samples in accepted.items():
                 table = self._factors.setdefault(place, {})
@@ -198,6 +254,29 @@ class Calibration:
                     fit.published = (ratio, fixed)
                     self.version += 1
         return sum(len(s) for s in accepted.values())
+
+    def _observe_overhead(
+        self, plan: Plan, accepted: dict[str, list[tuple[str, float, float]]], device_id: str, total_ms: float
+    ) -> None:
+        if not (math.isfinite(total_ms) and 0 < total_ms <= MAX_STEP_MS):
+            return
+        compute = {p.partition: p.predicted_ms for p in plan.placements}
+        prefix = f"{plan.model}@{plan.variant}/"
+        for samples in accepted.values():
+            for key, _, measured in samples:
+                compute[key.removeprefix(prefix)] = measured
+        transfers = sum(c.predicted_ms for c in plan.crossings)
+        # It may cancel an overestimate of the transfers, not more: compute was measured.
+        sample = max(total_ms - sum(compute.values()) - transfers, -transfers)
+        kind = "offload" if any(not p.on_device for p in plan.placements) else "local"
+        with self._lock:
+            key = f"{_place('device', device_id)}:{kind}"
+            estimate = self._overhead_ms.get(key)
+            if estimate is None:
+                self._overhead_ms[key] = _Offset(sample, sample)
+                self.version += 1
+            elif estimate.add(sample, self.alpha, self.significant):
+                self.version += 1
 
     # -- the older per-method API ------------------------------------------------------------------------
 
@@ -233,7 +312,16 @@ class Calibration:
         ratio, fixed, factors = self._place_terms(_place("device", device_id))
         with self._lock:
             uplink = self._uplink_mbps.get(device_id)
-        profile = replace(profile, compute_ratio=ratio, fixed_ms=fixed, partition_factors=factors)
+            offload = self._overhead_ms.get(f"{_place('device', device_id)}:offload")
+            local = self._overhead_ms.get(f"{_place('device', device_id)}:local")
+        profile = replace(
+            profile,
+            compute_ratio=ratio,
+            fixed_ms=fixed,
+            partition_factors=factors,
+            offload_overhead_ms=offload.published if offload is not None else profile.offload_overhead_ms,
+            local_overhead_ms=local.published if local is not None else profile.local_overhead_ms,
+        )
         if uplink is not None:
             profile = replace(profile, uplink_mbps=uplink.published)
         return profile

@@ -150,8 +150,11 @@ class ChainSolver:
                 if target == HEAD:
                     sources = [(labels.get(HEAD, []), stay)]
                 elif target == TAIL:
+                    # Head straight to tail would be device-only, which the head alone already covers; keeping
+                    # the tail for plans that used servers keeps the per-request overhead (which differs
+                    # between the two) out of the labels compared here.
                     sources = [
-                        (labels.get(HEAD, []) + labels.get(TAIL, []), stay),
+                        (labels.get(TAIL, []), stay),
                         (server_labels, moves_by_kind["down"]),
                     ]
                 else:

@@ -32,6 +32,7 @@ __all__ = [
     "evaluate",
     "partition_key",
     "rank_less",
+    "request_overhead_s",
     "transfer_terms",
     "violation_of",
 ]
@@ -128,6 +129,12 @@ def transfer_terms(
 BASE_FLOOR_S = 1e-6
 
 
+def request_overhead_s(problem: PlanningProblem, offloaded: bool) -> float:
+    """The device's calibrated per-request overhead for a plan that uses servers (``offloaded``) or not."""
+    device = problem.device
+    return (device.offload_overhead_ms if offloaded else device.local_overhead_ms) / 1e3
+
+
 def partition_key(variant: VariantProfile, partition: int) -> str:
     return f"{variant.model}@{variant.variant}/{variant.partitions[partition].name}"
 
@@ -213,7 +220,7 @@ def evaluate(problem: PlanningProblem, a: Assignment) -> Evaluation:
         compute.append(seconds)
         if loc == DEVICE:
             device_compute += seconds
-    latency = sum(compute)
+    latency = sum(compute) + request_overhead_s(problem, any(a.location(p, n) != DEVICE for p in range(n)))
     transmit = receive = device_codec = transfer = 0.0
     accuracy = variant.accuracy
     crossing: dict[str, tuple[int, float]] = {}

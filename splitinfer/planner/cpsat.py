@@ -38,6 +38,7 @@ from splitinfer.planner.cost import (
     crossing_tensors,
     energy_weight_s_per_j,
     evaluate,
+    request_overhead_s,
     transfer_terms,
 )
 from splitinfer.planner.greedy import GreedySolver
@@ -157,6 +158,12 @@ class CpSatSolver:
                     latency_terms.append((compute_terms(problem, variant, p, s), x[(v, p, s)]))
                 model.add(sum(x[(v, p, s)] for s in options) == srv[(v, p)])
             model.add(sum(k * var for k, var in device_bytes) <= device.memory_bytes)
+            offload_s, local_s = request_overhead_s(problem, True), request_overhead_s(problem, False)
+            if offload_s or local_s:  # the per-request overhead: one value if any server is used, another if none
+                offloaded = model.new_bool_var(f"offloaded{v}")
+                model.add_max_equality(offloaded, [srv[(v, p)] for p in range(n)])
+                latency_terms.append((local_s, 1))
+                latency_terms.append((offload_s - local_s, offloaded))
 
             for t in dict.fromkeys(e.tensor for e in variant.edges):
                 for m in range(len(problem.codecs)):

@@ -41,6 +41,7 @@ from splitinfer.planner.cost import (
     energy_weight_s_per_j,
     evaluate,
     rank_less,
+    request_overhead_s,
     transfer_terms,
     violation_of,
 )
@@ -297,7 +298,11 @@ class _VariantSearch:
                 nxt = {key: kept for key, labels in nxt.items() if (kept := [lb for lb in labels if lb[0] <= cap])}
             states = {key: self._prune(labels) for key, labels in nxt.items()}
         final: list[_Label] = []
-        for (_, live), labels in states.items():
+        for (phase, live), labels in states.items():
+            # The per-request overhead: a plan still in the head phase never used a server.
+            overhead = request_overhead_s(problem, phase != HEAD_PHASE)
+            if overhead:
+                labels = [(a + overhead, b + overhead, c, mem, back) for a, b, c, mem, back in labels]
             dying = []
             for t, where, pattern in live:
                 for e in self.into[n]:

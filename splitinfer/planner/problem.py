@@ -90,6 +90,10 @@ class DeviceProfile:
     #: misjudge some partitions (per-operator overhead, memory-bound layers on small maps). A listed partition
     #: takes exactly base x factor; the place model above applies only to the others.
     partition_factors: tuple[tuple[str, float], ...] = ()
+    #: Calibrated per-request overhead beyond compute and the modelled transfers (dispatch, RPCs, framework
+    #: work): of a plan that uses servers, and of one that runs wholly on the device; milliseconds.
+    offload_overhead_ms: float = 0.0
+    local_overhead_ms: float = 0.0
 
     def factor(self, key: str) -> float | None:
         """Measured / base compute time of a partition on this device, or None when it was never measured."""

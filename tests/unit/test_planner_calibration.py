@@ -201,3 +201,38 @@ def test_the_old_per_method_api_still_calibrates() -> None:
     assert calibration.device("d", DeviceProfile(1e9, 1, 1)).compute_ratio == pytest.approx(3.0)
     calibration.observe_device_partition("d", "m@fp32/p0", observed_ms=5.0, predicted_ms=1.0)
     assert dict(calibration.device("d", DeviceProfile(1e9, 1, 1)).partition_factors) == {"m@fp32/p0": 5.0}
+
+
+def _total(plan: Plan, overhead_ms: float) -> float:
+    """The "real" end-to-end latency: true compute, the modelled transfers, and a per-request overhead."""
+    compute = sum(step.compute_ms for step in _measure(plan))
+    return compute + sum(c.predicted_ms for c in plan.crossings) + overhead_ms
+
+
+def test_the_per_request_overhead_is_learned_from_measured_totals() -> None:
+    """Measured end-to-end latency less measured compute less predicted transfers is the overhead no
+    partition shows; the planner's end-to-end prediction then matches, for offloaded and local plans."""
+    planner = Planner()
+    overhead = {True: 9.0, False: 1.5}  # offloaded: dispatch and RPCs; local: framework work
+    for uplink in (500.0, 0.05):
+        problem = _problem(_chain("m", [2e8, 4e8, 1e8, 3e7]), uplink_mbps=uplink)
+        for _ in range(4):
+            plan = planner.plan(problem, device_id="d1")
+            offloaded = plan.route is not None
+            total = _total(plan, overhead[offloaded])
+            planner.calibration.observe_request(plan, _measure(plan), device_id="d1", measured_total_ms=total)
+        plan = planner.plan(problem, device_id="d1")
+        offloaded = plan.route is not None
+        assert plan.predicted_latency_ms == pytest.approx(_total(plan, overhead[offloaded]), rel=0.02)
+    profile = planner.calibration.device("d1", _problem(_chain("m", [1e8])).device)
+    assert profile.offload_overhead_ms == pytest.approx(9.0, abs=0.5)
+    assert profile.local_overhead_ms == pytest.approx(1.5, abs=0.5)
+
+
+@pytest.mark.parametrize("total", [math.nan, -1.0, 0.0, 1e12])
+def test_implausible_totals_teach_no_overhead(total: float) -> None:
+    calibration = Calibration()
+    plan = Planner(calibration=calibration).plan(_problem(_chain("m", [2e8]), uplink_mbps=0.05), device_id="d")
+    calibration.observe_request(plan, _measure(plan), device_id="d", measured_total_ms=total)
+    profile = calibration.device("d", DeviceProfile(flops=2e9, uplink_mbps=1, downlink_mbps=1))
+    assert profile.local_overhead_ms == 0.0 and profile.offload_overhead_ms == 0.0

@@ -7,6 +7,8 @@ the cost model's: violation first, then the objective (:func:`splitinfer.planner
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -30,13 +32,14 @@ SHAPES: dict[str, dict[str, Any]] = {
     "dag, several outputs and wide cuts": {"dag": True, "wide": 0.3, "outputs": 2},
     "tiny and huge latency budgets": {"dag": True, "wide": 0.3, "budget_ms": (1.0, 5.0, 60.0, 1e7)},
     "energy objective": {"dag": True, "wide": 0.3, "objectives": ("energy",), "budget_ms": (0.0, 50.0, 300.0)},
+    "per-request overheads": {"dag": True, "wide": 0.3},
 }
 
 
 def _instance(shape: str, seed: int) -> PlanningProblem:
     # Small enough for the oracle (it enumerates codecs^crossing tensors): wide cuts on two partitions.
     wide = SHAPES[shape].get("wide", 0.0) > 0
-    return random_problem(
+    problem = random_problem(
         10_000 * (list(SHAPES).index(shape) + 1) + seed,
         partitions=2 if wide else 2 + seed % 2,
         servers=2,
@@ -44,6 +47,13 @@ def _instance(shape: str, seed: int) -> PlanningProblem:
         codecs=3,
         **SHAPES[shape],
     )
+    if shape == "per-request overheads":  # calibrated overheads: offloading costs a constant, local another
+        rng = random.Random(seed)
+        device = replace(
+            problem.device, offload_overhead_ms=rng.uniform(0, 300), local_overhead_ms=rng.uniform(-5, 100)
+        )
+        problem = replace(problem, device=device)
+    return problem
 
 
 def _score(problem: PlanningProblem, solver: Solver) -> Evaluation:

@@ -202,6 +202,15 @@ class DetectionStore:
         token = _encode_token(rows[size - 1]) if more else ""
         return records, token
 
+    def prune(self) -> int:
+        """Deletes the records of results no longer stored (retention removed them); returns how many."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM detections WHERE NOT EXISTS (SELECT 1 FROM results r "
+                "WHERE r.caller = detections.caller AND r.request_id = detections.request_id)"
+            )
+        return int(cursor.rowcount)
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM detections").fetchone()[0])

@@ -132,10 +132,11 @@ class ResultStore:
                 ),
             )
             inserted = cursor.rowcount == 1
-            if inserted:
-                self._apply_retention()
+            pruned = self._apply_retention() if inserted else False
         if inserted:
             self.detections.add(stored)
+            if pruned:
+                self.detections.prune()
             return True, stored
         with self._lock:
             row = self._db.execute(
@@ -149,17 +150,20 @@ class ResultStore:
             )
         return False, kept
 
-    def _apply_retention(self) -> None:
+    def _apply_retention(self) -> bool:
+        """Deletes results past retention; True when any was deleted (their detections go with them)."""
+        deleted = 0
         if self.max_age_s > 0:
             cutoff = int((time.time() - self.max_age_s) * 1000)
-            self._db.execute("DELETE FROM results WHERE created_unix_ms < ?", (cutoff,))
+            deleted += self._db.execute("DELETE FROM results WHERE created_unix_ms < ?", (cutoff,)).rowcount
         (count,) = self._db.execute("SELECT COUNT(*) FROM results").fetchone()
         if count > self.max_rows:
-            self._db.execute(
+            deleted += self._db.execute(
                 "DELETE FROM results WHERE rowid IN (SELECT rowid FROM results "
                 "ORDER BY created_unix_ms ASC, caller ASC, request_id ASC LIMIT ?)",
                 (count - self.max_rows,),
-            )
+            ).rowcount
+        return deleted > 0
 
     def get(self, request_id: str, caller: str | None = None) -> result_store_pb2.StoredResult:
         """The result of ``caller``'s request ``request_id``; with ``caller`` None, the newest result stored

@@ -212,3 +212,12 @@ def test_one_frame_is_drawn_with_its_boxes(tmp_path: Path) -> None:
     box = Box(x0, y0, x1, y1, label=CLASSES[int(frames.labels[0][0])], label_id=0, score=0.9)
     path = draw_detections(frames.images[0], [box], frames.boxes[0], tmp_path / "frame.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+def test_retention_takes_a_results_detections_with_it(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results.db", max_rows=2)
+    for i in range(4):
+        store.put(_result(f"r{i}", 1000 + i, [("circle", 0.9), ("square", 0.5)]))
+    assert store.count() == 2 and store.detections.count() == 4
+    kept, _ = store.detections.query(DetectionQuery())
+    assert {r.request_id for r in kept} == {"r2", "r3"}

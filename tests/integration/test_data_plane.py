@@ -225,11 +225,15 @@ def test_full_node_answers_resource_exhausted(tmp_path: Path) -> None:
             thread = threading.Thread(target=slow)
             thread.start()
             deadline = time.monotonic() + 10
-            while client.status().in_flight == 0 and time.monotonic() < deadline:
+            while client.status().queue_length == 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
+            status = client.status()  # answered while the node is full
+            assert status.in_flight == 1 and status.queue_length == 1
+            assert status.partitions[0].queue_length == 1
             header = model_server_pb2.RequestHeader(request_id="second", route=route)
             with pytest.raises(ResourceExhausted, match="in flight"):
                 client.process(header, [encode_tensor(x, "x")], timeout_s=10)
+            assert client.status().refused >= 1
             thread.join()
     finally:
         node.stop()

@@ -172,7 +172,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                     response.done.timings.append(item)
                 else:
                     self._count_bytes("out", item)
-                    response.tensors.append(item.to_message())
+                    item.fill(response.tensors.add())
             return response
 
     def _count_bytes(self, direction: str, tensor: WireTensor) -> None:

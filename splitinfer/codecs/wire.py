@@ -114,9 +114,14 @@ class WireTensor:
     def to_message(self) -> tensor_pb2.Tensor:
         """A complete ``Tensor`` message (copies the payload once)."""
         message = tensor_pb2.Tensor()
-        message.CopyFrom(self.head)
-        message.payload = bytes(self.payload)
+        self.fill(message)
         return message
+
+    def fill(self, message: tensor_pb2.Tensor) -> None:
+        """Makes ``message`` (e.g. a new element of a repeated field, from ``.add()``) this tensor, in place:
+        no intermediate message to copy again."""
+        message.CopyFrom(self.head)
+        message.payload = self.payload if isinstance(self.payload, bytes) else bytes(self.payload)
 
 
 def head_of(message: tensor_pb2.Tensor) -> tensor_pb2.Tensor:

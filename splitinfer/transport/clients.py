@@ -118,6 +118,15 @@ class NodeClient:
             raise error_from_rpc(exc, f"node {self.address}") from None
         return response
 
+    def unload_partition(self, key: PartitionKey, timeout_s: float = 60.0) -> bool:
+        """Unloads ``key``; whether the node had it loaded."""
+        request = model_server_pb2.UnloadPartitionRequest(partition=partition_ref(key))
+        try:
+            response: model_server_pb2.UnloadPartitionResponse = self._stub.UnloadPartition(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {self.address}") from None
+        return bool(response.was_loaded)
+
     def status(self, timeout_s: float = 10.0) -> model_server_pb2.GetStatusResponse:
         try:
             response: model_server_pb2.GetStatusResponse = self._stub.GetStatus(
@@ -237,7 +246,9 @@ async def process_call(
     header.timeout_ms = max(1, int(timeout_s * 1e3))
     stub = model_server_pb2_grpc.ModelServerServiceStub(channel)
     if sum(t.nbytes for t in tensors) <= once_max_bytes:
-        request = model_server_pb2.ProcessOnceRequest(header=header, tensors=[t.to_message() for t in tensors])
+        request = model_server_pb2.ProcessOnceRequest(header=header)
+        for tensor in tensors:
+            tensor.fill(request.tensors.add())
         once = await stub.ProcessOnce(request, timeout=timeout_s)
         return [*(WireTensor.from_message(t) for t in once.tensors), *once.done.timings]
 

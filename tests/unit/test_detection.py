@@ -221,3 +221,21 @@ def test_retention_takes_a_results_detections_with_it(tmp_path: Path) -> None:
     assert store.count() == 2 and store.detections.count() == 4
     kept, _ = store.detections.query(DetectionQuery())
     assert {r.request_id for r in kept} == {"r2", "r3"}
+
+
+def test_the_agent_side_runs_the_stage_only_where_the_plan_ends() -> None:
+    from splitinfer.errors import SplitInferError
+    from splitinfer.postprocess.apply import final_outputs
+
+    spec = detector_postprocess()
+    manifest = {"outputs": ["class_logits:float32[1, 224, 4]", "box_deltas:float32[1, 224, 4]"]}
+    logits, deltas = _logits_for(anchors(LEVELS), {9: 0})
+    raw = {"class_logits": logits, "box_deltas": deltas}
+    assert final_outputs(manifest, raw, ran_last_here=True) == raw  # no stage declared: the model's outputs
+    declared = {**manifest, "postprocess": spec.to_json()}
+    here = final_outputs(declared, raw, ran_last_here=True)  # the device ran the tail: the stage runs here
+    assert list(here) == ["boxes", "scores", "labels"] and here["labels"].tolist() == [0]
+    remote = final_outputs(declared, dict(here), ran_last_here=False)  # the front-end ran it: passed through
+    assert all(torch.equal(remote[k], here[k]) for k in here)
+    with pytest.raises(SplitInferError, match="never arrived"):
+        final_outputs(declared, raw, ran_last_here=False)

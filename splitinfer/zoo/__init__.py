@@ -295,6 +295,7 @@ SHARED_BACKBONE_MODELS: dict[str, Factory] = {
     "shared_segmenter": shared_segmenter,
 }
 
+
 def detector() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """The small single-shot detector of :mod:`splitinfer.zoo.detector` (post-processing stage declared)."""
     from splitinfer.zoo.detector import detector as build_detector

@@ -87,6 +87,8 @@ class RunningNode:
             device="cpu",
             updated_unix_s=time.time(),
             metrics_port=self.metrics_port or 0,
+            max_batch_size=self.config.max_batch_size,
+            max_queue_delay_ms=self.config.max_queue_delay_ms,
         )
 
     def publish(self) -> None:

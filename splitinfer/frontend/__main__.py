@@ -23,6 +23,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--tls-dir", default="", help="certificates and tokens (make certs): TLS, tokens, roles")
     cli.add_argument("--plan-ttl-s", type=float, default=300.0, help="how long a plan id stays valid")
     cli.add_argument("--metrics-port", type=int, default=-1, help="Prometheus /metrics port (0: any; -1: none)")
+    cli.add_argument("--http-port", type=int, default=-1, help="KServe v2 REST port (0: any; -1: none)")
+    cli.add_argument("--http-port-file", type=Path, help="write the bound REST port here once serving")
+    cli.add_argument("--activity-window-s", type=float, default=60.0, help="window for requests per device class")
     cli.add_argument("--log-level", default="INFO")
     return cli
 
@@ -41,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
             tls_dir=args.tls_dir,
             plan_ttl_s=args.plan_ttl_s,
             metrics_port=args.metrics_port,
+            http_port=args.http_port,
+            activity_window_s=args.activity_window_s,
         )
     )
+    if frontend.http_port is not None:
+        announce(args.http_port_file, str(frontend.http_port))
     announce(args.port_file, str(frontend.port))
     wait_for_shutdown()
     frontend.stop()

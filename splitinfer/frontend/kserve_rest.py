@@ -44,6 +44,8 @@ from starlette.routing import Route
 
 from splitinfer.errors import InvalidArgument, ResourceExhausted, SplitInferError
 from splitinfer.inference import grpc_service_pb2 as oip
+from splitinfer.security.auth import TokenTable, authorize
+from splitinfer.security.interceptor import identify
 from splitinfer.transport.status import bounded, status_for
 
 __all__ = ["HTTP_STATUS", "KServeRestConfig", "RunningRest", "build_app", "start_rest"]
@@ -75,6 +77,7 @@ NUMPY_DTYPE: dict[str, str] = {
     "FP16": "float16", "FP32": "float32", "FP64": "float64",
 }  # fmt: skip
 HEADER_LENGTH = "Inference-Header-Content-Length"
+SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class KServeRestConfig:
     host: str = "127.0.0.1"
     #: 0: any free port (read it back from :attr:`RunningRest.port`).
     port: int = 0
+    #: HTTPS with this key and certificate (PEM files); empty: plain HTTP.
+    tls_key_file: str = ""
+    tls_cert_file: str = ""
     #: Largest request body accepted (compressed or not), bytes.
     max_body_bytes: int = 256 << 20
     #: Deadline of a request that names none (header ``timeout`` in seconds may lower it).
@@ -104,6 +110,7 @@ class _RestContext:
         self._deadline = time.monotonic() + timeout_s
         self._peer = peer
         self._code: grpc.StatusCode | None = None
+        self._details = ""
 
     def abort(self, code: grpc.StatusCode, details: str = "") -> None:  # sync and `await context.abort(...)`
         self._code = code
@@ -111,6 +118,12 @@ class _RestContext:
 
     def code(self) -> grpc.StatusCode | None:
         return self._code
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -137,11 +150,16 @@ class _RestContext:
 Dispatch = Callable[[str, Message, _RestContext], Awaitable[Message]]
 
 
-def servicer_dispatch(servicer: Any, loop: asyncio.AbstractEventLoop | None = None) -> Dispatch:
+def servicer_dispatch(
+    servicer: Any, loop: asyncio.AbstractEventLoop | None = None, tokens: TokenTable | None = None
+) -> Dispatch:
     """Calls ``servicer``'s method by name: a coroutine method runs on ``loop`` (the gRPC server's loop, where
-    its channels live), a plain method on a worker thread."""
+    its channels live), a plain method on a worker thread. With ``tokens`` (authentication on), the caller's
+    bearer token is checked against the role the same gRPC method needs, as the gRPC door's interceptor does."""
 
     async def dispatch(method: str, request: Message, context: _RestContext) -> Message:
+        if tokens is not None:
+            authorize(f"/{SERVICE}/{method}", identify(tokens, context))  # type: ignore[arg-type]
         handler = getattr(servicer, method)
         if asyncio.iscoroutinefunction(handler):
             coroutine = handler(request, context)
@@ -414,6 +432,8 @@ def build_app(dispatch: Dispatch, config: KServeRestConfig = KServeRestConfig())
                 return _error(exc.code, exc.details)
             except SplitInferError as exc:
                 return _error(status_for(exc), str(exc))
+            except NotImplementedError:  # what generated servicer bases raise for an RPC nobody implemented
+                return _error(grpc.StatusCode.UNIMPLEMENTED, f"{request.url.path} is not implemented")
             except Exception:
                 log.exception("REST %s %s failed", request.method, request.url.path)
                 return _error(grpc.StatusCode.INTERNAL, "internal error; the server logged the cause")
@@ -520,7 +540,8 @@ def start_rest(
     """Serves the REST API on its own thread and event loop; returns once it listens."""
     server = uvicorn.Server(
         uvicorn.Config(build_app(dispatch, config), host=config.host, port=config.port, log_level="warning",
-                       lifespan="off", access_log=False, limit_concurrency=1024, timeout_keep_alive=30)
+                       lifespan="off", access_log=False, limit_concurrency=1024, timeout_keep_alive=30,
+                       ssl_keyfile=config.tls_key_file or None, ssl_certfile=config.tls_cert_file or None)
     )  # fmt: skip
     thread = threading.Thread(target=server.run, name="kserve-rest", daemon=True)
     thread.start()

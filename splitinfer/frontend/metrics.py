@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from splitinfer.controller.activity import ActivityWindow
 from splitinfer.transport.status import map_errors
 
 __all__ = ["FrontEndMetrics", "instrument"]
@@ -16,6 +19,7 @@ __all__ = ["FrontEndMetrics", "instrument"]
 class FrontEndMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._activity: ActivityWindow | None = None
         self.requests = Counter(
             "splitinfer_frontend_requests", "Requests received, by front door (frontend, oip) and RPC.",
             ["door", "rpc"], registry=self.registry,
@@ -33,6 +37,13 @@ class FrontEndMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )  # fmt: skip
+
+    def watch_activity(self, window: ActivityWindow) -> None:
+        """Exports ``window``'s rates as ``splitinfer_frontend_device_class_requests_per_second{device_class}``,
+        read at each scrape."""
+        if self._activity is None:
+            self._activity = window
+            self.registry.register(_ActivityCollector(window))
 
     def count_failure(self, door: str, rpc: str, code: grpc.StatusCode) -> None:
         self.failures.labels(door, rpc, code.name).inc()
@@ -67,3 +78,18 @@ def instrument(servicer: object, metrics: FrontEndMetrics, door: str, rpcs: Iter
             metrics.count_failure(door, rpc, code)
 
         setattr(servicer, rpc, types.MethodType(map_errors(on_failure=hook)(function), servicer))
+
+
+class _ActivityCollector(Collector):
+    def __init__(self, window: ActivityWindow) -> None:
+        self._window = window
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "splitinfer_frontend_device_class_requests_per_second",
+            "Requests per second from each device class over the activity window (what divisions follow).",
+            labels=["device_class"],
+        )
+        for activity in self._window.snapshot().values():
+            family.add_metric([activity.device_class], activity.requests_per_s)
+        yield family

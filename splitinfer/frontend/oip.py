@@ -15,18 +15,20 @@ with authentication on, else every OIP client is the one caller ``oip-front-door
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import torch
 
 from splitinfer.codecs import DEFAULT_LIMITS, CodecSpec, DecodeLimits, decode_tensor, encode_tensor
-from splitinfer.errors import InvalidArgument, NotFound, SplitInferError, Unavailable
+from splitinfer.controller.placement import placement
+from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError, Unavailable
 from splitinfer.frontend.dispatch import Dispatcher, Job
 from splitinfer.frontend.metrics import FrontEndMetrics, instrument
 from splitinfer.frontend.oip_tensors import TensorSpec, parse_spec, read_inputs, write_outputs
@@ -36,13 +38,19 @@ from splitinfer.frontend.service import caller_of
 from splitinfer.frontend.serving import in_executor
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
+from splitinfer.inference import model_config_pb2 as mc
 from splitinfer.planner.plan import Plan
+from splitinfer.pool import ModelPool
+from splitinfer.registry import Registry
 from splitinfer.results.keys import check_id, shown
+from splitinfer.runtime import PartitionKey
 from splitinfer.security.auth import TokenTable
+from splitinfer.security.tls import ClientSecurity
+from splitinfer.transport.clients import NodeClient
 from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S, clamp_timeout_s
 from splitinfer.transport.reader import StreamTimeouts, next_message
 from splitinfer.transport.status import bounded, status_for
-from splitinfer.v1 import plan_pb2
+from splitinfer.v1 import model_server_pb2, plan_pb2
 
 __all__ = ["FRONT_DOOR_DEVICE", "InferenceServicer"]
 
@@ -55,6 +63,12 @@ DEDUP_PARAMETER = "dedup"
 SERVER_NAME = "splitinfer"
 SERVER_VERSION = "0.1.0"
 DIVISION = "default"
+#: Protocol extensions served (the REST door adds the binary tensor data extension on its side).
+EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics", "binary_tensor_data")
+#: The output parameter of the classification extension (tritonclient's class_count): answer the top-k classes.
+CLASS_COUNT = "classification"
+#: Response parameter naming the requirements the plan could not meet ("max_latency_ms,min_accuracy").
+REQUIREMENTS_MISSED = "requirements_missed"
 
 #: How the front-end describes itself to the planner when it stands in for the device: it runs no partition
 #: (compute_flops 0) and sits on the servers' network.
@@ -72,13 +86,22 @@ FRONT_DOOR_DEVICE = plan_pb2.DeviceState(
 
 @dataclass
 class _Stats:
+    """Triton's statistics of one model version: every duration in nanoseconds, summed over the requests
+    counted. queue: time the request's steps waited in the nodes' queues; compute_input: decoding inputs on
+    the nodes; compute_infer: running partitions; compute_output: encoding outputs."""
+
     success_count: int = 0
     success_ns: int = 0
     fail_count: int = 0
     fail_ns: int = 0
-    compute_count: int = 0
+    queue_ns: int = 0
+    compute_input_ns: int = 0
     compute_ns: int = 0
+    compute_output_ns: int = 0
     last_inference_ms: int = 0
+    inference_count: int = 0
+    #: batch size -> (executions, compute_input ns, compute_infer ns, compute_output ns)
+    batches: dict[int, list[int]] = field(default_factory=dict)
 
 
 class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
@@ -94,8 +117,10 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S,
         limits: DecodeLimits = DEFAULT_LIMITS,
         timeouts: StreamTimeouts | None = None,
+        deployer: Deployer | None = None,
     ) -> None:
         self._planning = planning
+        self._deployer = deployer
         self._dispatcher = dispatcher
         self._plans = plans
         self._tokens = tokens
@@ -106,7 +131,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         self._timeouts = timeouts or StreamTimeouts()
         self._stats: dict[tuple[str, str], _Stats] = {}
         self._lock = threading.Lock()
-        rpcs = ("ModelReady", "ModelMetadata", "ModelStatistics", "ModelInfer", "ModelStreamInfer", "RepositoryIndex")
+        rpcs = ("ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer",
+                "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")  # fmt: skip
         instrument(self, self.metrics, DOOR, rpcs)
 
     # --- server -------------------------------------------------------------------------------------------
@@ -118,7 +144,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return oip.ServerReadyResponse(ready=bool(self._planning.registry.servers()))
 
     async def ServerMetadata(self, request: oip.ServerMetadataRequest, context: Context) -> oip.ServerMetadataResponse:
-        return oip.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["statistics"])
+        return oip.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS))
 
     # --- models -------------------------------------------------------------------------------------------
 
@@ -145,8 +171,53 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return not missing, f"no live server hosts partitions {missing}" if missing else ""
 
     async def ModelReady(self, request: oip.ModelReadyRequest, context: Context) -> oip.ModelReadyResponse:
-        ready = any(self._hosted(request.name, v)[0] for v in self._variants(request.name, request.version))
-        return oip.ModelReadyResponse(ready=ready)
+        # As Triton answers: an unknown model or version is not ready (not an error).
+        try:
+            variants = self._variants(request.name, request.version)
+        except NotFound:
+            return oip.ModelReadyResponse(ready=False)
+        return oip.ModelReadyResponse(ready=any(self._hosted(request.name, v)[0] for v in variants))
+
+    def _max_batch_size(self, model: str, variant: str) -> tuple[int, float]:
+        """Rows one request may carry, and the nodes' batching delay: the smallest max_batch_size of the nodes
+        hosting the variant's partitions (1 when any of them does not batch)."""
+        sizes, delays = [], []
+        for record in self._planning.registry.servers().values():
+            if any(p.startswith(f"{model}@{variant}/") for p in record.partitions):
+                sizes.append(record.max_batch_size)
+                delays.append(record.max_queue_delay_ms)
+        return (min(sizes) if sizes else 1), (max(delays) if delays else 0.0)
+
+    async def ModelConfig(self, request: oip.ModelConfigRequest, context: Context) -> oip.ModelConfigResponse:
+        variants = self._variants(request.name, request.version)
+        variant = variants[0]
+        manifest = self._manifest(request.name, variant)
+        inputs = [parse_spec(s) for s in manifest["inputs"]]
+        outputs = [parse_spec(s) for s in manifest["outputs"]]
+        batch, delay_ms = self._max_batch_size(request.name, variant)
+        batched = batch > 1 and bool(inputs) and all(s.dynamic_batch for s in inputs)
+        config = mc.ModelConfig(name=request.name, platform="splitinfer", backend="splitinfer")
+        config.max_batch_size = batch if batched else 0
+        config.version_policy.all.SetInParent()  # versions are the pool's variants (see parameters)
+        for specs, field_ in ((inputs, config.input), (outputs, config.output)):
+            for spec in specs:
+                dims = list(spec.shape[1:] if batched and spec.dynamic_batch else spec.shape)
+                field_.add(name=spec.name, data_type=_CONFIG_TYPE[spec.datatype], dims=dims)
+        if batched:
+            config.dynamic_batching.max_queue_delay_microseconds = int(delay_ms * 1000)
+        hosts = sum(
+            1 for r in self._planning.registry.servers().values()
+            if any(p.startswith(f"{request.name}@{variant}/") for p in r.partitions)
+        )  # fmt: skip
+        config.instance_group.add(name=f"{request.name}-nodes", count=hosts, kind=mc.ModelInstanceGroup.KIND_CPU)
+        entry = next(e for e in self._planning.pool.variants(request.name) if e.model == request.name
+                     and e.variant == variant)  # fmt: skip
+        for key, value in (("versions", ",".join(variants)), ("variant", variant), ("division", DIVISION),
+                           ("partitions", str(len(manifest["partitions"]))), ("task", entry.task),
+                           ("accuracy", f"{entry.accuracy:g}"),
+                           ("accuracy_measured", "true" if entry.accuracy_measured else "false")):  # fmt: skip
+            config.parameters[key].string_value = value
+        return oip.ModelConfigResponse(config=config)
 
     async def ModelMetadata(self, request: oip.ModelMetadataRequest, context: Context) -> oip.ModelMetadataResponse:
         variants = self._variants(request.name, request.version)
@@ -154,9 +225,9 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         inputs = [parse_spec(s) for s in manifest["inputs"]]
         outputs = [parse_spec(s) for s in manifest["outputs"]]
         response = oip.ModelMetadataResponse(name=request.name, versions=variants, platform="splitinfer")
-        for spec, field in ((inputs, response.inputs), (outputs, response.outputs)):
-            for s in spec:
-                field.add(name=s.name, datatype=s.datatype, shape=list(s.shape))
+        for specs, tensors in ((inputs, response.inputs), (outputs, response.outputs)):
+            for s in specs:
+                tensors.add(name=s.name, datatype=s.datatype, shape=list(s.shape))
         return response
 
     async def RepositoryIndex(
@@ -174,6 +245,28 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             )
         return response
 
+    async def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: Context
+    ) -> oip.RepositoryModelLoadResponse:
+        """Deploys every variant of a pool model onto the live nodes, each partition where the Divider placed
+        it (the rule ``make cluster-up`` uses); loading what a node already hosts again is harmless."""
+        variants = self._variants(request.model_name)
+        if self._deployer is None:
+            raise FailedPrecondition("this front-end has no pool address to deploy from")
+        await in_executor(self._deployer.load, request.model_name, variants)
+        return oip.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: Context
+    ) -> oip.RepositoryModelUnloadResponse:
+        """Unloads every partition of every variant of the model from every node hosting it; the model stays
+        in the pool (a later load deploys it again)."""
+        self._variants(request.model_name)
+        if self._deployer is None:
+            raise FailedPrecondition("this front-end has no pool address to deploy from")
+        await in_executor(self._deployer.unload, request.model_name)
+        return oip.RepositoryModelUnloadResponse()
+
     async def ModelStatistics(
         self, request: oip.ModelStatisticsRequest, context: Context
     ) -> oip.ModelStatisticsResponse:
@@ -188,13 +281,24 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                     name=model,
                     version=variant,
                     last_inference=s.last_inference_ms,
-                    inference_count=s.success_count,
+                    inference_count=s.inference_count,
                     execution_count=s.success_count,
                 )
-                stats.inference_stats.success.count, stats.inference_stats.success.ns = s.success_count, s.success_ns
-                stats.inference_stats.fail.count, stats.inference_stats.fail.ns = s.fail_count, s.fail_ns
-                stats.inference_stats.compute_infer.count = s.compute_count
-                stats.inference_stats.compute_infer.ns = s.compute_ns
+                infer = stats.inference_stats
+                infer.success.count, infer.success.ns = s.success_count, s.success_ns
+                infer.fail.count, infer.fail.ns = s.fail_count, s.fail_ns
+                for duration, ns in (
+                    (infer.queue, s.queue_ns),
+                    (infer.compute_input, s.compute_input_ns),
+                    (infer.compute_infer, s.compute_ns),
+                    (infer.compute_output, s.compute_output_ns),
+                ):
+                    duration.count, duration.ns = s.success_count, ns  # fmt: skip
+                for size, (count, input_ns, infer_ns, output_ns) in sorted(s.batches.items()):
+                    batch = stats.batch_stats.add(batch_size=size)
+                    batch.compute_input.count, batch.compute_input.ns = count, input_ns
+                    batch.compute_infer.count, batch.compute_infer.ns = count, infer_ns
+                    batch.compute_output.count, batch.compute_output.ns = count, output_ns
         return response
 
     # --- inference ----------------------------------------------------------------------------------------
@@ -241,10 +345,13 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument("ModelInferRequest needs a model_name")
         self._variants(request.model_name, request.model_version)
         params = request.parameters
-        wanted = plan_pb2.Requirements(
-            max_latency_ms=params["max_latency_ms"].double_param if "max_latency_ms" in params else 0.0,
-            min_accuracy=params["min_accuracy"].double_param if "min_accuracy" in params else 0.0,
-        )
+        max_latency_ms = _number(params, "max_latency_ms")
+        min_accuracy = _number(params, "min_accuracy")
+        if not (math.isfinite(max_latency_ms) and max_latency_ms >= 0):
+            raise InvalidArgument(f"max_latency_ms must be a number of milliseconds >= 0, got {max_latency_ms}")
+        if not 0 <= min_accuracy <= 1:
+            raise InvalidArgument(f"min_accuracy must be within [0, 1], got {min_accuracy}")
+        wanted = plan_pb2.Requirements(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
         plan = self._planning.plan(
             request.model_name, FRONT_DOOR_DEVICE, wanted, variant=request.model_version, exact=True
         )
@@ -261,7 +368,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             plan = self._plan(request)
             variant = plan.variant
             manifest = self._manifest(model, variant)
-            inputs = read_inputs(request, [parse_spec(s) for s in manifest["inputs"]], self._limits)
+            batch_limit, _ = self._max_batch_size(model, variant)
+            inputs = read_inputs(request, [parse_spec(s) for s in manifest["inputs"]], self._limits, batch_limit)
             output_specs: list[TensorSpec] = [parse_spec(s) for s in manifest["outputs"]]
             known = [s.name for s in output_specs]
             wanted = [o.name for o in request.outputs] or known
@@ -269,14 +377,32 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             if unknown:
                 shown_unknown = [shown(n) for n in unknown[:8]]
                 raise InvalidArgument(f"model {shown(model)} has no outputs {shown_unknown}; its outputs are {known}")
-            outputs, compute_ns = self._run(request, caller, plan, inputs, remaining_s)
+            classify = _class_counts(request, wanted)
+            outputs, timings = self._run(request, caller, plan, inputs, remaining_s)
+            response = oip.ModelInferResponse(model_name=model, model_version=variant, id=request.id)
+            write_outputs(response, {n: t for n, t in outputs.items() if n not in classify},
+                          [n for n in wanted if n not in classify])  # fmt: skip
+            for name, k in classify.items():
+                write_classification(response, name, outputs[name], k)
+            if classify:  # keep the order the client asked for
+                order = {n: i for i, n in enumerate(wanted)}
+                pairs = sorted(zip(response.outputs, response.raw_output_contents, strict=True),
+                               key=lambda pair: order[pair[0].name])  # fmt: skip
+                tensors = [oip.ModelInferResponse.InferOutputTensor() for _ in pairs]
+                for tensor, (original, _) in zip(tensors, pairs, strict=True):
+                    tensor.CopyFrom(original)
+                del response.outputs[:]
+                del response.raw_output_contents[:]
+                response.outputs.extend(tensors)
+                response.raw_output_contents.extend(raw for _, raw in pairs)
+            if plan.violated:  # the plan could not meet everything asked: say so rather than pretend
+                response.parameters[REQUIREMENTS_MISSED].string_param = ",".join(plan.violated)
         except Exception:
             if variant:
                 self._record(model, variant, ok=False, elapsed_ns=time.perf_counter_ns() - start)
             raise
-        response = oip.ModelInferResponse(model_name=model, model_version=variant, id=request.id)
-        write_outputs(response, outputs, wanted)
-        self._record(model, variant, ok=True, elapsed_ns=time.perf_counter_ns() - start, compute_ns=compute_ns)
+        batch = next((t.shape[0] for t in inputs.values() if t.dim() > 0), 1)
+        self._record(model, variant, ok=True, elapsed_ns=time.perf_counter_ns() - start, timings=timings, batch=batch)
         return response
 
     def _run(
@@ -286,7 +412,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         plan: Plan,
         inputs: dict[str, torch.Tensor],
         remaining_s: float | None,
-    ) -> tuple[dict[str, torch.Tensor], int]:
+    ) -> tuple[dict[str, torch.Tensor], list[model_server_pb2.StepTiming]]:
         dedup = DEDUP_PARAMETER in request.parameters and request.parameters[DEDUP_PARAMETER].bool_param
         if dedup and not request.id:
             raise InvalidArgument(f"the {DEDUP_PARAMETER!r} parameter needs an id to deduplicate by")
@@ -308,18 +434,128 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         )
         if outcome.recalled:
             self.metrics.recalled.inc()
-        compute_ns = int(sum(t.compute_ms for t in outcome.timings) * 1e6)
-        return {t.name: decode_tensor(t, self._limits) for t in outcome.outputs}, compute_ns
+        timings = [] if outcome.recalled else list(outcome.timings)
+        return {t.name: decode_tensor(t, self._limits) for t in outcome.outputs}, timings
 
-    def _record(self, model: str, variant: str, *, ok: bool, elapsed_ns: int, compute_ns: int = 0) -> None:
+    def _record(
+        self,
+        model: str,
+        variant: str,
+        *,
+        ok: bool,
+        elapsed_ns: int,
+        timings: Sequence[model_server_pb2.StepTiming] = (),
+        batch: int = 1,
+    ) -> None:
         with self._lock:
             s = self._stats.setdefault((model, variant), _Stats())
-            if ok:
-                s.success_count += 1
-                s.success_ns += elapsed_ns
-                s.compute_count += 1
-                s.compute_ns += compute_ns
-                s.last_inference_ms = int(time.time() * 1e3)
-            else:
+            if not ok:
                 s.fail_count += 1
                 s.fail_ns += elapsed_ns
+                return
+            queue_ns = int(sum(t.queue_ms for t in timings) * 1e6)
+            input_ns = int(sum(t.decode_ms for t in timings) * 1e6)
+            infer_ns = int(sum(t.compute_ms for t in timings) * 1e6)
+            output_ns = int(sum(t.encode_ms for t in timings) * 1e6)
+            s.success_count += 1
+            s.success_ns += elapsed_ns
+            s.inference_count += batch
+            s.queue_ns += queue_ns
+            s.compute_input_ns += input_ns
+            s.compute_ns += infer_ns
+            s.compute_output_ns += output_ns
+            row = s.batches.setdefault(batch, [0, 0, 0, 0])
+            row[0] += 1
+            row[1] += input_ns
+            row[2] += infer_ns
+            row[3] += output_ns
+            s.last_inference_ms = int(time.time() * 1e3)
+
+
+#: The protocol's datatype names -> ModelConfig's DataType enum.
+_CONFIG_TYPE: dict[str, int] = {
+    "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
+    "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8, "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
+    "BYTES": mc.TYPE_STRING, "BF16": mc.TYPE_BF16,
+}  # fmt: skip
+
+
+def _number(params: Mapping[str, oip.InferParameter], key: str) -> float:
+    """A numeric request parameter, whichever way the client typed it (double, int, or a string such as
+    "0.9", as tritonclient sends strings); 0 when absent. A string that is no number is refused."""
+    if key not in params:
+        return 0.0
+    param = params[key]
+    choice = param.WhichOneof("parameter_choice")
+    if choice in ("double_param", "int64_param", "uint64_param"):
+        return float(getattr(param, choice))
+    if choice == "string_param":
+        try:
+            return float(param.string_param)
+        except ValueError:
+            raise InvalidArgument(f"parameter {key} must be a number, got {shown(param.string_param)}") from None
+    raise InvalidArgument(f"parameter {key} must be a number, got a {choice}")
+
+
+def _class_counts(request: oip.ModelInferRequest, wanted: Sequence[str]) -> dict[str, int]:
+    """Outputs the classification extension was asked for (``class_count`` > 0), by name."""
+    counts = {}
+    for output in request.outputs:
+        if CLASS_COUNT not in output.parameters:
+            continue
+        param = output.parameters[CLASS_COUNT]
+        k = param.int64_param if param.WhichOneof("parameter_choice") == "int64_param" else -1
+        if not 0 < k <= 1_000_000:
+            raise InvalidArgument(f"{CLASS_COUNT} of output {shown(output.name)} must be a positive integer")
+        counts[output.name] = k
+    return {n: counts[n] for n in wanted if n in counts}
+
+
+def write_classification(response: oip.ModelInferResponse, name: str, tensor: torch.Tensor, k: int) -> None:
+    """The classification extension: the top ``k`` classes of each row of ``tensor`` (the last dimension
+    holds the class scores) as a BYTES tensor of ``"score:index"`` strings, best first."""
+    scores = tensor.detach().float()
+    if scores.dim() == 0:
+        raise InvalidArgument(f"output {shown(name)} is a scalar; it has no classes to rank")
+    rows = scores.reshape(-1, scores.shape[-1]) if scores.dim() > 1 else scores.reshape(1, -1)
+    k = min(k, rows.shape[-1])
+    values, indexes = torch.topk(rows, k, dim=-1)
+    items = [f"{v:f}:{i}".encode() for v, i in zip(values.flatten().tolist(), indexes.flatten().tolist(), strict=True)]
+    shape = [*scores.shape[:-1], k] if scores.dim() > 1 else [k]
+    response.outputs.add(name=name, datatype="BYTES", shape=shape)
+    response.raw_output_contents.append(b"".join(len(item).to_bytes(4, "little") + item for item in items))
+
+
+class Deployer:
+    """Repository load/unload for the OIP door: partitions loaded where the Divider placed them, through the
+    nodes' administrative RPCs (with ``security``, the admin identity when the cluster runs TLS)."""
+
+    def __init__(
+        self, pool: ModelPool, registry: Registry, pool_address: str = "", security: ClientSecurity | None = None
+    ) -> None:
+        self._pool = pool
+        self._registry = registry
+        #: host:port of the ModelPoolService nodes pull from (the front-end's own, known once it is bound).
+        self.pool_address = pool_address
+        self._security = security
+
+    def load(self, model: str, variants: Sequence[str]) -> None:
+        nodes = sorted(self._registry.servers())
+        if not nodes:
+            raise Unavailable("no live node to deploy onto")
+        for variant in variants:
+            sha = self._pool.resolve(model, variant, DIVISION)
+            parts = [(p.name, p.host) for p in self._pool.division(sha).partitions]
+            for name, addresses in placement(parts, [(a, a) for a in nodes]).items():
+                for address in addresses:
+                    with NodeClient(address, security=self._security) as client:
+                        client.load_partition(f"pool://{self.pool_address}/{sha}/{name}",
+                                              PartitionKey(model, variant, name))  # fmt: skip
+
+    def unload(self, model: str) -> None:
+        for address, record in sorted(self._registry.servers().items()):
+            for key in record.partitions:
+                if key.startswith(f"{model}@"):
+                    with NodeClient(address, security=self._security) as client:
+                        client.unload_partition(PartitionKey.parse(key))

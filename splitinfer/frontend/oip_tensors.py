@@ -56,9 +56,14 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    #: Dimension 0 is the batch and takes any size from 1 up to the model's max_batch_size.
+    dynamic_batch: bool = False
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.datatype}{list(self.shape)}"
+        dims = [str(d) for d in self.shape]
+        if self.dynamic_batch:
+            dims[0] = "N"
+        return f"{self.name}:{self.datatype}[{', '.join(dims)}]"
 
 
 def datatype_of(dtype: torch.dtype) -> str:
@@ -71,7 +76,7 @@ def datatype_of(dtype: torch.dtype) -> str:
 def parse_spec(text: str) -> TensorSpec:
     """A manifest spec such as ``"x:float32[1, 3, 224, 224]"`` as the protocol names it."""
     spec = manifest.parse_spec(text)
-    return TensorSpec(spec.name, datatype_of(parse_dtype(spec.dtype)), spec.shape)
+    return TensorSpec(spec.name, datatype_of(parse_dtype(spec.dtype)), spec.shape, spec.dynamic_batch)
 
 
 def _element_count(shape: Sequence[int], name: str, limits: DecodeLimits) -> int:
@@ -106,14 +111,20 @@ def _from_contents(message: oip.InferTensorContents, spec: TensorSpec, dtype: to
 
 
 def read_inputs(
-    request: oip.ModelInferRequest, expected: Sequence[TensorSpec], limits: DecodeLimits = DEFAULT_LIMITS
+    request: oip.ModelInferRequest,
+    expected: Sequence[TensorSpec],
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    max_batch_size: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """The request's input tensors, each checked against the model's ``expected`` inputs."""
+    """The request's input tensors, each checked against the model's ``expected`` inputs: every dimension
+    exactly, except the batch dimension of a dynamic-batch input, which takes 1 to ``max_batch_size`` rows
+    (the same number for every input)."""
     by_name = {s.name: s for s in expected}
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents; they must pair up")
     tensors: dict[str, torch.Tensor] = {}
+    batch_sizes: set[int] = set()
     total = 0
     for index, given in enumerate(request.inputs):
         spec = by_name.get(given.name)
@@ -125,8 +136,18 @@ def read_inputs(
             raise InvalidArgument(f"input {shown(given.name)} is given twice")
         shape = tuple(given.shape)
         count = _element_count(shape, given.name, limits)
-        if given.datatype != spec.datatype or shape != spec.shape:
-            raise InvalidArgument(f"input {shown(given.name)} must be {spec}; got {given.datatype}{list(shape)}")
+        batched = (
+            spec.dynamic_batch and len(shape) == len(spec.shape) and shape[1:] == spec.shape[1:]
+            and 1 <= shape[0] <= max_batch_size
+        )  # fmt: skip
+        if given.datatype != spec.datatype or (shape != spec.shape and not batched):
+            limit = f" (batch 1 to {max_batch_size})" if spec.dynamic_batch else ""
+            raise InvalidArgument(f"input {shown(given.name)} must be {spec}{limit}; got {given.datatype}{list(shape)}")
+        if spec.dynamic_batch:
+            batch_sizes.add(shape[0])
+            if len(batch_sizes) > 1:
+                raise InvalidArgument(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+            spec = TensorSpec(spec.name, spec.datatype, shape, True)
         dtype = _TORCH_BY_DATATYPE[spec.datatype]
         total += count * torch.empty((), dtype=dtype).element_size()
         if total > limits.max_tensor_bytes:

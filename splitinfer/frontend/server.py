@@ -12,11 +12,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AioHealthServicer  # what health.aio re-exports
-from grpc_reflection.v1alpha import reflection
 
+from splitinfer.controller.activity import ActivityWindow
 from splitinfer.frontend.dispatch import Dispatcher
+from splitinfer.frontend.kserve_rest import KServeRestConfig, RunningRest, servicer_dispatch, start_rest
 from splitinfer.frontend.metrics import FrontEndMetrics
-from splitinfer.frontend.oip import InferenceServicer
+from splitinfer.frontend.oip import Deployer, InferenceServicer
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.frontend.plans import PlanBook
 from splitinfer.frontend.service import DEFAULT_MAX_REQUEST_BYTES, FrontEndServicer
@@ -39,6 +40,7 @@ from splitinfer.transport.channel import bind
 from splitinfer.transport.clients import RouteClient
 from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S
 from splitinfer.transport.reader import StreamTimeouts
+from splitinfer.transport.reflection import enable_reflection
 from splitinfer.v1 import (
     frontend_pb2,
     frontend_pb2_grpc,
@@ -92,6 +94,11 @@ class FrontEndConfig:
     max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S
     #: Most payload bytes one Infer request may send, all its tensors together.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    #: Sliding window over which requests are counted per device class (GetFrontEndStatus, metrics), seconds.
+    activity_window_s: float = 60.0
+    #: Port of the Open Inference Protocol over HTTP/REST (KServe v2; 0: any free one); -1 for none. HTTPS
+    #: with ``tls_dir``'s server certificate; the same tokens and roles as the gRPC door.
+    http_port: int = -1
 
     def __post_init__(self) -> None:
         if self.plan_ttl_s <= 0 or self.max_plans < 1:
@@ -100,6 +107,8 @@ class FrontEndConfig:
             raise ValueError("registry_ttl_s must be > 0")
         if min(self.first_message_timeout_s, self.idle_timeout_s, self.max_timeout_s) <= 0:
             raise ValueError("stream timeouts and max_timeout_s must be > 0")
+        if not 0 < self.activity_window_s < float("inf"):
+            raise ValueError("activity_window_s must be a positive number of seconds")
         if self.max_request_bytes < 1 or self.grpc_workers < 1:
             raise ValueError("max_request_bytes and grpc_workers must be >= 1")
         ServerLimits(  # the stream caps, checked here so that a bad config fails at load
@@ -123,6 +132,15 @@ class RunningFrontEnd:
     limiter: StreamLimiter
     metrics_port: int | None = None
     registration: Registration | None = None
+    #: Requests per device class over the activity window.
+    activity: ActivityWindow | None = None
+    #: The KServe v2 REST door, when ``http_port`` asked for one.
+    rest: RunningRest | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.rest.port if self.rest is not None else None
+
     extra: list[object] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -148,6 +166,8 @@ class RunningFrontEnd:
         self._stopping.set()
         if self.registration is not None:
             self.registration.close()  # nodes stop accepting this front-end as a sink
+        if self.rest is not None:
+            self.rest.stop(grace_s)
         self.serving.stop(grace_s, before=self.health.enter_graceful_shutdown)
         if self.store is not None:
             self.store.close()
@@ -199,6 +219,15 @@ def start_frontend(
     if store is not None:
         names.append(result_store_pb2.DESCRIPTOR.services_by_name["ResultStoreService"].full_name)
     serving = ServingLoop("frontend", config.grpc_workers)
+    activity = ActivityWindow(config.activity_window_s)
+    doors: dict[str, InferenceServicer] = {}
+    # Repository load/unload acts on the nodes with the admin identity when the cluster runs TLS (only an
+    # admin caller may ask for it; see security/auth.py).
+    admin = None
+    if config.tls_dir:
+        tls_path = Path(config.tls_dir)
+        admin = client_security_from_dir(tls_path, "admin" if (tls_path / "admin.pem").exists() else "cluster")
+    deployer = Deployer(pool, registry, security=admin)
 
     async def serve() -> tuple[int, AioHealthServicer, StreamLimiter]:
         server, limiter = new_aio_server(limits, security)
@@ -211,6 +240,8 @@ def start_frontend(
             timeouts=timeouts,
             max_timeout_s=config.max_timeout_s,
             max_request_bytes=config.max_request_bytes,
+            activity=activity,
+            pool_root=Path(config.pool_dir),
         )
         frontend_pb2_grpc.add_FrontEndServiceServicer_to_server(frontend, server)
         # The Open Inference Protocol (KServe v2 / Triton) on the same port, for clients that speak it.
@@ -222,14 +253,16 @@ def start_frontend(
             metrics=metrics,
             timeouts=timeouts,
             max_timeout_s=config.max_timeout_s,
+            deployer=deployer,
         )
         oip_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+        doors["oip"] = inference
         model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(pool), server)
         if store is not None:
             result_store_pb2_grpc.add_ResultStoreServiceServicer_to_server(ResultStoreServicer(store, tokens), server)
         health_servicer = AioHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+        enable_reflection(server, names)
         port = bind(server, f"{config.host}:{config.port}", security)
         if port == 0:
             raise OSError(f"could not bind {config.host}:{config.port}")
@@ -245,10 +278,36 @@ def start_frontend(
         serving.stop(0)
         raise
     address = f"{config.host}:{port}"
+    deployer.pool_address = address
     metrics_port = metrics.serve(config.metrics_port, config.host) if config.metrics_port >= 0 else None
     log.info("front-end serving at %s", address)
     running = RunningFrontEnd(
-        serving, port, address, planner, store, health_servicer, registry, plans, metrics, limiter, metrics_port
+        serving,
+        port,
+        address,
+        planner,
+        store,
+        health_servicer,
+        registry,
+        plans,
+        metrics,
+        limiter,
+        metrics_port,
+        activity=activity,
     )
+    if config.http_port >= 0:
+        tls_dir = Path(config.tls_dir) if config.tls_dir else None
+        rest_config = KServeRestConfig(
+            host=config.host,
+            port=config.http_port,
+            max_timeout_s=config.max_timeout_s,
+            tls_key_file=str(tls_dir / "server.key") if tls_dir else "",
+            tls_cert_file=str(tls_dir / "server.pem") if tls_dir else "",
+        )
+        try:
+            running.rest = start_rest(servicer_dispatch(doors["oip"], serving.loop, tokens), rest_config)
+        except BaseException:
+            running.stop(0)
+            raise
     running.keep_registered(ServerRecord(address, role=FRONTEND), config.registry_ttl_s)
     return running

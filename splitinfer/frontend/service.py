@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
 from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits
+from splitinfer.controller.activity import ActivityWindow
+from splitinfer.controller.controller import read_status
 from splitinfer.errors import InvalidArgument, Unauthenticated
 from splitinfer.frontend.dispatch import Dispatcher, Job
 from splitinfer.frontend.metrics import FrontEndMetrics, instrument
@@ -27,7 +30,7 @@ from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S, clamp_timeout_s
 from splitinfer.transport.reader import Admission, StreamTimeouts, read_stream
 from splitinfer.transport.status import set_request_id
 from splitinfer.transport.stream import stream_messages
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, tensor_pb2
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2, tensor_pb2
 
 __all__ = ["FrontEndServicer", "caller_of"]
 
@@ -67,6 +70,8 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         limits: DecodeLimits = DEFAULT_LIMITS,
         timeouts: StreamTimeouts | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        activity: ActivityWindow | None = None,
+        pool_root: Path | None = None,
     ) -> None:
         self._planning = planning
         self._dispatcher = dispatcher
@@ -78,7 +83,12 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         self._limits = limits
         self._timeouts = timeouts or StreamTimeouts()
         self._max_request_bytes = max_request_bytes
-        instrument(self, self.metrics, DOOR, ("Plan", "Infer"))
+        #: Requests per device class (what the division controller re-divides by), and where the
+        #: controller publishes its status (the pool directory this front-end plans from).
+        self.activity = activity or ActivityWindow()
+        self._pool_root = pool_root
+        self.metrics.watch_activity(self.activity)
+        instrument(self, self.metrics, DOOR, ("Plan", "Infer", "GetFrontEndStatus"))
 
     async def Plan(
         self, request: frontend_pb2.PlanRequest, context: grpc.aio.ServicerContext
@@ -91,7 +101,36 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         caller = caller_of(self._tokens, context, device_id)  # type: ignore[arg-type]
         plan = await in_executor(self._planning.plan, request.model, request.device, request.requirements)
         issued = self._plans.issue(plan, caller, device_id)
+        if plan.route is None:  # the device will run alone: the servers never see its requests, count it here
+            self._record(request.device)
         return frontend_pb2.PlanResponse(plan=issued.device_share())
+
+    def _record(self, device: plan_pb2.DeviceState) -> None:
+        self.activity.record(device.device_class, device.compute_flops, device.uplink_mbps)
+
+    async def GetFrontEndStatus(
+        self, request: frontend_pb2.GetFrontEndStatusRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.GetFrontEndStatusResponse:
+        self.metrics.requests.labels(DOOR, "GetFrontEndStatus").inc()
+        response = frontend_pb2.GetFrontEndStatusResponse(window_s=self.activity.window_s, plans_held=len(self._plans))
+        for activity in self.activity.snapshot().values():
+            response.activity.add(
+                device_class=activity.device_class,
+                requests=activity.requests,
+                requests_per_s=activity.requests_per_s,
+                compute_flops=activity.compute_flops,
+                uplink_mbps=activity.uplink_mbps,
+            )
+        published = await in_executor(read_status, self._pool_root) if self._pool_root is not None else None
+        if published is not None:
+            response.controller_updated_unix_s = published.updated_unix_s
+            for m in published.models:
+                response.divisions.add(
+                    model=m.model, variant=m.variant, version=m.version, changed_unix_s=m.changed_unix_s,
+                    reason=m.reason, predicted_gain=m.predicted_gain, basis=m.basis, rollout=m.rollout,
+                    last_evaluation=m.last_evaluation,
+                )  # fmt: skip
+        return response
 
     async def Infer(
         self, request_iterator: AsyncIterator[frontend_pb2.InferRequest], context: grpc.aio.ServicerContext
@@ -108,6 +147,7 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
             caller = caller_of(self._tokens, context, device_id)  # type: ignore[arg-type]
             issued = self._plans.get(header.plan_id, caller, device_id)
             resolved.append((caller, device_id, issued))
+            self._record(header.device)
             wanted = set(issued.entry_tensors)
 
             def precheck(tensor: tensor_pb2.Tensor) -> None:

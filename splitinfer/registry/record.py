@@ -35,6 +35,10 @@ class ServerRecord:
     metrics_port: int = 0
     #: What kind of server this is: NODE or FRONTEND.
     role: str = NODE
+    #: Dynamic batching on the node: most rows one partition run takes (1: off), and the longest a request
+    #: waits for others to join its batch.
+    max_batch_size: int = 1
+    max_queue_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

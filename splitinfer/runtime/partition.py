@@ -40,6 +40,15 @@ class PartitionKey:
     def __str__(self) -> str:
         return f"{self.model}@{self.variant}/{self.partition}"
 
+    @classmethod
+    def parse(cls, text: str) -> PartitionKey:
+        """The key from its text form ``model@variant/partition`` (what registry records list)."""
+        model_variant, slash, partition = text.partition("/")
+        model, at, variant = model_variant.partition("@")
+        if not (slash and at and model and variant and partition):
+            raise InvalidArgument(f"partition key {text[:200]!r} is not model@variant/partition")
+        return cls(model, variant, partition)
+
 
 @dataclass(frozen=True, slots=True)
 class RuntimeOptions:

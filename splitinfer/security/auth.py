@@ -43,7 +43,13 @@ _ANY = frozenset({DEVICE, CLUSTER, ADMIN})
 POLICY: Mapping[str, frozenset[str]] = {
     "/grpc.health.v1.Health/": frozenset(),  # open: probes and load balancers
     "/grpc.reflection.v1alpha.ServerReflection/": frozenset(),
+    "/grpc.reflection.v1.ServerReflection/": frozenset(),
+    # The traffic mix and the divisions in force are the cluster's business, not a device's.
+    "/splitinfer.v1.FrontEndService/GetFrontEndStatus": frozenset({CLUSTER, ADMIN}),
     "/splitinfer.v1.FrontEndService/": frozenset({DEVICE, ADMIN}),
+    # Deploying and removing models changes what the cluster runs: operators only.
+    "/inference.GRPCInferenceService/RepositoryModelLoad": frozenset({ADMIN}),
+    "/inference.GRPCInferenceService/RepositoryModelUnload": frozenset({ADMIN}),
     "/inference.GRPCInferenceService/": frozenset({DEVICE, ADMIN}),
     "/splitinfer.v1.ModelPoolService/ListModels": _ANY,
     "/splitinfer.v1.ModelPoolService/FetchArtifact": _ANY,

@@ -72,7 +72,8 @@ def small_system(root: Path, *, variants: tuple[str, ...] = ("fp32", "fp16")) ->
             assert time.monotonic() < deadline, "nodes did not join the registry"
             time.sleep(0.05)
         frontend = start_frontend(
-            FrontEndConfig(pool_dir=str(pool.root), results_db=str(root / "results.db")), registry=registry
+            FrontEndConfig(pool_dir=str(pool.root), results_db=str(root / "results.db"), http_port=0),
+            registry=registry,
         )
         yield SmallSystem(frontend, nodes, registry, pool, model, example[0], input_name, output_name)
     finally:

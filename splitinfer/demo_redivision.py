@@ -1,0 +1,225 @@
+"""A live re-division, end to end: the device population shifts, the division controller re-divides the model,
+rolls the new division out to the nodes while requests keep flowing, and the new population gets faster.
+
+Used by ``make demo`` (its re-division phase), ``benchmarks/redivision.py`` and the integration test. Everything
+is real except the devices' speed and uplink, which are emulated by the edge agent (its compute slowdown and
+emulated uplink) as in the rest of the demo:
+
+- the model (:class:`Funnel`) has a cheap stem that squeezes a 48 KB input to a 4 KB tensor, then a heavy body;
+- *cameras* (slow compute, fast uplink) are best served by sending their input: the division they shape needs
+  no head cut;
+- *phones* (faster compute, a 2 Mbit/s uplink) are best served by running the stem and sending the squeezed
+  tensor, which needs a partition boundary after the squeeze that the cameras' division does not have.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import AgentConfig
+from server_node.config import NodeConfig
+from server_node.server import RunningNode, start_node
+from splitinfer.controller.controller import DivisionController
+from splitinfer.controller.daemon import GrpcNodeOps, frontend_activity
+from splitinfer.controller.placement import placement
+from splitinfer.controller.policy import ControllerConfig
+from splitinfer.divider import ServerCapacity, divide
+from splitinfer.frontend.server import FrontEndConfig, RunningFrontEnd, start_frontend
+from splitinfer.graph import ModelGraph
+from splitinfer.pool import ModelPool
+from splitinfer.pool.sources import put_source
+from splitinfer.program import export_program
+from splitinfer.registry import EmbeddedRegistry
+from splitinfer.runtime import PartitionKey
+from splitinfer.runtime.compute import measure_flops
+from splitinfer.transport.clients import NodeClient
+from splitinfer.v1 import plan_pb2
+
+__all__ = ["MODEL", "Funnel", "PhaseResult", "RedivisionSystem", "redivision_system"]
+
+MODEL = "funnel"
+VARIANT = "fp32"
+
+
+class Funnel(nn.Module):
+    """Stem (3->8 channels at 64x64), squeeze to 4x16x16 (4 KB), then four 1024-wide layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.squeeze = nn.Conv2d(8, 4, 4, stride=4)
+        self.body = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(1024, 1024), nn.ReLU())])
+        self.head = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(torch.flatten(torch.relu(self.squeeze(torch.relu(self.stem(x)))), 1)))
+
+
+def funnel() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    return Funnel().eval(), (torch.randn(1, 3, 64, 64),)
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    device_class: str
+    #: How many times slower than this machine the device computes.
+    compute_slowdown: float
+    uplink_mbps: float
+
+
+CAMERA = DeviceKind("camera", compute_slowdown=200.0, uplink_mbps=100.0)
+PHONE = DeviceKind("phone", compute_slowdown=60.0, uplink_mbps=2.0)
+
+
+@dataclass
+class PhaseResult:
+    device_class: str
+    #: Warm requests only (the first requests after a plan change pull partitions and are not counted).
+    latencies_ms: list[float]
+    failures: int
+    plans: list[str] = field(default_factory=list)
+
+    @property
+    def mean_ms(self) -> float:
+        return statistics.fmean(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p95_ms(self) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass
+class RedivisionSystem:
+    root: Path
+    pool: ModelPool
+    registry: EmbeddedRegistry
+    nodes: list[RunningNode]
+    frontend: RunningFrontEnd
+    controller: DivisionController
+    example: torch.Tensor
+    model: nn.Module
+    machine_flops: float
+    agents: dict[str, EdgeAgent] = field(default_factory=dict)
+
+    def agent(self, kind: DeviceKind, index: int = 0) -> EdgeAgent:
+        key = f"{kind.device_class}-{index}"
+        if key not in self.agents:
+            self.agents[key] = EdgeAgent(
+                AgentConfig(
+                    device_id=key,
+                    device_class=kind.device_class,
+                    frontend=self.frontend.address,
+                    pool=self.frontend.address,
+                    cache_dir=str(self.root / "agents" / key),
+                    compute_slowdown=kind.compute_slowdown,
+                    emulated_uplink_mbps=kind.uplink_mbps,
+                    plan_ttl_s=1.0,
+                    prefetch_fallback=False,
+                ),
+                compute_flops=self.machine_flops / kind.compute_slowdown,
+            )
+        return self.agents[key]
+
+    def traffic(self, kind: DeviceKind, requests: int, *, warmup: int = 3, devices: int = 1) -> PhaseResult:
+        """``requests`` requests from each of ``devices`` devices of ``kind``, in turn; the first ``warmup``
+        of each device are not timed (plans, partition pulls)."""
+        result = PhaseResult(kind.device_class, [], 0)
+        for i in range(requests + warmup):
+            for d in range(devices):
+                agent = self.agent(kind, d)
+                try:
+                    answer = agent.infer(MODEL, {"x": self.example}, plan_pb2.Requirements())
+                except Exception:
+                    result.failures += 1
+                    continue
+                if answer.device_only_fallback:
+                    result.failures += 1
+                elif i >= warmup:
+                    result.latencies_ms.append(answer.total_ms)
+                    if answer.plan is not None and answer.plan.summary() not in result.plans:
+                        result.plans.append(answer.plan.summary())
+        return result
+
+    def check_outputs(self, kind: DeviceKind) -> bool:
+        answer = self.agent(kind).infer(MODEL, {"x": self.example}, plan_pb2.Requirements())
+        expected = self.model(self.example).detach()
+        return bool(torch.allclose(next(iter(answer.outputs.values())), expected, atol=1e-4))
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.close()
+
+
+def deploy_division(pool: ModelPool, nodes: list[RunningNode], pool_address: str) -> None:
+    """Loads the live division of the funnel onto the nodes as the Divider placed it."""
+    sha = pool.resolve(MODEL, VARIANT, "default")
+    division = pool.division(sha)
+    placed = placement([(p.name, p.host) for p in division.partitions], [(n.address, n.address) for n in nodes])
+    for name, addresses in placed.items():
+        for address in addresses:
+            with NodeClient(address) as client:
+                client.load_partition(f"pool://{pool_address}/{sha}/{name}", PartitionKey(MODEL, VARIANT, name))
+    for node in nodes:
+        node.publish()
+
+
+@contextmanager
+def redivision_system(
+    root: Path | None = None, controller_config: ControllerConfig | None = None
+) -> Iterator[RedivisionSystem]:
+    """Two nodes, a front-end, the division controller (driven by the caller: ``system.controller.step()``) and
+    the funnel divided for two servers as the cameras need it."""
+    with ExitStack() as stack:
+        if root is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitinfer-redivision-")))
+        model, (example,) = funnel()
+        program = export_program(model, (example,))
+        pool = ModelPool(root / "pool")
+        flops = measure_flops(0.2)
+        servers = [ServerCapacity("edge", flops, 1 << 34), ServerCapacity("cloud", flops, 1 << 34)]
+        division = divide(ModelGraph.build(program), MODEL, servers)
+        pool.add_division(division, variant=VARIANT, division_name="default", task="funnel", accuracy=0.9)
+        put_source(pool, MODEL, VARIANT, program)
+        registry = EmbeddedRegistry()
+        nodes: list[RunningNode] = []
+        for _ in range(2):
+            node = start_node(NodeConfig(torch_threads=1, benchmark_s=0.05, status_interval_s=0.2), registry=registry)
+            stack.callback(node.stop, 0.5)
+            nodes.append(node)
+        frontend = start_frontend(
+            FrontEndConfig(pool_dir=str(pool.root), results_db=str(root / "results.db"), plan_ttl_s=20.0),
+            registry=registry,
+        )
+        stack.callback(frontend.stop, 0.5)
+        deploy_division(pool, nodes, frontend.address)
+        deadline = time.monotonic() + 10
+        while len(registry.servers()) < len(nodes) or not all(r.partitions for r in registry.servers().values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the nodes did not report their partitions")
+            time.sleep(0.05)
+        config = controller_config or ControllerConfig(
+            models=(f"{MODEL}@{VARIANT}",), min_requests=10, min_interval_s=5.0, drain_s=25.0, drain_timeout_s=10.0
+        )
+        controller = DivisionController(
+            config,
+            pool,
+            servers=registry.servers,
+            activity=frontend_activity(lambda: [frontend.address]),
+            nodes=GrpcNodeOps(timeout_s=config.rpc_timeout_s),
+            pool_address=frontend.address,
+        )
+        system = RedivisionSystem(root, pool, registry, nodes, frontend, controller, example, model, flops)
+        stack.callback(system.close)
+        yield system

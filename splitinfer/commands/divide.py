@@ -27,6 +27,7 @@ from splitinfer.divider.picture import render_division
 from splitinfer.errors import InvalidArgument
 from splitinfer.graph import ModelGraph, bottlenecks
 from splitinfer.pool import ModelPool
+from splitinfer.postprocess import PostprocessSpec
 from splitinfer.pool.sources import put_source
 from splitinfer.program import example_feeds
 from splitinfer.runtime.compute import measure_flops
@@ -172,7 +173,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     options = DivideOptions(
         link_mbps=args.link_mbps, max_live_tensors=_max_live(args.max_live_tensors), max_live_limit=args.max_live_limit
     )
-    postprocess = getattr(model, "postprocess", None)
+    declared = getattr(model, "postprocess", None)
+    postprocess = declared if isinstance(declared, PostprocessSpec) else None  # not a method of that name
     reference: dict[str, Any] | None = None
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"dividing {name}", total=len(kinds))

@@ -27,8 +27,8 @@ from splitinfer.divider.picture import render_division
 from splitinfer.errors import InvalidArgument
 from splitinfer.graph import ModelGraph, bottlenecks
 from splitinfer.pool import ModelPool
-from splitinfer.postprocess import PostprocessSpec
 from splitinfer.pool.sources import put_source
+from splitinfer.postprocess import PostprocessSpec
 from splitinfer.program import example_feeds
 from splitinfer.runtime.compute import measure_flops
 from splitinfer.variants import VARIANT_KINDS, Accuracy, make_variant, measure_top1, output_drift

@@ -46,6 +46,7 @@ class Device:
         self.flops = measure_flops(0.3) / self.slowdown
         self.server_flops = float(config["server_flops"])
         self.partition_factors: tuple[tuple[str, float], ...] = ()
+        self.last_predicted_ms = 0.0
         self.client = RouteClient()
         self.input_name = self.manifest["inputs"][0].split(":", 1)[0]
         torch.manual_seed(0)
@@ -145,6 +146,7 @@ class Device:
         problem = problem_from([self.manifest], [record], state, plan_pb2.Requirements(), self.codecs)
         problem = replace(problem, device=replace(problem.device, partition_factors=self.partition_factors))
         plan = (solver or AutoSolver()).solve(problem)
+        self.last_predicted_ms = plan.predicted_latency_ms
         on_device = [p.on_device for p in plan.placements]
         i = on_device.index(False) if False in on_device else len(on_device)
         j = len(on_device) - on_device[::-1].index(False) if False in on_device else len(on_device)
@@ -157,7 +159,9 @@ def measure(device: Device, repeats: int, mbps: float) -> dict[str, Any]:
     strategies: dict[str, tuple[int, int]] = {"server-only": (0, n)}
     strategies.update({f"cut after {device.parts[k - 1]['name']}": (k, n) for k in range(1, n)})
     strategies["device-only"] = (n, n)
-    planned, neurosurgeon = device.plan(mbps), device.plan(mbps, NeurosurgeonSolver())
+    planned = device.plan(mbps)
+    predicted_ms = device.last_predicted_ms  # the planner's own prediction for the plan it chose
+    neurosurgeon = device.plan(mbps, NeurosurgeonSolver())
     results: dict[str, Any] = {}
     for name, (i, j) in [*strategies.items(), ("planner", planned), ("neurosurgeon", neurosurgeon)]:
         device.run(i, j, f"warm-{name}-{time.time_ns()}")
@@ -166,6 +170,7 @@ def measure(device: Device, repeats: int, mbps: float) -> dict[str, Any]:
             seconds, sent = device.run(i, j, f"{name}-{r}-{time.time_ns()}")
             samples.append(seconds * 1e3)
         results[name] = {"cut": [i, j], "median_ms": statistics.median(samples), "samples_ms": samples, "bytes": sent}
+    results["planner"]["predicted_ms"] = predicted_ms
     return {"strategies": results, "device_flops": device.flops, "server_flops": device.server_flops, "partitions": n}
 
 

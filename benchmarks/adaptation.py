@@ -213,10 +213,18 @@ def _report(measured: dict[str, Any], console: Console) -> tuple[list[dict[str, 
             "within_10pct": planner <= 1.10 * fixed[oracle_name],
             "not_worse": planner <= 1.05 * min(fixed["server-only"], fixed["device-only"]),
             "strategies_ms": ms,
+            # The planner's prediction for its plan against that plan's measured median (docs: per profile).
+            "planner_predicted_ms": s["planner"].get("predicted_ms"),
+            "prediction_error": abs(s["planner"]["predicted_ms"] - planner) / planner
+            if s["planner"].get("predicted_ms") else None,
         }  # fmt: skip
         rows.append(row)
         table.add_row(profile, *(f"{ms[n]:.0f}" + (" *" if n == oracle_name else "") for n in names))
     console.print(table)
+    for r in rows:
+        if r["prediction_error"] is not None:
+            console.print(f"  {r['profile']}: planner predicted {r['planner_predicted_ms']:.0f} ms for its plan, "
+                          f"measured {r['planner_ms']:.0f} ms (error {r['prediction_error']:.0%})")  # fmt: skip
     return rows, all(r["within_10pct"] and r["not_worse"] for r in rows)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -286,9 +287,21 @@ def adaptation_section(data: dict[str, Any]) -> list[str]:
         f"plan follows < 1 s: {reaction}, {verdict[targets['step_reaction_below_1s']]}. The device re-plans before",
         "each request from its measured uplink, so the reaction includes the request in flight at the step.",
         "",
-        "![adaptation](img/adaptation.png)",
-        "",
     ]
+    errors = [r for r in data["rows"] if r.get("prediction_error") is not None]
+    if errors:
+        lines += [
+            "The planner's predicted latency for its plan against that plan's measured median (calibrated from two",
+            "warm runs of each partition on both sides): "
+            + "; ".join(
+                f"{r['profile']} {r['planner_predicted_ms']:.0f} vs {r['planner_ms']:.0f} ms "
+                f"({r['prediction_error']:.0%})"
+                for r in errors
+            )
+            + f"; median error {statistics.median(r['prediction_error'] for r in errors):.0%}.",
+            "",
+        ]
+    lines += ["![adaptation](img/adaptation.png)", ""]
     return lines
 
 

@@ -173,8 +173,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     options = DivideOptions(
         link_mbps=args.link_mbps, max_live_tensors=_max_live(args.max_live_tensors), max_live_limit=args.max_live_limit
     )
-    declared = getattr(model, "postprocess", None)
-    postprocess = declared if isinstance(declared, PostprocessSpec) else None  # not a method of that name
+    stage = getattr(model, "postprocess", None)
+    postprocess = stage if isinstance(stage, PostprocessSpec) else None  # not a method of that name
     reference: dict[str, Any] | None = None
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"dividing {name}", total=len(kinds))

@@ -277,6 +277,7 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
         for node in nodes:
             node.stop(1)
     console.print(_prediction_table(tracker))
+    console.print(_learned_table())
     table = Table(title="summary")
     for column in ("phase", "device", "model", "latency ms", "device ms", "remote ms", "energy mJ", "accuracy"):
         table.add_column(column, justify="right")
@@ -308,6 +309,20 @@ def _show_prediction(
         f"error {error:6.1%}",
         markup=False,
     )
+
+
+def _learned_table() -> Table:
+    """The learned planner (the committed policy, trained on the simulator) next to the exact planner, in the
+    simulator's ResNet-18 phone world with fluctuating uplinks: the third planning approach, shown."""
+    from splitinfer.sim.scenarios import compare_learned
+
+    table = Table(title="learned planner vs exact planner, simulated ResNet-18 phones, 60 requests per profile")
+    for column in ("profile", "planner", "SLO violations", "mean ms", "p95 ms", "energy mJ", "decision p50 ms"):
+        table.add_column(column, justify="right")
+    for m in compare_learned(60):
+        table.add_row(m.scenario, m.planner, f"{m.slo_violation_rate:.1%}", f"{m.mean_latency_ms:.1f}",
+                      f"{m.p95_latency_ms:.1f}", f"{m.mean_energy_mj:.1f}", f"{m.p50_plan_ms:.3f}")  # fmt: skip
+    return table
 
 
 def _prediction_table(tracker: PredictionTracker) -> Table:

@@ -13,13 +13,14 @@ from dataclasses import replace
 
 from splitinfer.planner.problem import Requirements, ServerProfile, VariantProfile
 from splitinfer.planner.profiles import DEFAULT_CODECS
-from splitinfer.sim.simulator import DeviceClassSpec, Scenario
+from splitinfer.sim.simulator import DeviceClassSpec, Metrics, Scenario
 from splitinfer.sim.traces import bandwidth_trace
 
 __all__ = [
     "EDGE_CLOUD",
     "PHONE",
     "SLO",
+    "compare_learned",
     "divided",
     "divided_dag",
     "phone_scenario",
@@ -137,3 +138,22 @@ def training_scenario(
         battery_start_percent=rng.uniform(10, 100),
         devices=2,
     )
+
+
+def compare_learned(requests: int = 60) -> list[Metrics]:
+    """The learned planner (the committed policy) and the exact planner on the standard profiles, uplinks
+    fluctuating (0.6; 1.0 for "4G volatile"): a short version of the planner benchmark's comparison."""
+    from splitinfer.planner.learned import LearnedSolver
+    from splitinfer.planner.planner import Planner
+    from splitinfer.sim.simulator import simulate
+    from splitinfer.sim.traces import STANDARD_UPLINKS_MBPS
+
+    scenarios = [phone_scenario(k, v, requests, variability=0.6) for k, v in STANDARD_UPLINKS_MBPS.items()]
+    scenarios.append(phone_scenario("4G volatile", STANDARD_UPLINKS_MBPS["4G"], requests, variability=1.0))
+    learned = LearnedSolver()
+    out = []
+    for scenario in scenarios:
+        planner = Planner()
+        out.append(simulate(scenario, lambda p, d, planner=planner: planner.plan(p, device_id=d), "exact"))
+        out.append(simulate(scenario, lambda p, d: learned.solve(p), "learned"))
+    return out

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitinfer.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from splitinfer.pool.pool import ModelPool
 from splitinfer.runtime import LoadedPartition, PartitionKey, RuntimeOptions, read_partition_artifact
 
 __all__ = ["PartitionHost"]
@@ -59,12 +60,34 @@ class PartitionHost:
                 with self._lock:
                     self._slots.pop(expected, None)
             raise
+        self._install(loaded)
+        return loaded
+
+    def load_from_pool(
+        self, pool: ModelPool, manifest_sha256: str, partition: str, expected: PartitionKey | None
+    ) -> LoadedPartition:
+        """Loads a partition straight from a pool's verified blobs (nothing rewritten or hashed twice)."""
+        manifest = pool.division(manifest_sha256)
+        key = PartitionKey(manifest.model, manifest.variant, partition)
+        if expected is not None and key != expected:
+            raise InvalidArgument(f"pool division {manifest_sha256[:12]} holds partition {key}, not {expected}")
+        placeholder = self._mark_loading(key)
+        try:
+            loaded = pool.load_partition(manifest_sha256, partition, self.runtime)
+        except BaseException:
+            if placeholder:
+                with self._lock:
+                    self._slots.pop(key, None)
+            raise
+        self._install(loaded)
+        return loaded
+
+    def _install(self, loaded: LoadedPartition) -> None:
         with self._lock:
-            previous = self._slots.get(key)
-            self._slots[key] = _Slot(loaded)
+            previous = self._slots.get(loaded.key)
+            self._slots[loaded.key] = _Slot(loaded)
         if previous is not None and previous.partition is not None:
             previous.partition.close()
-        return loaded
 
     def _mark_loading(self, key: PartitionKey) -> bool:
         """Marks ``key`` as loading (requests get UNAVAILABLE) unless a ready copy is already hosted."""

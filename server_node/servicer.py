@@ -33,7 +33,7 @@ from server_node.trust import RouteTrust
 from splitinfer.codecs import ChunkAssembler, CodecSpec, DecodeLimits, WireTensor
 from splitinfer.codecs.dtypes import from_torch
 from splitinfer.errors import FailedPrecondition, InvalidArgument
-from splitinfer.pool.service import POOL_SCHEME, pull_partition
+from splitinfer.pool.service import POOL_SCHEME, fetch_partition
 from splitinfer.program import ValueSpec
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.runtime import LoadedPartition
@@ -222,15 +222,17 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
     def _load(self, request: model_server_pb2.LoadPartitionRequest) -> LoadedPartition:
         """Blocking: pulls (when from a pool), verifies and loads; run on a worker thread."""
         expected = key_of(request.partition) if request.partition.model else None
-        source, manifest_sha = Path(request.source), request.manifest_sha256
         if request.source.startswith(POOL_SCHEME):
-            source, pulled_sha = pull_partition(request.source, self._cache_dir)
-            if manifest_sha and manifest_sha != pulled_sha:
-                raise FailedPrecondition(
-                    f"partition from {request.source} has manifest {pulled_sha}, not {manifest_sha}"
-                )
-            manifest_sha = pulled_sha
-        return self._host.load(source, expected, manifest_sha)
+            # Straight from the verified blobs in the node's cache: nothing is rewritten or hashed again.
+            pool, division_sha, partition = fetch_partition(request.source, self._cache_dir)
+            if request.manifest_sha256:
+                pulled_sha = pool.partition_manifest_sha(division_sha, partition)
+                if request.manifest_sha256 != pulled_sha:
+                    raise FailedPrecondition(
+                        f"partition from {request.source} has manifest {pulled_sha}, not {request.manifest_sha256}"
+                    )
+            return self._host.load_from_pool(pool, division_sha, partition, expected)
+        return self._host.load(Path(request.source), expected, request.manifest_sha256)
 
     @map_errors()
     async def LoadPartition(

@@ -14,6 +14,7 @@ its ``onnx.reason`` and runs on the interpreter. Manifests are read through
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -33,7 +34,7 @@ from splitinfer.pool.store import BlobStore
 from splitinfer.program import CompiledProgram, Program, ValueSpec
 from splitinfer.program.serde import GRAPH_FILE, WEIGHTS_FILE, dtype_name, program_from_json, save_program
 from splitinfer.runtime import LoadedPartition, PartitionKey, RuntimeOptions
-from splitinfer.runtime.artifact import write_manifest
+from splitinfer.runtime.artifact import manifest_bytes, write_manifest
 
 __all__ = ["DIVISION_FORMAT", "ModelPool", "VariantEntry"]
 
@@ -265,6 +266,22 @@ class ModelPool:
             dict(entry.files),
             entry.onnx,
         )
+
+    def partition_manifest_sha(self, manifest_sha256: str, partition: str) -> str:
+        """The sha256 of the partition manifest :meth:`export_partition` would write (the artifact's name),
+        computed without writing anything."""
+        manifest = self.division(manifest_sha256)
+        entry = manifest.find(partition)
+        if entry is None:
+            raise NotFound(f"division {manifest_sha256[:12]} has no partition {partition!r}")
+        data = manifest_bytes(
+            PartitionKey(manifest.model, manifest.variant, partition),
+            [str(s.with_batch(False)) for s in entry.inputs],
+            [str(s.with_batch(False)) for s in entry.outputs],
+            dict(entry.files),
+            entry.onnx,
+        )
+        return hashlib.sha256(data).hexdigest()
 
     def load_partition(
         self, manifest_sha256: str, partition: str, options: RuntimeOptions | None = None

@@ -21,7 +21,7 @@ from splitinfer.transport.reader import next_message
 from splitinfer.transport.status import error_from_rpc, map_errors
 from splitinfer.v1 import model_pool_pb2, model_pool_pb2_grpc
 
-__all__ = ["ModelPoolServicer", "PoolClient", "parse_pool_uri", "pull_partition"]
+__all__ = ["ModelPoolServicer", "PoolClient", "fetch_partition", "parse_pool_uri", "pull_partition"]
 
 CHUNK_BYTES = 1 << 20
 
@@ -192,21 +192,28 @@ def parse_pool_uri(uri: str) -> tuple[str, str, str]:
     return address, check_sha(manifest_sha), partition
 
 
-def pull_partition(uri: str, cache: Path) -> tuple[Path, str]:
-    """Fetches only the named partition's files (and its division manifest) from a remote pool into the
-    local cache, verifying each; returns the artifact directory and its partition manifest sha256."""
+def fetch_partition(uri: str, cache: Path) -> tuple[ModelPool, str, str]:
+    """Fetches only the named partition's blobs (and its division manifest) from a remote pool into the local
+    cache's blob store, verifying each; returns (local pool, division manifest sha256, partition), ready for
+    :meth:`ModelPool.load_partition`, which loads straight from the verified blobs."""
     address, manifest_sha, partition = parse_pool_uri(uri)
     local = ModelPool(cache)
     client = PoolClient(address)
     try:
         client.fetch(manifest_sha, local.store)
-        manifest = local.manifest(manifest_sha)
-        entry = next((p for p in manifest["partitions"] if p["name"] == partition), None)
+        entry = local.division(manifest_sha).find(partition)
         if entry is None:
             raise NotFound(f"division {manifest_sha[:12]} in pool {address} has no partition {partition!r}")
-        for file_sha in entry["files"].values():
+        for file_sha in entry.files.values():
             client.fetch(file_sha, local.store)
     finally:
         client.close()
+    return local, manifest_sha, partition
+
+
+def pull_partition(uri: str, cache: Path) -> tuple[Path, str]:
+    """:func:`fetch_partition`, then the partition written out as an artifact directory; returns the
+    directory and its partition manifest sha256 (for tools that want files; nodes load from the blobs)."""
+    local, manifest_sha, partition = fetch_partition(uri, cache)
     target = cache / "partitions" / manifest_sha[:16] / partition
     return target, local.export_partition(manifest_sha, partition, target)

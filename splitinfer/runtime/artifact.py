@@ -19,6 +19,7 @@ __all__ = [
     "PartitionArtifact",
     "load_partition",
     "load_partition_artifact",
+    "manifest_bytes",
     "read_partition_artifact",
     "save_partition_artifact",
     "write_manifest",
@@ -52,6 +53,15 @@ def write_manifest(
     onnx: OnnxInfo | None = None,
 ) -> str:
     """Writes the partition manifest for files already in ``directory``; returns its sha256."""
+    data = manifest_bytes(key, inputs, outputs, files, onnx)
+    (directory / MANIFEST_FILE).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_bytes(
+    key: PartitionKey, inputs: list[str], outputs: list[str], files: dict[str, str], onnx: OnnxInfo | None = None
+) -> bytes:
+    """The partition manifest's bytes (what :func:`write_manifest` writes; its sha256 names the artifact)."""
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "model": key.model,
@@ -63,9 +73,7 @@ def write_manifest(
     }
     if onnx is not None:
         manifest["onnx"] = onnx.to_json()
-    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    (directory / MANIFEST_FILE).write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    return json.dumps(manifest, indent=1, sort_keys=True).encode()
 
 
 def _read_manifest(directory: Path, manifest_sha256: str) -> tuple[PartitionKey, dict[str, str], OnnxInfo]:

@@ -131,3 +131,40 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_rows(pool: dic
             assert hosted.batches <= 2 and hosted.largest_batch_requests >= 3, hosted
     finally:
         node.stop()
+
+
+def test_node_loads_pool_partitions_straight_from_verified_blobs(pool: dict[str, object], tmp_path: Path) -> None:
+    from splitinfer.frontend.serving import ServingLoop
+    from splitinfer.pool.service import ModelPoolServicer
+    from splitinfer.transport.aio_server import new_aio_server
+    from splitinfer.v1 import model_pool_pb2_grpc
+
+    store: ModelPool = pool["pool"]  # type: ignore[assignment]
+    sha: str = pool["shas"]["fp32"]  # type: ignore[index]
+    serving = ServingLoop("pool", 2)
+
+    async def serve() -> int:
+        server, _ = new_aio_server()
+        model_pool_pb2_grpc.add_ModelPoolServiceServicer_to_server(ModelPoolServicer(store), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        serving.server = server
+        await server.start()
+        return port
+
+    address = f"127.0.0.1:{serving.run(serve())}"
+    cache = tmp_path / "cache"
+    node = _node(tmp_path, "pooled", cache_dir=str(cache))
+    try:
+        with NodeClient(node.address) as client:
+            key = PartitionKey("tiny_cnn", "fp32", "p1")
+            with pytest.raises(FailedPrecondition, match="has manifest"):
+                client.load_partition(f"pool://{address}/{sha}/p1", key, "0" * 64)
+            response = client.load_partition(f"pool://{address}/{sha}/p1", key, store.partition_manifest_sha(sha, "p1"))
+            assert response.hosted.runtime == "onnxruntime"
+        assert not (cache / "partitions").exists()  # no artifact directory was written
+        entry = store.division(sha).partition("p1")
+        stored = {p.name for p in (cache / "blobs").rglob("*") if p.is_file()}
+        assert stored == {*entry.files.values(), sha}
+    finally:
+        node.stop()
+        serving.stop(1)

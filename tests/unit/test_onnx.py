@@ -218,3 +218,26 @@ def test_an_onnx_model_reaching_for_files_is_refused(tmp_path: Path) -> None:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
         with pytest.raises(InvalidArgument, match="cannot load"):
             OrtSession(model, {"x": "x", "y": "y"}, OrtOptions()).run({"x": np.zeros(1, np.float32)})
+
+
+def test_an_export_failure_is_recorded_and_the_partition_still_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter raising (an operator it has no translation for, say) leaves the partition on the
+    interpreter with the exporter's message in the manifest."""
+    import splitinfer.onnx.build as build_module
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("no ONNX translation for aten.some_new_op")
+
+    monkeypatch.setattr(build_module, "export_onnx", refuse)
+    pool = ModelPool(tmp_path)
+    sha, model, example = _divided(pool, "residual_cnn", "fp32")
+    manifest = pool.division(sha)
+    for entry in manifest.partitions:
+        assert not entry.onnx.available
+        assert entry.onnx.reason == "export failed: RuntimeError: no ONNX translation for aten.some_new_op"
+    out = _chain(pool, sha, dict(zip(manifest.input_names, example, strict=True)), RuntimeOptions())
+    assert out["runtimes"] == ["interpreter", "interpreter"]
+    with torch.no_grad():
+        torch.testing.assert_close(out["outputs"][manifest.output_names[0]], model(*example), rtol=1e-4, atol=1e-4)

@@ -5,10 +5,11 @@ decides where a node connects. Nodes accept routes only from the cluster:
 
 * with mutual TLS, every ModelServerService call must come from a cluster (or admin) identity; the auth
   interceptor refuses the rest before the route is read, and devices hold no such identity;
-* without TLS, every address in the route (replicas and fallbacks of every step) must be a server node in
-  the registry, and the sink must be a front-end in the registry or the caller itself (same host). A route
-  naming anything else is refused with PERMISSION_DENIED before the node reads a tensor or connects
-  anywhere.
+* without TLS, only addresses of server nodes in the registry are ever contacted: an address a step lists
+  (as a replica or a fallback) that is not one is dropped from the route before anything is sent (a replica
+  whose lease just expired is then simply not tried), and a step left with no registered address, or a
+  sink that is neither a registered front-end nor the caller itself (same host), makes the request fail
+  with PERMISSION_DENIED before the node reads a tensor or connects anywhere.
 
 A node started without a registry and without TLS (a development node) has nothing to check against and
 trusts its callers; it says so in its log.
@@ -51,16 +52,31 @@ class RouteTrust:
             log.warning("node %s has no registry and no TLS: it follows any route it is sent", own_address)
 
     def check(self, route: route_pb2.Route, peer: str) -> None:
-        """PermissionDenied unless every address ``route`` names may be contacted for a call from ``peer``."""
+        """Drops from ``route`` (in place) every step address that is not a registered node; PermissionDenied
+        when a step is left with none, or when the sink may not be contacted for a call from ``peer``."""
         if self._tls or self._registry is None:
             return
         nodes = self._registry.servers()
+
+        def known(address: str) -> bool:
+            return address == self._own or address in nodes
+
         for index, step in enumerate(route.steps):
-            for address in (*step.addresses, *step.fallback_addresses):
-                if address != self._own and address not in nodes:
-                    raise PermissionDenied(
-                        f"route step {index} names {address[:100]!r}, which is not a registered server node"
-                    )
+            unknown = [a for a in (*step.addresses, *step.fallback_addresses) if not known(a)]
+            if not unknown:
+                continue
+            addresses = [a for a in step.addresses if known(a)]
+            fallbacks = [a for a in step.fallback_addresses if known(a)]
+            if not addresses and not fallbacks:
+                raise PermissionDenied(
+                    f"route step {index} names {unknown[0][:100]!r}, which is not a registered server node, "
+                    "and no registered one"
+                )
+            log.warning("route step %d: not contacting unregistered %s", index, [a[:100] for a in unknown[:4]])
+            del step.addresses[:]
+            step.addresses.extend(addresses)
+            del step.fallback_addresses[:]
+            step.fallback_addresses.extend(fallbacks)
         sink = route.sink
         if sink and sink not in self._registry.frontends() and address_host(sink) != _peer_ip(peer):
             raise PermissionDenied(f"route sink {sink[:100]!r} is neither a registered front-end nor the caller")

@@ -99,9 +99,14 @@ def test_route_naming_an_unregistered_address_never_causes_a_connection(register
             "diamond", "fp32", division.partitions, {p.name: [a] for p in division.partitions}, sink=listener.address
         )
         evil_sink.sink = f"10.255.0.1:{listener.address.rsplit(':', 1)[1]}"  # not the caller's host
-        for route in (evil_step, evil_fallback, evil_sink):
+        for route in (evil_step, evil_sink):
             with pytest.raises(PermissionDenied, match=r"not a registered|neither"):
                 client.run(route, x)
+        # An unregistered fallback next to a registered replica is dropped, never tried: the request succeeds.
+        with NodeClient(a) as direct:
+            for _ in range(3):
+                header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=evil_fallback)
+                assert "linear" in direct.process(header, [x["x"]], timeout_s=10)[0]
         time.sleep(0.3)
         assert listener.connections == 0
         # Control: once the address is a registered front-end, the same sink is contacted (the counter works).

@@ -91,6 +91,11 @@ def test_trust_allows_only_registered_addresses_and_known_sinks() -> None:
     evil = _chain(2, address="10.9.9.9:22")
     with pytest.raises(PermissionDenied, match="not a registered server node"):
         trust.check(evil, "ipv4:10.0.0.5:4000")
+    mixed = _chain(2, address="10.0.0.2:1")
+    mixed.steps[1].addresses.append("10.9.9.9:22")
+    mixed.steps[1].fallback_addresses.append("10.9.9.8:22")
+    trust.check(mixed, "ipv4:10.0.0.5:4000")  # the unregistered ones are dropped, never contacted
+    assert list(mixed.steps[1].addresses) == ["10.0.0.2:1"] and not mixed.steps[1].fallback_addresses
     route.sink = "10.0.0.9:7"
     trust.check(route, "ipv4:10.0.0.5:4000")  # a registered front-end
     route.sink = "10.0.0.5:9999"

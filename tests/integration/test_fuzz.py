@@ -116,6 +116,9 @@ def _seeds(system: SmallSystem) -> dict[str, tuple[str, list[bytes]]]:
             "unary", ser(result_store_pb2.GetResultRequest(request_id="x")),
         ),
         "/splitinfer.v1.ResultStoreService/QueryResults": ("unary", ser(result_store_pb2.QueryResultsRequest())),
+        "/splitinfer.v1.ResultStoreService/QueryDetections": (
+            "unary", ser(result_store_pb2.QueryDetectionsRequest(label="circle", min_score=0.5, page_size=3)),
+        ),
         "/splitinfer.v1.ModelServerService/ProcessOnce": (
             "unary", ser(model_server_pb2.ProcessOnceRequest(header=header, tensors=[x])),
         ),
@@ -194,6 +197,7 @@ METHODS = [
     "/splitinfer.v1.ResultStoreService/PutResult",
     "/splitinfer.v1.ResultStoreService/GetResult",
     "/splitinfer.v1.ResultStoreService/QueryResults",
+    "/splitinfer.v1.ResultStoreService/QueryDetections",
     "/splitinfer.v1.ModelServerService/ProcessOnce",
     "/splitinfer.v1.ModelServerService/Process",
     "/splitinfer.v1.ModelServerService/GetStatus",

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from splitinfer.planner.base import allowed_servers, finish, require_candidates, undominated_servers
 from splitinfer.planner.cost import (
     ACCURACY_TIEBREAK_S,
+    ACCURACY_VIOLATION_WEIGHT,
     DEVICE,
+    RANK_TOLERANCE,
     RECEIVE_POWER_FRACTION,
     Assignment,
     Evaluation,
@@ -87,13 +89,14 @@ class DagSolver:
         require_candidates(problem)
         servers = undominated_servers(problem)
         best: tuple[Evaluation, Assignment] | None = None
-        # A quick first pass with one server gives an incumbent; when it meets the requirements, the full
-        # search drops every label whose score plus a lower bound on the rest cannot beat it (a plan that
-        # loses on the objective cannot win on violation, which is already 0).
-        passes = [servers[:1], servers] if len(servers) > 1 else [servers]
+        # A quick first pass with one server gives an incumbent; the full search then drops every label that
+        # cannot beat it in the lexicographic order: whose violation, at the least latency the rest could
+        # add, already exceeds the incumbent's, or which cannot do better on violation and whose score plus
+        # a lower bound on the rest exceeds the incumbent's objective.
+        passes = [_incumbent_pool(problem, servers), servers] if len(servers) > 1 else [servers]
         for pool in passes:
             for v in range(len(problem.variants)):
-                bound = best[0].objective if best is not None and not best[0].violated else None
+                bound = None if best is None else (best[0].violation, best[0].objective)
                 a = _VariantSearch(problem, v, pool).best(bound)
                 if a is None:
                     continue
@@ -103,6 +106,19 @@ class DagSolver:
         if best is None:
             raise ValueError("no variant fits the device and its servers")
         return finish(problem, best[1], self.name)
+
+
+def _incumbent_pool(problem: PlanningProblem, servers: list[int]) -> list[int]:
+    """The two servers (one of two) that host the most partitions, faster first on ties: a quick first pass
+    over them finds a good incumbent."""
+
+    def merit(s: int) -> tuple[int, float]:
+        hosted = [(v, p) for v, var in enumerate(problem.variants) for p in range(len(var.partitions))
+                  if s in allowed_servers(problem, v, p)]  # fmt: skip
+        seconds = sum(compute_terms(problem, problem.variants[v], p, s) for v, p in hosted)
+        return -len(hosted), seconds
+
+    return sorted(servers, key=merit)[: 2 if len(servers) > 2 else 1]
 
 
 class _VariantSearch:
@@ -253,16 +269,39 @@ class _VariantSearch:
             elif phase != TAIL_PHASE:
                 yield SERVER_PHASE, loc, score, latency
 
-    def best(self, bound: float | None = None) -> Assignment | None:
-        """The best assignment of this variant; with ``bound`` (an objective some feasible plan reaches),
-        only one that could beat it (None if none can)."""
+    def best(self, bound: tuple[float, float] | None = None) -> Assignment | None:
+        """The best assignment of this variant; with ``bound`` (the violation and objective of a plan found
+        already), only one that could beat it (or tie; None if none can)."""
         problem, n = self.problem, self.n
-        # Lower bound on the score of partitions k.. : each at its cheapest place, nothing transferred.
+        # Lower bounds on what partitions k.. add: each at its cheapest place, nothing transferred, the
+        # smaller of the two per-request overheads.
         rest = [0.0] * (n + 1)
+        rest_latency = [0.0] * (n + 1)
         for k in range(n - 1, -1, -1):
             rest[k] = rest[k + 1] + min((score for _, score, _ in self.places[k]), default=0.0)
-        constant = ACCURACY_TIEBREAK_S * (1 - self.variant.accuracy)
-        limit = None if bound is None else bound * (1 + 1e-9) + 1e-12 - constant
+            rest_latency[k] = rest_latency[k + 1] + min((lat for _, _, lat in self.places[k]), default=0.0)
+        overhead = min(request_overhead_s(problem, True), request_overhead_s(problem, False))
+        constant = ACCURACY_TIEBREAK_S * (1 - self.variant.accuracy) + overhead
+        req = problem.requirements
+        budget_s = req.max_latency_ms / 1e3
+        floor = req.min_accuracy
+        accuracy = self.variant.accuracy
+        if bound is not None:
+            bound_violation = bound[0] + RANK_TOLERANCE * max(1.0, abs(bound[0]))
+            bound_objective = bound[1] + RANK_TOLERANCE * max(1.0, abs(bound[1]))
+
+        def hopeless(label: _Label, p: int) -> bool:
+            """The label cannot beat ``bound`` whatever partitions p.. do."""
+            violation = 0.0
+            if budget_s > 0:
+                violation += max(0.0, (label[1] + rest_latency[p] + overhead - budget_s) / budget_s)
+            if floor > 0:
+                violation += max(0.0, floor - (accuracy - label[2])) * ACCURACY_VIOLATION_WEIGHT
+            if violation > bound_violation:
+                return True
+            could_win_on_violation = violation < bound[0] - RANK_TOLERANCE * max(1.0, abs(bound[0]))  # type: ignore[index]
+            return not could_win_on_violation and label[0] + rest[p] + constant > bound_objective
+
         device = problem.device
         start_phase = HEAD_PHASE if device.computes else SERVER_PHASE
         live0: tuple[_Live, ...] = tuple((t, DEVICE, ()) for t in self.inputs)
@@ -293,9 +332,12 @@ class _VariantSearch:
                     moved = self._resolve(moved, dying, p, loc)
                     key = (new_phase, tuple(sorted((t, w, pat) for t, (w, pat) in current.items())))
                     nxt.setdefault(key, []).extend(moved)
-            if limit is not None:
-                cap = limit - rest[p + 1]
-                nxt = {key: kept for key, labels in nxt.items() if (kept := [lb for lb in labels if lb[0] <= cap])}
+            if bound is not None:
+                nxt = {
+                    key: kept
+                    for key, labels in nxt.items()
+                    if (kept := [lb for lb in labels if not hopeless(lb, p + 1)])
+                }
             states = {key: self._prune(labels) for key, labels in nxt.items()}
         final: list[_Label] = []
         for (phase, live), labels in states.items():

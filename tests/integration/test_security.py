@@ -209,3 +209,14 @@ def test_plans_and_results_belong_to_the_token_that_made_them(secure: dict) -> N
         store = result_store_pb2_grpc.ResultStoreServiceStub(channel)
         asked = store.GetResult(result_store_pb2.GetResultRequest(request_id="tok-1", caller="dev-admin"), timeout=10)
         assert asked.result.caller == "dev-admin"
+        for caller in ("dev-device", "dev-admin"):  # a box for each caller, as a detector's results carry
+            box = result_store_pb2.Detection(x_min=1, y_min=1, x_max=9, y_max=9, label="circle", label_id=1, score=0.9)
+            result = result_store_pb2.StoredResult(request_id=f"det-{caller}", caller=caller, detections=[box])
+            store.PutResult(result_store_pb2.PutResultRequest(result=result), timeout=10)
+        everyone = store.QueryDetections(result_store_pb2.QueryDetectionsRequest(label="circle"), timeout=10)
+        assert {r.caller for r in everyone.detections} == {"dev-device", "dev-admin"}
+    with open_channel(secure["address"], security=device) as channel:  # the device sees its own boxes only
+        store = result_store_pb2_grpc.ResultStoreServiceStub(channel)
+        request = result_store_pb2.QueryDetectionsRequest(label="circle", caller="dev-admin")
+        found = store.QueryDetections(request, timeout=10)
+        assert found.detections and {r.caller for r in found.detections} == {"dev-device"}

@@ -28,7 +28,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from splitinfer.planner.base import allowed_servers, finish, none_codec, require_candidates
+from splitinfer.planner.base import Solver, allowed_servers, finish, none_codec, require_candidates
 from splitinfer.planner.cost import DEVICE, Assignment, compute_terms, crossing_tensors, energy_weight_s_per_j
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.problem import PlanningProblem
@@ -207,7 +207,7 @@ class LearnedSolver:
 
     name = "learned"
 
-    def __init__(self, policy: Policy | None = None, fallback: object | None = None) -> None:
+    def __init__(self, policy: Policy | None = None, fallback: Solver | None = None) -> None:
         self.policy = policy or Policy.load()
         self._fallback = fallback
 
@@ -226,6 +226,6 @@ class LearnedSolver:
         if chosen is None:
             from splitinfer.planner.dag import DagSolver
 
-            fallback = self._fallback or DagSolver()
-            return fallback.solve(problem)  # type: ignore[attr-defined]
+            fallback: Solver = self._fallback or DagSolver()
+            return fallback.solve(problem)
         return finish(problem, chosen[1], f"{self.name} ({chosen[0]})")

@@ -139,13 +139,16 @@ async def _devices(
 ) -> int:  # fmt: skip
     """Runs the devices (and ``idle`` idle streams spread over ``idle_targets``); returns how many idle
     streams the servers closed."""
-    until = time.monotonic() + seconds
     closed = [0]
     channels = [grpc.aio.insecure_channel(t, options=channel_options()) for t in idle_targets for _ in range(2)]
-    idlers = [asyncio.create_task(_idle_stream(channels[k % len(channels)], until, closed)) for k in range(idle)]
+    held_until = time.monotonic() + seconds + (0.5 if idle else 0.0)
+    idlers = [asyncio.create_task(_idle_stream(channels[k % len(channels)], held_until, closed)) for k in range(idle)]
     if idlers:
         await asyncio.sleep(0.5)  # the idle streams are open before the first request
+    start = time.perf_counter()
+    until = time.monotonic() + seconds
     await asyncio.gather(*(_device_loop(address, k, tensor, until, out) for k in range(devices)))
+    out["_elapsed_s"] = time.perf_counter() - start
     for task in idlers:
         task.cancel()
     await asyncio.gather(*idlers, return_exceptions=True)
@@ -162,9 +165,8 @@ def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input
     results: dict[str, Any] = {}
     tensor = encode_tensor(x, input_name)
     with Sampler(processes) as sampler:
-        start = time.perf_counter()
         closed = asyncio.run(_devices(address, devices, seconds, tensor, results, idle, idle_targets))
-        elapsed = time.perf_counter() - start
+        elapsed = results.pop("_elapsed_s")  # the devices' own time, not the idle streams' set-up
     latencies = sorted(s for samples, _ in results.values() for s in samples)
     errors = sum(e for _, e in results.values())
     quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else 0.0  # noqa: E731
@@ -177,6 +179,7 @@ def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input
         "errors": errors,
         "throughput_rps": len(latencies) / elapsed,
         "p50_ms": quantile(0.5),
+        "p95_ms": quantile(0.95),
         "p99_ms": quantile(0.99),
         "mean_ms": statistics.fmean(latencies) * 1e3 if latencies else 0.0,
         "peak_rss_bytes": dict(sampler.peak),
@@ -193,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         help="idle Process streams held open on the nodes during an extra run beside --idle-devices devices",
     )  # fmt: skip
     parser.add_argument("--idle-devices", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="times each level runs, in alternating order")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="levels 1 and 4, 2 s each (CI smoke run)")
     parser.add_argument(
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="longest a request waits for its batch")
     args = parser.parse_args(argv)
     if args.quick:
-        args.levels, args.seconds, args.idle_streams, args.idle_devices = [1, 4], 2.0, 50, 4
+        args.levels, args.seconds, args.idle_streams, args.idle_devices, args.rounds = [1, 4], 2.0, 50, 4, 1
     console = Console(width=140)
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="splitinfer-load-"))
@@ -249,8 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         processes = {"front-end": frontend.pid, "etcd": etcd.process.pid}
         processes.update({f"node{k}": n.process.pid for k, n in enumerate(nodes)})
         run_level(address, 1, 1.0, example[0], program.input_names[0], processes)  # warm-up, not reported
-        levels = [run_level(address, d, args.seconds, example[0], program.input_names[0], processes)
-                  for d in args.levels]  # fmt: skip
+        # Levels in alternating order over the rounds (1 4 16 64, then 64 16 4 1, ...), pooled per level, so
+        # that drift of a shared machine does not masquerade as a trend with concurrency.
+        runs: dict[int, list[dict[str, Any]]] = {d: [] for d in args.levels}
+        for round_index in range(args.rounds):
+            order = args.levels if round_index % 2 == 0 else list(reversed(args.levels))
+            for d in order:
+                runs[d].append(run_level(address, d, args.seconds, example[0], program.input_names[0], processes))
+        levels = [_pooled(runs[d]) for d in args.levels]
         for node in nodes:  # what each node's partitions ran on, and how its batcher grouped requests
             with NodeClient(node.address) as client:
                 batching.extend(
@@ -275,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         etcd.cleanup()
         shutil.rmtree(work, ignore_errors=True)
     table = Table(title=f"load: {MODEL} over 2 nodes, thin clients on loopback")
-    for column in ("devices", "req/s", "errors", "p50 ms", "p99 ms", "peak RSS (MiB) per component"):
+    for column in ("devices", "req/s", "errors", "p50 ms", "p95 ms", "p99 ms", "peak RSS (MiB) per component"):
         table.add_column(column, justify="right")
     for level in levels:
         rss = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in level["peak_rss_bytes"].items())
         table.add_row(str(level["devices"]), f"{level['throughput_rps']:.1f}", str(level["errors"]),
-                      f"{level['p50_ms']:.1f}", f"{level['p99_ms']:.1f}", rss)  # fmt: skip
+                      f"{level['p50_ms']:.1f}", f"{level['p95_ms']:.1f}", f"{level['p99_ms']:.1f}", rss)  # fmt: skip
     console.print(table)
     idle_summary: dict[str, Any] = {}
     if idle_runs:
@@ -334,6 +344,23 @@ def main(argv: list[str] | None = None) -> int:
         else Path(__file__).resolve().parents[1] / "docs" / "img" / "load.png",
     )
     return 0
+
+
+def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's runs (rounds) as one: requests and seconds summed, quantiles over all samples."""
+    if len(runs) == 1:
+        return runs[0]
+    latencies = sorted(v for r in runs for v in r["latencies_ms"])
+    seconds = sum(r["seconds"] for r in runs)
+    peaks = {k: max(r["peak_rss_bytes"][k] for r in runs) for k in runs[0]["peak_rss_bytes"]}
+    return {
+        **runs[0], "rounds": len(runs), "seconds": seconds, "requests": len(latencies),
+        "errors": sum(r["errors"] for r in runs), "throughput_rps": len(latencies) / seconds,
+        "throughput_rps_per_round": [r["throughput_rps"] for r in runs],
+        "p50_ms": _quantile(latencies, 0.5), "p95_ms": _quantile(latencies, 0.95), "p99_ms": _quantile(latencies, 0.99),
+        "mean_ms": statistics.fmean(latencies) if latencies else 0.0, "peak_rss_bytes": peaks,
+        "latencies_ms": latencies,
+    }  # fmt: skip
 
 
 def _quantile(ordered: list[float], q: float) -> float:

@@ -210,7 +210,7 @@ class PartitionEntry:
             "name": self.name,
             "inputs": [str(s.with_batch(False)) for s in self.inputs],
             "outputs": [str(s.with_batch(False)) for s in self.outputs],
-            "flops": self.flops,
+            "flops": int(self.flops) if float(self.flops).is_integer() else self.flops,
             "param_bytes": self.param_bytes,
             "host": self.host,
             "successors": {k: list(v) for k, v in self.successors.items()},

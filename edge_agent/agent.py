@@ -218,9 +218,11 @@ class EdgeAgent:
 
     # --- partitions ------------------------------------------------------------------------------------------
 
-    def _manifest(self, model: str, variant: str) -> dict[str, Any]:
+    def _manifest(self, model: str, variant: str, division_sha: str = "") -> dict[str, Any]:
+        """The division manifest of ``model@variant``: the one a plan names (``division_sha``: divisions change
+        while the system runs, and a plan stays tied to its own), else the pool's current one."""
         key = (model, variant)
-        sha = self._manifest_sha.get(key)
+        sha = division_sha or self._manifest_sha.get(key)
         # The listing names every variant's manifest, but only the one asked for is fetched: a variant known
         # from an earlier listing may still be missing locally.
         if sha is None or not self.local_pool.store.has(sha):
@@ -239,12 +241,12 @@ class EdgeAgent:
                 client.close()
         return self.local_pool.manifest(sha)
 
-    def _program(self, model: str, variant: str, partition: str) -> LoadedPartition:
-        key = (model, variant, partition)
+    def _program(self, model: str, variant: str, partition: str, division_sha: str = "") -> LoadedPartition:
+        key = (model, variant, partition)  # partition names are unique across a variant's division versions
         program = self._programs.get(key)
         if program is not None:
             return program
-        manifest = self._manifest(model, variant)
+        manifest = self._manifest(model, variant, division_sha)
         entry = next((p for p in manifest["partitions"] if p["name"] == partition), None)
         if entry is None:
             raise NotFound(f"{model}@{variant} has no partition {partition!r}")
@@ -257,16 +259,19 @@ class EdgeAgent:
             finally:
                 client.close()
         target = self.cache / "partitions" / f"{model}@{variant}" / partition
-        manifest_sha = self.local_pool.export_partition(self._manifest_sha[(model, variant)], partition, target)
+        division = division_sha or self._manifest_sha[(model, variant)]
+        manifest_sha = self.local_pool.export_partition(division, partition, target)
         program = self._programs[key] = load_partition(target, manifest_sha)
         return program
 
-    def _run_local(self, model: str, variant: str, names: list[str], values: dict[str, torch.Tensor]) -> float:
+    def _run_local(
+        self, model: str, variant: str, names: list[str], values: dict[str, torch.Tensor], division_sha: str = ""
+    ) -> float:
         """Runs partitions in order, reading and adding to ``values``; returns the seconds they took."""
         timings = []
         total = 0.0
         for name in names:
-            program = self._program(model, variant, name)
+            program = self._program(model, variant, name, division_sha)
             begin = time.perf_counter()
             values.update(program.run({s: values[s] for s in program.program.input_names}))
             if self.hook is not None:
@@ -339,9 +344,10 @@ class EdgeAgent:
         plan: Plan | None,
         reason: str,
     ) -> AgentResult:
-        manifest = self._manifest(model, variant)
+        division = plan.division_sha256 if plan is not None else ""
+        manifest = self._manifest(model, variant, division)
         values = dict(inputs)
-        device_s = self._run_local(model, variant, [p["name"] for p in manifest["partitions"]], values)
+        device_s = self._run_local(model, variant, [p["name"] for p in manifest["partitions"]], values, division)
         energy = device_s * self.config.compute_power_w
         self.battery.drain(energy)
         outputs = final_outputs(manifest, values, ran_last_here=True, request_id=request_id)
@@ -354,14 +360,14 @@ class EdgeAgent:
         self, model: str, device_plan: DevicePlan, inputs: Mapping[str, torch.Tensor], request_id: str, start: float
     ) -> AgentResult:
         plan = device_plan.plan
-        manifest = self._manifest(model, plan.variant)
+        manifest = self._manifest(model, plan.variant, plan.division_sha256)
         order = [p["name"] for p in manifest["partitions"]]
         on_device = {p.partition for p in plan.placements if p.on_device}
         servers = [i for i, name in enumerate(order) if name not in on_device]
         head = [name for i, name in enumerate(order) if name in on_device and i < servers[0]]
         tail = [name for i, name in enumerate(order) if name in on_device and i > servers[-1]]
         values: dict[str, torch.Tensor] = dict(inputs)
-        device_s = self._run_local(model, plan.variant, head, values)
+        device_s = self._run_local(model, plan.variant, head, values, plan.division_sha256)
         encode_start = time.perf_counter()
         missing = [n for n in device_plan.entry_tensors if n not in values]
         if missing:
@@ -407,7 +413,7 @@ class EdgeAgent:
         for message in delivered:
             values[message.name] = decode_tensor(message)
         device_s += time.perf_counter() - decode_start
-        device_s += self._run_local(model, plan.variant, tail, values)
+        device_s += self._run_local(model, plan.variant, tail, values, plan.division_sha256)
         network_s = max(0.0, remote_s - trace.server_ms / 1e3)
         energy = device_s * self.config.compute_power_w + network_s * self.config.transmit_power_w
         self.battery.drain(energy)

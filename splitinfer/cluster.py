@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitinfer.config import load_config
+from splitinfer.controller.controller import read_status
 from splitinfer.controller.placement import placement
 from splitinfer.pool import ModelPool
 from splitinfer.registry import EtcdRegistry
@@ -49,6 +50,9 @@ class ClusterConfig:
     #: Nodes that host each server partition (1: only the node it was placed on; more: the next nodes in
     #: ring order too, as replicas the planner balances over).
     replicas: int = 1
+    #: The division controller (``splitinfer-divider``), started with the front-end when this names models to
+    #: manage: a JSON object of ControllerConfig fields, e.g. {"models": ["resnet18@fp32"]}. Empty: none.
+    controller: dict[str, Any] = field(default_factory=dict)
     #: Pool directory; relative paths are inside the run directory.
     pool_dir: str = "pool"
     #: Results database; relative to the run directory.
@@ -143,7 +147,10 @@ def _read_state(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _pids(state: dict[str, Any]) -> list[int]:
-    return [c["pid"] for c in [*state["nodes"], state["frontend"], state["etcd"]] if c.get("pid")]
+    """Every process ``up`` started, in the order ``down`` stops them: the controller first (it would react
+    to nodes leaving), then nodes (they leave the registry), the front-end, etcd."""
+    parts = [state.get("controller", {}), *state["nodes"], state["frontend"], state["etcd"]]
+    return [c["pid"] for c in parts if c.get("pid")]
 
 
 def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
@@ -198,6 +205,17 @@ def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
             return 1
         time.sleep(0.2)
     deployed = deploy(run_dir) if plan.frontend else []
+    if plan.frontend and config.controller:
+        controller_config = run_dir / "controller.json"
+        controller_config.write_text(json.dumps(config.controller))
+        pid, _ = _spawn(
+            [python, "-m", "splitinfer.controller", "--config", str(controller_config), "--pool-dir", str(pool_dir),
+             "--pool-address", state["frontend"]["address"], "--registry", registry,
+             "--frontends", state["frontend"]["address"], "--ready-file", str(run_dir / "controller.port")],
+            logs / "controller.log", run_dir / "controller.port", config.start_timeout_s,
+        )  # fmt: skip
+        state["controller"] = {"pid": pid}
+        _state_path(run_dir).write_text(json.dumps(state, indent=1))
     print(f"cluster up ({run_dir}{f', host {host}' if host else ''}):")
     print(f"  registry    {registry}{'  (etcd started here)' if plan.etcd else ''}")
     if plan.frontend:
@@ -205,6 +223,9 @@ def up(config: ClusterConfig, run_dir: Path, host: str = "") -> int:
               "ModelPoolService, ResultStoreService)")  # fmt: skip
     for node in state["nodes"]:
         print(f"  {node['name']:<11} {node['address']}")
+    if state.get("controller"):
+        managed = ", ".join(config.controller.get("models", []))
+        print(f"  controller  pid {state['controller']['pid']}  (splitinfer-divider, managing {managed})")
     if plan.frontend:
         print(f"  deployed    {len(deployed)} partition copies from {pool_dir}:")
         for line in _placement_lines(deployed, {n["address"]: n["name"] for n in state["nodes"]}):
@@ -276,6 +297,8 @@ def status(run_dir: Path) -> int:
     if state["frontend"]:
         rows.append(("front-end", state["frontend"].get("pid", 0), state["frontend"].get("address", "-"), True))
     rows += [(n["name"], n["pid"], n["address"], True) for n in state["nodes"]]
+    if state.get("controller"):
+        rows.append(("controller", state["controller"]["pid"], "-", False))
     print(f"{'component':<11} {'pid':>7} {'address':<22} state")
     for name, pid, address, grpc_health in rows:
         alive = pid and _alive(pid)
@@ -297,6 +320,11 @@ def status(run_dir: Path) -> int:
             f"{len(record.partitions)} partitions: {', '.join(record.partitions[:6])}"
             + (" ..." if len(record.partitions) > 6 else "")
         )
+    published = read_status(run_dir / ClusterConfig().pool_dir)
+    if published is not None:
+        print(f"divisions (the division controller, {time.time() - published.updated_unix_s:.0f} s ago):")
+        for line in published.lines():
+            print(f"  {line}")
     print("metrics (live, from each node's /metrics):")
     for address, record in sorted(servers.items()):
         summary = metrics_summary(address.rpartition(":")[0], record.metrics_port)

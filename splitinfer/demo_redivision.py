@@ -41,7 +41,7 @@ from splitinfer.pool.sources import put_source
 from splitinfer.program import export_program
 from splitinfer.registry import EmbeddedRegistry
 from splitinfer.runtime import PartitionKey
-from splitinfer.runtime.compute import measure_flops
+from splitinfer.testbed import ModelledDevice
 from splitinfer.transport.clients import NodeClient
 from splitinfer.v1 import plan_pb2
 
@@ -49,6 +49,10 @@ __all__ = ["MODEL", "Funnel", "PhaseResult", "RedivisionSystem", "redivision_sys
 
 MODEL = "funnel"
 VARIANT = "fp32"
+#: Declared accuracy of the variant, and what requests ask for: lossless codecs only (a lossy codec on the
+#: input would blur the difference the division makes, and the scenario is about the division).
+ACCURACY = 0.9
+REQUIREMENTS = plan_pb2.Requirements(min_accuracy=0.895)
 
 
 class Funnel(nn.Module):
@@ -72,14 +76,16 @@ def funnel() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 @dataclass(frozen=True)
 class DeviceKind:
+    """A class of emulated devices of fixed speed (``splitinfer.testbed.ModelledDevice``): independent of how
+    busy the machine running the emulation is, so that predictions and measurements can be compared."""
+
     device_class: str
-    #: How many times slower than this machine the device computes.
-    compute_slowdown: float
+    compute_flops: float
     uplink_mbps: float
 
 
-CAMERA = DeviceKind("camera", compute_slowdown=200.0, uplink_mbps=100.0)
-PHONE = DeviceKind("phone", compute_slowdown=60.0, uplink_mbps=2.0)
+CAMERA = DeviceKind("camera", compute_flops=5e7, uplink_mbps=100.0)
+PHONE = DeviceKind("phone", compute_flops=1.5e8, uplink_mbps=2.0)
 
 
 @dataclass
@@ -93,6 +99,10 @@ class PhaseResult:
     @property
     def mean_ms(self) -> float:
         return statistics.fmean(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
 
     @property
     def p95_ms(self) -> float:
@@ -113,6 +123,18 @@ class RedivisionSystem:
     machine_flops: float
     agents: dict[str, EdgeAgent] = field(default_factory=dict)
 
+    _flops: dict[str, float] = field(default_factory=dict)
+
+    def partition_flops(self, partition: str) -> float:
+        """FLOPs of a partition of any division version of the funnel, old ones included (their names are
+        unique; a device may still run an old version's partition while the new one rolls out)."""
+        if partition not in self._flops:
+            for entry in self.pool.variants(MODEL):
+                for sha in entry.divisions.values():
+                    for part in self.pool.division(sha).partitions:
+                        self._flops[part.name] = float(part.flops)
+        return self._flops[partition]
+
     def agent(self, kind: DeviceKind, index: int = 0) -> EdgeAgent:
         key = f"{kind.device_class}-{index}"
         if key not in self.agents:
@@ -123,12 +145,12 @@ class RedivisionSystem:
                     frontend=self.frontend.address,
                     pool=self.frontend.address,
                     cache_dir=str(self.root / "agents" / key),
-                    compute_slowdown=kind.compute_slowdown,
-                    emulated_uplink_mbps=kind.uplink_mbps,
+                    emulated_uplink_mbps=kind.uplink_mbps,  # what the device reports as its uplink
                     plan_ttl_s=1.0,
                     prefetch_fallback=False,
                 ),
-                compute_flops=self.machine_flops / kind.compute_slowdown,
+                compute_flops=kind.compute_flops,
+                hook=ModelledDevice(kind.compute_flops, kind.uplink_mbps, self.partition_flops),
             )
         return self.agents[key]
 
@@ -140,7 +162,7 @@ class RedivisionSystem:
             for d in range(devices):
                 agent = self.agent(kind, d)
                 try:
-                    answer = agent.infer(MODEL, {"x": self.example}, plan_pb2.Requirements())
+                    answer = agent.infer(MODEL, {"x": self.example}, REQUIREMENTS)
                 except Exception:
                     result.failures += 1
                     continue
@@ -153,13 +175,28 @@ class RedivisionSystem:
         return result
 
     def check_outputs(self, kind: DeviceKind) -> bool:
-        answer = self.agent(kind).infer(MODEL, {"x": self.example}, plan_pb2.Requirements())
+        answer = self.agent(kind).infer(MODEL, {"x": self.example}, REQUIREMENTS)
         expected = self.model(self.example).detach()
         return bool(torch.allclose(next(iter(answer.outputs.values())), expected, atol=1e-4))
 
     def close(self) -> None:
         for agent in self.agents.values():
             agent.close()
+
+
+def effective_flops(model: nn.Module, example: torch.Tensor, total_flops: float, runs: int = 30) -> float:
+    """This machine's throughput on this model (its FLOPs over the median time of a warm run): what the
+    emulated devices are slowed down from, so that their reported compute matches what they do. A matmul
+    benchmark overstates it several times for batch-1 layers."""
+    timings = []
+    with torch.no_grad():
+        for _ in range(5):
+            model(example)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(example)
+            timings.append(time.perf_counter() - start)
+    return total_flops / statistics.median(timings)
 
 
 def deploy_division(pool: ModelPool, nodes: list[RunningNode], pool_address: str) -> None:
@@ -187,10 +224,11 @@ def redivision_system(
         model, (example,) = funnel()
         program = export_program(model, (example,))
         pool = ModelPool(root / "pool")
-        flops = measure_flops(0.2)
+        graph = ModelGraph.build(program)
+        flops = effective_flops(model, example, graph.total_flops)
         servers = [ServerCapacity("edge", flops, 1 << 34), ServerCapacity("cloud", flops, 1 << 34)]
-        division = divide(ModelGraph.build(program), MODEL, servers)
-        pool.add_division(division, variant=VARIANT, division_name="default", task="funnel", accuracy=0.9)
+        division = divide(graph, MODEL, servers)
+        pool.add_division(division, variant=VARIANT, division_name="default", task="funnel", accuracy=ACCURACY)
         put_source(pool, MODEL, VARIANT, program)
         registry = EmbeddedRegistry()
         nodes: list[RunningNode] = []
@@ -221,5 +259,6 @@ def redivision_system(
             pool_address=frontend.address,
         )
         system = RedivisionSystem(root, pool, registry, nodes, frontend, controller, example, model, flops)
+        system.partition_flops(division.partitions[0].name)  # the first version's partitions, before any switch
         stack.callback(system.close)
         yield system

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -210,6 +210,35 @@ class EmulatedDevice:
 
     def reported_flops(self, measured: float) -> float:
         return measured / self.slowdown
+
+
+@dataclass
+class ModelledDevice:
+    """A device hook of fixed speed, independent of the machine the emulation runs on: a partition takes
+    exactly ``flops_of(partition) / flops`` seconds (the run is stretched to that; a run already slower is
+    left as it is), the agent reports ``flops``, and a request's tensors take as long to leave as an
+    ``uplink_mbps`` link needs, plus ``rtt_ms / 2``. What the cost model assumes, so that predicted and
+    measured device times can be compared on a busy machine."""
+
+    flops: float
+    uplink_mbps: float
+    flops_of: Callable[[str], float]
+    rtt_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.flops > 0 or not self.uplink_mbps > 0:
+            raise ValueError("a modelled device needs flops and uplink_mbps above 0")
+
+    def after_run(self, partition: str, elapsed_s: float) -> None:
+        target_s = self.flops_of(partition) / self.flops
+        if target_s > elapsed_s:
+            time.sleep(target_s - elapsed_s)
+
+    def before_send(self, nbytes: int) -> None:
+        time.sleep(nbytes * 8 / (self.uplink_mbps * 1e6) + self.rtt_ms / 2e3)
+
+    def reported_flops(self, measured: float) -> float:
+        return self.flops
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from splitinfer.errors import NotFound
@@ -69,4 +70,8 @@ class PlanningService:
     ) -> Plan:
         manifests = self.manifests(model, variant, exact=exact)
         problem = problem_from(manifests, self.registry.servers().values(), device, wanted, self.codecs)
-        return self.planner.plan(problem, registry_version=self.registry.version, device_id=device.device_id)
+        plan = self.planner.plan(problem, registry_version=self.registry.version, device_id=device.device_id)
+        # Which division the plan's partitions belong to (the cache keys plans on their partitions, so this
+        # is the manifest the plan was made from even when it comes from the cache).
+        sha = self.pool.resolve(plan.model, plan.variant, self.division)
+        return dataclasses.replace(plan, division_sha256=sha)

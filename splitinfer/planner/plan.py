@@ -50,6 +50,8 @@ class Plan:
     solver: str
     violated: tuple[str, ...] = ()
     route: route_pb2.Route | None = None
+    #: The pool manifest of the division the placements' partitions belong to ("" when not from a pool).
+    division_sha256: str = ""
 
     @property
     def feasible(self) -> bool:
@@ -96,6 +98,7 @@ class Plan:
             reason=self.reason,
             violated=list(self.violated),
             solver=self.solver,
+            division_sha256=self.division_sha256,
         )
         for p in self.placements:
             message.placements.append(
@@ -140,6 +143,7 @@ class Plan:
             solver=message.solver,
             violated=tuple(message.violated),
             route=message.route if message.HasField("route") else None,
+            division_sha256=message.division_sha256,
         )
 
     def __eq__(self, other: object) -> bool:

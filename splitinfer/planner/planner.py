@@ -43,8 +43,10 @@ class PlanKey:
     @classmethod
     def of(cls, problem: PlanningProblem, registry_version: int, calibration_version: int) -> PlanKey:
         device, req = problem.device, problem.requirements
-        # Every variant the problem may choose from: a request pinned to one variant is not another's plan.
-        model = ",".join(sorted(f"{v.model}@{v.variant}" for v in problem.variants))
+        # Every variant the problem may choose from: a request pinned to one variant is not another's plan;
+        # with its partitions, so that a new division of a variant (new partition names) is planned afresh.
+        model = ",".join(sorted(f"{v.model}@{v.variant}:{'/'.join(p.name for p in v.partitions)}"
+                                for v in problem.variants))  # fmt: skip
         return cls(
             model=model,
             device_class=device.device_class,

@@ -98,6 +98,7 @@ bench-quick: install
 	$(PY) benchmarks/planner.py --quick --out benchmarks/results/planner-quick.json
 	$(PY) benchmarks/load.py --quick --out benchmarks/results/load-quick.json
 	$(PY) benchmarks/adaptation.py --quick --out benchmarks/results/adaptation-quick.json
+	$(PY) benchmarks/redivision.py --quick --out benchmarks/results/redivision-quick.json
 	$(PY) benchmarks/detection.py --quick --out benchmarks/results/detection-quick.json
 
 # Full run on this machine; docs/benchmarks.md is rewritten from the results.
@@ -109,6 +110,7 @@ bench: install
 	$(PY) benchmarks/planner.py --out benchmarks/results/planner.json
 	$(PY) benchmarks/load.py --out benchmarks/results/load.json
 	$(PY) benchmarks/adaptation.py --out benchmarks/results/adaptation.json
+	$(PY) benchmarks/redivision.py --out benchmarks/results/redivision.json
 	$(PY) benchmarks/detection.py --out benchmarks/results/detection.json
 	$(PY) benchmarks/report.py
 

@@ -358,6 +358,41 @@ def runtimes_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def redivision_section(data: dict[str, Any]) -> list[str]:
+    summary = data["summary"]
+    lines = [
+        "## Live re-division (`benchmarks/redivision.py`)",
+        "",
+        "The division controller follows a population shift (`splitinfer/demo_redivision.py`): a division sized",
+        "for cameras (slow compute, 100 Mbit/s) is in force, the traffic shifts to phones (faster compute,",
+        "2 Mbit/s), the controller re-divides with the phones' head cut as a boundary and rolls it out while",
+        "phones keep sending requests. Devices are emulated at a fixed speed (`ModelledDevice`); servers are",
+        f"real. {summary['rounds']} rounds on fresh systems, warm requests; predicted = the controller's cost",
+        "model for the class's median device.",
+        "",
+        f"Machine: {_machine(data)}.",
+        "",
+        "| class | before: median / p95 ms | predicted | after: median / p95 ms | predicted |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("phone", "camera"):
+        c = summary[name]
+        lines.append(
+            f"| {name} | {c['before_median_ms']:.1f} / {c['before_p95_ms']:.1f} | {c['predicted_before_ms']:.1f} | "
+            f"{c['after_median_ms']:.1f} / {c['after_p95_ms']:.1f} | {c['predicted_after_ms']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Re-divisions adopted: {summary['adopted']} of {summary['rounds']}. Rollout: {summary['switch_s']:.2f} s "
+        "from the decision to the switch (divide, store with ONNX twins, load on the nodes, point the pool at",
+        f"the new version), {summary['rollout_s']:.1f} s until the old partitions were unloaded (drain "
+        f"{data['parameters']['drain_s']:.0f} s, then the nodes' queues empty). Requests that failed during",
+        f"rollouts: {summary['failed_during_rollout']}.",
+        "",
+    ]
+    return lines
+
+
 SECTIONS = {
     "codecs": codecs_section,
     "divider": divider_section,
@@ -367,6 +402,7 @@ SECTIONS = {
     "load": load_section,
     "adaptation": adaptation_section,
     "detection": detection_section,
+    "redivision": redivision_section,
 }
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from edge_agent.agent import EdgeAgent
@@ -45,7 +46,7 @@ from splitinfer.testbed import ModelledDevice
 from splitinfer.transport.clients import NodeClient
 from splitinfer.v1 import plan_pb2
 
-__all__ = ["MODEL", "Funnel", "PhaseResult", "RedivisionSystem", "redivision_system"]
+__all__ = ["MODEL", "Funnel", "PhaseResult", "RedivisionSystem", "redivision_phase", "redivision_system"]
 
 MODEL = "funnel"
 VARIANT = "fp32"
@@ -262,3 +263,35 @@ def redivision_system(
         system.partition_flops(division.partitions[0].name)  # the first version's partitions, before any switch
         stack.callback(system.close)
         yield system
+
+
+def redivision_phase(work: Path, console: Console, requests: int = 12) -> bool:
+    """``make demo``'s re-division phase: the population shifts from cameras to phones and the division
+    follows, live. True when the controller re-divided, nothing failed, and the phones got faster."""
+    console.rule("[bold]phase re-division: the device population shifts from cameras to phones")
+    config = ControllerConfig(models=(f"{MODEL}@{VARIANT}",), min_requests=10, min_interval_s=5.0, drain_s=3.0,
+                              drain_timeout_s=10.0)  # fmt: skip
+    with redivision_system(work, config) as system:
+        controller, state = system.controller, system.controller.states[f"{MODEL}@{VARIANT}"]
+        cameras = system.traffic(CAMERA, requests)
+        controller.step()
+        console.print(f"  cameras: median {cameras.median_ms:.1f} ms on division v{state.version}")
+        before = system.traffic(PHONE, requests)
+        console.print(f"  phones arrive: median {before.median_ms:.1f} ms on division v{state.version}", markup=False)
+        controller.step()
+        console.print(f"  controller: {state.last_evaluation}", markup=False)
+        deadline = time.monotonic() + 60
+        while state.rollout and "done" not in state.rollout and time.monotonic() < deadline:
+            time.sleep(0.5)
+            controller.step()
+        console.print(f"  rollout {state.rollout or 'none'}", markup=False)
+        after = system.traffic(PHONE, requests)
+        console.print(
+            f"  phones now: median {after.median_ms:.1f} ms on division v{state.version}; "
+            f"plan {after.plans[-1] if after.plans else '-'}",
+            markup=False,
+        )
+        failures = cameras.failures + before.failures + after.failures
+        ok = state.version == 2 and failures == 0 and after.median_ms < before.median_ms
+        console.print("[green]re-divided live, the phones got faster[/]" if ok else "[red]no useful re-division[/]")
+        return ok

@@ -293,8 +293,11 @@ def run_system_demo(work: Path, console: Console | None = None) -> bool:
     stored = ResultStore(store_path).count()
     console.print(f"plot: {plot}")
     console.print(f"results database: {store_path} ({stored} results stored; query them through ResultStoreService)")
+    from splitinfer.demo_redivision import redivision_phase
+
+    redivided = redivision_phase(work / "redivision", console)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
-    return stored > 0 and detected and all(r["latency_ms"] > 0 for r in rows)
+    return stored > 0 and detected and redivided and all(r["latency_ms"] > 0 for r in rows)
 
 
 def _show_prediction(

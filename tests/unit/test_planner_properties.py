@@ -33,6 +33,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "tiny and huge latency budgets": {"dag": True, "wide": 0.3, "budget_ms": (1.0, 5.0, 60.0, 1e7)},
     "energy objective": {"dag": True, "wide": 0.3, "objectives": ("energy",), "budget_ms": (0.0, 50.0, 300.0)},
     "per-request overheads": {"dag": True, "wide": 0.3},
+    "per-request overheads, chains": {"dag": False},
 }
 
 
@@ -47,7 +48,7 @@ def _instance(shape: str, seed: int) -> PlanningProblem:
         codecs=3,
         **SHAPES[shape],
     )
-    if shape == "per-request overheads":  # calibrated overheads: offloading costs a constant, local another
+    if shape.startswith("per-request overheads"):  # calibrated overheads: offloading costs a constant, local another
         rng = random.Random(seed)
         device = replace(
             problem.device, offload_overhead_ms=rng.uniform(0, 300), local_overhead_ms=rng.uniform(-5, 100)

@@ -14,6 +14,7 @@ from pathlib import Path
 from server_node.compute import ComputeHook
 from server_node.config import NodeConfig
 from server_node.server import start_node
+from splitinfer import tracing
 from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.errors import SplitInferError
 from splitinfer.security.tls import client_security_from_dir
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None, compute_hook: ComputeHook | None = None)
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    tracing.configure("splitinfer-node")  # OTEL_* environment variables (off unless an exporter is set)
     try:
         config = NodeConfig.from_file(args.config) if args.config else NodeConfig()
     except ValueError as exc:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from server_node.executor import Delivered, key_of
+from splitinfer import tracing
 from splitinfer.codecs import DecodeLimits, WireTensor
 from splitinfer.routing import ReplicaBalancer
 from splitinfer.transport.channel import open_aio_channel
@@ -80,6 +81,7 @@ class GrpcForwarder:
                     timeout_s,
                     chunk_bytes=self._chunk_bytes,
                     limits=self._limits,
+                    metadata=tracing.inject(),  # the next hop's span is a child of this node's
                 )
             except grpc.aio.AioRpcError as exc:
                 raise error_from_rpc(exc, f"next hop {address} ({key_of(step.partition)})") from None

@@ -18,9 +18,11 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
+from opentelemetry import trace
 
 from server_node.checks import MemoryBudget, RouteLimits, entry_precheck, validate_route
 from server_node.compute import ComputePool
@@ -30,6 +32,7 @@ from server_node.forwarder import GrpcForwarder
 from server_node.host import PartitionHost
 from server_node.metrics import NodeMetrics
 from server_node.trust import RouteTrust
+from splitinfer import tracing
 from splitinfer.codecs import ChunkAssembler, CodecSpec, DecodeLimits, WireTensor
 from splitinfer.codecs.dtypes import from_torch
 from splitinfer.errors import FailedPrecondition, InvalidArgument
@@ -136,7 +139,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
             for tensor in received.values():
                 self._count_bytes("in", tensor)
             timings = []
-            async for item in self._execute(header, received, deadline):
+            async for item in self._execute(header, received, deadline, context.invocation_metadata()):
                 if isinstance(item, model_server_pb2.StepTiming):
                     timings.append(item)
                     continue
@@ -167,7 +170,7 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                 received[complete.name] = complete
                 self._count_bytes("in", complete)
             response = model_server_pb2.ProcessOnceResponse()
-            async for item in self._execute(request.header, received, deadline):
+            async for item in self._execute(request.header, received, deadline, context.invocation_metadata()):
                 if isinstance(item, model_server_pb2.StepTiming):
                     response.done.timings.append(item)
                 else:
@@ -180,18 +183,33 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         self.metrics.bytes.labels(direction, codec).inc(tensor.nbytes)
 
     async def _execute(
-        self, header: model_server_pb2.RequestHeader, received: dict[str, WireTensor], deadline: Deadline
+        self,
+        header: model_server_pb2.RequestHeader,
+        received: dict[str, WireTensor],
+        deadline: Deadline,
+        metadata: Any = None,
     ) -> AsyncIterator[WireTensor | model_server_pb2.StepTiming]:
-        """The executor's output for one request, with its timings recorded in the metrics."""
+        """The executor's output for one request, with its timings recorded in the metrics and in a trace
+        span (a child of the caller's, from the W3C trace context in ``metadata``), one child span per step."""
         deadline.check("after reading the request")
         self.metrics.in_flight.inc()
+        attributes = {"splitinfer.request_id": header.request_id, "splitinfer.node": self.address,
+                      "splitinfer.entry_step": header.entry_step}  # fmt: skip
         try:
-            async for item in self.executor.execute(header, received, deadline):
-                if isinstance(item, model_server_pb2.StepTiming) and item.node == self.address:
-                    name = str(key_of(item.partition))
-                    self.metrics.compute_seconds.labels(name).observe(item.compute_ms / 1e3)
-                    self.metrics.queue_seconds.labels(name).observe(item.queue_ms / 1e3)
-                yield item
+            with tracing.span("splitinfer.node.process", parent=tracing.extract(metadata), attributes=attributes,
+                              kind=trace.SpanKind.SERVER):  # fmt: skip
+                async for item in self.executor.execute(header, received, deadline):
+                    if isinstance(item, model_server_pb2.StepTiming) and item.node == self.address:
+                        name = str(key_of(item.partition))
+                        self.metrics.compute_seconds.labels(name).observe(item.compute_ms / 1e3)
+                        self.metrics.queue_seconds.labels(name).observe(item.queue_ms / 1e3)
+                        tracing.record_step(
+                            f"splitinfer.step {name}",
+                            {"queue": item.queue_ms, "decode": item.decode_ms, "compute": item.compute_ms,
+                             "encode": item.encode_ms},
+                            {"splitinfer.partition": name, "splitinfer.node": self.address},
+                        )  # fmt: skip
+                    yield item
         finally:
             self.metrics.in_flight.dec()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,7 +31,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-__all__ = ["configure", "extract", "inject", "span", "tracer"]
+__all__ = ["configure", "extract", "inject", "record_step", "span", "tracer"]
 
 log = logging.getLogger("splitinfer.tracing")
 _configured: TracerProvider | None = None
@@ -100,6 +101,17 @@ def extract(metadata: Iterable[tuple[str, Any]] | None) -> otel_context.Context:
         if key in TRACE_KEYS and isinstance(value, str) and len(value) <= 512:
             carrier[key] = value
     return _extract(carrier)
+
+
+def record_step(name: str, durations_ms: Mapping[str, float], attributes: Mapping[str, Any] | None = None) -> None:
+    """A finished child span of the current one for a step that just ended, ``durations_ms`` long in total
+    (queue, decode, compute, encode: each also an attribute ``splitinfer.<part>_ms``)."""
+    total_ns = int(sum(durations_ms.values()) * 1e6)
+    end_ns = time.time_ns()
+    clean = {k: v for k, v in (attributes or {}).items() if v is not None}
+    clean.update({f"splitinfer.{part}_ms": value for part, value in durations_ms.items()})
+    current = tracer().start_span(name, start_time=end_ns - total_ns, attributes=clean)
+    current.end(end_time=end_ns)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from splitinfer import tracing
 from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.frontend.server import FrontEndConfig, start_frontend
 
@@ -33,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tracing.configure("splitinfer-frontend")  # OTEL_* environment variables (off unless an exporter is set)
     frontend = start_frontend(
         FrontEndConfig(
             host=args.host,

@@ -31,6 +31,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
+from splitinfer import tracing
 from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
 from splitinfer.frontend.plans import REPLAN, IssuedPlan, PlanBook
 from splitinfer.planner.calibration import Calibration, MeasuredStep
@@ -65,6 +68,8 @@ class Job:
     device_steps: Sequence[model_server_pb2.StepTiming] = ()
     #: Stored with the result (the device's id, or the front door's own for OIP).
     device_id: str = ""
+    #: The caller's W3C trace context (its call's metadata): the request's span continues the caller's trace.
+    trace_metadata: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,21 @@ class Dispatcher:
         return Outcome(flight.outcome.outputs, flight.outcome.timings, flight.outcome.server_ms, recalled=True)
 
     def _run(self, job: Job, digest: str) -> Outcome:
+        plan = job.issued.plan
+        attributes = {
+            "splitinfer.request_id": job.request_id, "splitinfer.model": plan.model,
+            "splitinfer.variant": plan.variant, "splitinfer.plan": plan.summary(), "splitinfer.solver": plan.solver,
+            "splitinfer.plan_id": job.issued.plan_id, "splitinfer.predicted_latency_ms": plan.predicted_latency_ms,
+            "splitinfer.device_partitions": ",".join(plan.device_partitions),
+            "splitinfer.requirements_missed": ",".join(plan.violated),
+        }  # fmt: skip
+        with tracing.span("splitinfer.frontend.request", parent=tracing.extract(job.trace_metadata),
+                          attributes=attributes, kind=trace.SpanKind.SERVER) as current:  # fmt: skip
+            outcome = self._run_traced(job, digest)
+            current.set_attribute("splitinfer.server_ms", outcome.server_ms)
+            return outcome
+
+    def _run_traced(self, job: Job, digest: str) -> Outcome:
         issued = job.issued
         plan = issued.plan
         route = self.route_for(issued)

@@ -34,7 +34,7 @@ from splitinfer.frontend.metrics import FrontEndMetrics, instrument
 from splitinfer.frontend.oip_tensors import TensorSpec, parse_spec, read_inputs, write_outputs
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.frontend.plans import PlanBook
-from splitinfer.frontend.service import caller_of
+from splitinfer.frontend.service import caller_of, trace_metadata_of
 from splitinfer.frontend.serving import in_executor
 from splitinfer.inference import grpc_service_pb2 as oip
 from splitinfer.inference import grpc_service_pb2_grpc as oip_grpc
@@ -306,7 +306,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: oip.ModelInferRequest, context: Context) -> oip.ModelInferResponse:
         self.metrics.requests.labels(DOOR, "ModelInfer").inc()
         caller = caller_of(self._tokens, context, FRONT_DOOR_DEVICE.device_id)  # type: ignore[arg-type]
-        return await in_executor(self._infer, request, caller, context.time_remaining())
+        return await in_executor(self._infer, request, caller, context.time_remaining(), trace_metadata_of(context))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[oip.ModelInferRequest], context: Context
@@ -320,7 +320,9 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             wait_s = self._timeouts.idle_s
             self.metrics.requests.labels(DOOR, "ModelStreamInfer").inc()
             try:
-                response = await in_executor(self._infer, request, caller, context.time_remaining())
+                response = await in_executor(
+                    self._infer, request, caller, context.time_remaining(), trace_metadata_of(context)
+                )
                 yield oip.ModelStreamInferResponse(infer_response=response)
             except Exception as exc:
                 code = status_for(exc).name
@@ -360,7 +362,13 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             raise Unavailable(f"model {shown(request.model_name)} cannot run on the servers now: {why or 'no route'}")
         return plan
 
-    def _infer(self, request: oip.ModelInferRequest, caller: str, remaining_s: float | None) -> oip.ModelInferResponse:
+    def _infer(
+        self,
+        request: oip.ModelInferRequest,
+        caller: str,
+        remaining_s: float | None,
+        trace_metadata: Sequence[tuple[str, str]] = (),
+    ) -> oip.ModelInferResponse:
         start = time.perf_counter_ns()
         model, variant = request.model_name, ""  # statistics only for a variant that exists (a plan for it)
         try:
@@ -378,7 +386,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 shown_unknown = [shown(n) for n in unknown[:8]]
                 raise InvalidArgument(f"model {shown(model)} has no outputs {shown_unknown}; its outputs are {known}")
             classify = _class_counts(request, wanted)
-            outputs, timings = self._run(request, caller, plan, inputs, remaining_s)
+            outputs, timings = self._run(request, caller, plan, inputs, remaining_s, trace_metadata)
             response = oip.ModelInferResponse(model_name=model, model_version=variant, id=request.id)
             write_outputs(response, {n: t for n, t in outputs.items() if n not in classify},
                           [n for n in wanted if n not in classify])  # fmt: skip
@@ -412,6 +420,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         plan: Plan,
         inputs: dict[str, torch.Tensor],
         remaining_s: float | None,
+        trace_metadata: Sequence[tuple[str, str]] = (),
     ) -> tuple[dict[str, torch.Tensor], list[model_server_pb2.StepTiming]]:
         dedup = DEDUP_PARAMETER in request.parameters and request.parameters[DEDUP_PARAMETER].bool_param
         if dedup and not request.id:
@@ -430,6 +439,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 tensors=encoded,
                 timeout_s=clamp_timeout_s(timeout_ms, remaining_s, self._max_timeout_s),
                 device_id=FRONT_DOOR_DEVICE.device_id,
+                trace_metadata=trace_metadata,
             )
         )
         if outcome.recalled:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from splitinfer import tracing
 from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits
 from splitinfer.controller.activity import ActivityWindow
 from splitinfer.controller.controller import read_status
@@ -170,6 +171,7 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
             device_ms=header.device_ms,
             device_steps=header.device_steps,
             device_id=device_id,
+            trace_metadata=trace_metadata_of(context),
         )
         with self.metrics.run_seconds.time():
             outcome = await in_executor(self._dispatcher.run, job)
@@ -181,3 +183,10 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         for message in stream_messages(frontend_pb2.InferResponse, outcome.outputs):
             yield message
         yield frontend_pb2.InferResponse(trace=trace)
+
+
+def trace_metadata_of(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+    """The W3C trace-context headers of the call, for the request's span to continue the caller's trace."""
+    return tuple(
+        (k, v) for k, v in context.invocation_metadata() or () if k in tracing.TRACE_KEYS and isinstance(v, str)
+    )

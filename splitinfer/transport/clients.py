@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from splitinfer import tracing
 from splitinfer.codecs import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_LIMITS,
@@ -69,18 +70,22 @@ class NodeClient:
         header: model_server_pb2.RequestHeader,
         tensors: list[tensor_pb2.Tensor],
         timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
-        """Runs one request; returns the delivered tensors (still encoded) and the step timings.
+        """Runs one request; returns the delivered tensors (still encoded) and the step timings. ``metadata``
+        goes with the call (the trace context: ``splitinfer.tracing.inject``).
 
         Raises the domain error matching the node's status code (InvalidArgument, NotFound, ...).
         """
+        call_metadata = tuple(metadata) or None
         if timeout_s is not None:
             header.timeout_ms = max(1, int(timeout_s * 1e3))
         if sum(t.payload_size_bytes for t in tensors) <= self._once_max_bytes:
             try:
                 once = self._stub.ProcessOnce(
-                    model_server_pb2.ProcessOnceRequest(header=header, tensors=tensors), timeout=timeout_s
-                )
+                    model_server_pb2.ProcessOnceRequest(header=header, tensors=tensors), timeout=timeout_s,
+                    metadata=call_metadata,
+                )  # fmt: skip
             except grpc.RpcError as exc:
                 raise error_from_rpc(exc, f"node {self.address}") from None
             return {t.name: t for t in once.tensors}, list(once.done.timings)
@@ -93,7 +98,7 @@ class NodeClient:
         outputs: dict[str, tensor_pb2.Tensor] = {}
         timings: list[model_server_pb2.StepTiming] = []
         try:
-            for response in self._stub.Process(requests(), timeout=timeout_s):
+            for response in self._stub.Process(requests(), timeout=timeout_s, metadata=call_metadata):
                 kind = response.WhichOneof("kind")
                 if kind == "done":
                     timings.extend(response.done.timings)
@@ -179,12 +184,13 @@ class RouteClient:
         request_id: str,
         tensors: list[tensor_pb2.Tensor],
         deadline: Deadline,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
         def attempt(
             address: str, timeout_s: float
         ) -> tuple[dict[str, tensor_pb2.Tensor], list[model_server_pb2.StepTiming]]:
             header = model_server_pb2.RequestHeader(request_id=request_id, route=route, entry_step=step)
-            return self._client(address).process(header, tensors, timeout_s)
+            return self._client(address).process(header, tensors, timeout_s, metadata)
 
         target = route.steps[step]
         return call_replicas_sync(
@@ -217,10 +223,11 @@ class RouteClient:
                 raise InvalidArgument(f"route step {step} needs inputs {missing}")
             jobs.append((step, [inputs[n] for n in names]))
         deadline = Deadline.after(timeout_s)
+        metadata = tracing.inject()  # here, where the caller's span is current (the threads below have none)
         if len(jobs) == 1:
-            return self._run_entry(route, jobs[0][0], request_id, jobs[0][1], deadline)
+            return self._run_entry(route, jobs[0][0], request_id, jobs[0][1], deadline, metadata)
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            futures = [pool.submit(self._run_entry, route, s, request_id, t, deadline) for s, t in jobs]
+            futures = [pool.submit(self._run_entry, route, s, request_id, t, deadline, metadata) for s, t in jobs]
             outputs: dict[str, tensor_pb2.Tensor] = {}
             timings: list[model_server_pb2.StepTiming] = []
             for future in futures:
@@ -239,17 +246,19 @@ async def process_call(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     limits: DecodeLimits = DEFAULT_LIMITS,
     once_max_bytes: int = ONCE_MAX_BYTES,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> list[WireTensor | model_server_pb2.StepTiming]:
     """One call of a node's ProcessOnce (tensors up to ``once_max_bytes`` together) or Process (chunked from
     each tensor's buffer); returns what it delivered (encoded) and the step timings. Raises
     ``grpc.aio.AioRpcError``; the caller maps it (``error_from_rpc``)."""
     header.timeout_ms = max(1, int(timeout_s * 1e3))
     stub = model_server_pb2_grpc.ModelServerServiceStub(channel)
+    call_metadata = tuple(metadata) or None
     if sum(t.nbytes for t in tensors) <= once_max_bytes:
         request = model_server_pb2.ProcessOnceRequest(header=header)
         for tensor in tensors:
             tensor.fill(request.tensors.add())
-        once = await stub.ProcessOnce(request, timeout=timeout_s)
+        once = await stub.ProcessOnce(request, timeout=timeout_s, metadata=call_metadata)
         return [*(WireTensor.from_message(t) for t in once.tensors), *once.done.timings]
 
     async def requests() -> AsyncIterator[model_server_pb2.ProcessRequest]:
@@ -259,7 +268,7 @@ async def process_call(
 
     assembler = ChunkAssembler(limits)
     delivered: list[WireTensor | model_server_pb2.StepTiming] = []
-    async for response in stub.Process(requests(), timeout=timeout_s):
+    async for response in stub.Process(requests(), timeout=timeout_s, metadata=call_metadata):
         kind = response.WhichOneof("kind")
         if kind == "done":
             delivered.extend(response.done.timings)
@@ -309,8 +318,9 @@ class AsyncRouteClient:
             header = model_server_pb2.RequestHeader(request_id=request_id, route=route, entry_step=step)
             try:
                 return await process_call(
-                    self._channel(address), header, tensors, timeout_s, chunk_bytes=self._chunk_bytes
-                )
+                    self._channel(address), header, tensors, timeout_s, chunk_bytes=self._chunk_bytes,
+                    metadata=tracing.inject(),
+                )  # fmt: skip
             except grpc.aio.AioRpcError as exc:
                 raise error_from_rpc(exc, f"node {address}") from None
 

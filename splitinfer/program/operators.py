@@ -39,6 +39,7 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
         "aten.relu.default",
         "aten.max_pool2d.default",
         "aten.adaptive_avg_pool2d.default",
+        "aten.avg_pool2d.default",  # fixed-window average pooling (Inception-, VGG-style heads)
         "aten.flatten.using_ints",
         "aten.cat.default",
         "aten.mean.dim",

@@ -27,6 +27,7 @@ def _families() -> dict[str, Callable[[], tuple[torch.nn.Module, tuple[Any, ...]
         found[name] = lambda f=factory: (*f(), {})  # type: ignore[misc]
     found["resnet18"] = lambda: (*resnet18(64), {})
     found["pass_through"] = lambda: (_PassThrough(), (torch.randn(2),), {})
+    found["avg_pool_head"] = lambda: (_avg_pool_head(), (torch.randn(1, 3, 16, 16),), {})
     for name in _user_models.__all__:
         found[name] = lambda n=name: (getattr(_user_models, n)()[0], (), getattr(_user_models, n)()[1])  # type: ignore[misc]
     return found
@@ -34,6 +35,17 @@ def _families() -> dict[str, Callable[[], tuple[torch.nn.Module, tuple[Any, ...]
 
 #: Variants exported per family beyond fp32 (their transforms add casts, int8 matmuls and gathers).
 VARIANTS = {"tiny_cnn": ("fp16", "int8"), "gpt2": ("fp16", "int8"), "t5_encoder": ("fp16", "int8"), "bert": ("int8",)}
+
+
+def _avg_pool_head() -> torch.nn.Module:
+    """A CNN pooling with a fixed window (nn.AvgPool2d), as Inception- and VGG-style heads do."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(16),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    ).eval()
 
 
 class _PassThrough(torch.nn.Module):

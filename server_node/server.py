@@ -23,7 +23,6 @@ import psutil
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AioHealthServicer  # what health.aio re-exports
-from grpc_reflection.v1alpha import reflection
 
 from server_node.compute import ComputeHook, ComputePool, compute_threads
 from server_node.config import NodeConfig
@@ -37,6 +36,7 @@ from splitinfer.runtime.compute import measure_flops
 from splitinfer.security.tls import server_security_from_dir
 from splitinfer.transport.aio_server import DEFAULT_EXEMPT_METHODS, ServerLimits, StreamLimiter, new_aio_server
 from splitinfer.transport.channel import bind
+from splitinfer.transport.reflection import enable_reflection
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc
 
 __all__ = ["PARTITION_HEALTH_PREFIX", "RunningNode", "start_node"]
@@ -185,10 +185,7 @@ def start_node(
             raise OSError(f"could not bind {config.host}:{config.port}")
         health_servicer = AioHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+        enable_reflection(server, (SERVICE_NAME,))
         return server, limiter, port, health_servicer
 
     try:

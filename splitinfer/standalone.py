@@ -17,7 +17,6 @@ from pathlib import Path
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AioHealthServicer  # what health.aio re-exports
-from grpc_reflection.v1alpha import reflection
 
 from splitinfer.daemon import announce, wait_for_shutdown
 from splitinfer.frontend.serving import ServingLoop
@@ -28,6 +27,7 @@ from splitinfer.results.service import ResultStoreServicer
 from splitinfer.security.tls import server_security_from_dir
 from splitinfer.transport.aio_server import new_aio_server
 from splitinfer.transport.channel import bind
+from splitinfer.transport.reflection import enable_reflection
 from splitinfer.v1 import model_pool_pb2, model_pool_pb2_grpc, result_store_pb2, result_store_pb2_grpc
 
 __all__ = ["main"]
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         server, _ = new_aio_server(security=security)
         add(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((name, reflection.SERVICE_NAME), server)
+        enable_reflection(server, (name,))
         port = bind(server, f"{args.host}:{args.port}", security)
         serving.server = server
         await server.start()

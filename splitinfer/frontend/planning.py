@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from splitinfer.errors import NotFound
+from splitinfer.errors import InvalidArgument, NotFound
 from splitinfer.planner.build import problem_from
 from splitinfer.planner.plan import Plan
 from splitinfer.planner.planner import Planner
@@ -17,6 +17,23 @@ from splitinfer.results.keys import shown
 from splitinfer.v1 import plan_pb2
 
 __all__ = ["PlanningService"]
+
+
+def accepted_codecs(offered: tuple[CodecProfile, ...], device: plan_pb2.DeviceState) -> tuple[CodecProfile, ...]:
+    """The codecs a plan for ``device`` may use: those made of a lossy and a lossless step it accepts (all,
+    for a list left empty). Every crossing is held to it, server-to-server ones too (conservative: the
+    planner has one codec menu per request)."""
+    lossy, lossless = set(device.accepted_lossy), set(device.accepted_lossless)
+    kept = tuple(
+        c for c in offered
+        if (not lossy or c.codec.lossy in lossy) and (not lossless or c.codec.lossless in lossless)
+    )  # fmt: skip
+    if not kept:
+        raise InvalidArgument(
+            "the device accepts none of the codecs plans are made with: "
+            f"{', '.join(str(c.codec) for c in offered)}; accept at least LOSSY_CODEC_NONE and LOSSLESS_CODEC_NONE"
+        )
+    return kept
 
 
 class PlanningService:
@@ -69,7 +86,8 @@ class PlanningService:
         exact: bool = False,
     ) -> Plan:
         manifests = self.manifests(model, variant, exact=exact)
-        problem = problem_from(manifests, self.registry.servers().values(), device, wanted, self.codecs)
+        codecs = accepted_codecs(self.codecs, device)
+        problem = problem_from(manifests, self.registry.servers().values(), device, wanted, codecs)
         plan = self.planner.plan(problem, registry_version=self.registry.version, device_id=device.device_id)
         # Which division the plan's partitions belong to (the cache keys plans on their partitions, so this
         # is the manifest the plan was made from even when it comes from the cache).

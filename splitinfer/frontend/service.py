@@ -16,14 +16,16 @@ import grpc
 
 from splitinfer import tracing
 from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits
+from splitinfer.codecs.dtypes import from_torch
 from splitinfer.controller.activity import ActivityWindow
 from splitinfer.controller.controller import read_status
-from splitinfer.errors import InvalidArgument, Unauthenticated
+from splitinfer.errors import InvalidArgument, NotFound, Unauthenticated
 from splitinfer.frontend.dispatch import Dispatcher, Job
 from splitinfer.frontend.metrics import FrontEndMetrics, instrument
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.frontend.plans import IssuedPlan, PlanBook
 from splitinfer.frontend.serving import in_executor
+from splitinfer.program.serde import parse_dtype
 from splitinfer.results.keys import check_id, shown
 from splitinfer.security.auth import TokenTable
 from splitinfer.security.interceptor import identify
@@ -89,7 +91,7 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         self.activity = activity or ActivityWindow()
         self._pool_root = pool_root
         self.metrics.watch_activity(self.activity)
-        instrument(self, self.metrics, DOOR, ("Plan", "Infer", "GetFrontEndStatus"))
+        instrument(self, self.metrics, DOOR, ("Plan", "Infer", "GetFrontEndStatus", "GetModelMetadata"))
 
     async def Plan(
         self, request: frontend_pb2.PlanRequest, context: grpc.aio.ServicerContext
@@ -108,6 +110,38 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
 
     def _record(self, device: plan_pb2.DeviceState) -> None:
         self.activity.record(device.device_class, device.compute_flops, device.uplink_mbps)
+
+    async def GetModelMetadata(
+        self, request: frontend_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.GetModelMetadataResponse:
+        self.metrics.requests.labels(DOOR, "GetModelMetadata").inc()
+        check_id(request.model, "model")
+        check_id(request.variant, "variant", required=False)
+        return await in_executor(self._metadata, request.model, request.variant)
+
+    def _metadata(self, model: str, variant: str) -> frontend_pb2.GetModelMetadataResponse:
+        pool = self._planning.pool
+        entries = [e for e in pool.variants(model) if e.model == model]
+        if not entries:
+            raise NotFound(f"model {shown(model)} is not in the pool")
+        division = self._planning.division
+        chosen = next((e for e in entries if e.variant == variant), None) if variant else entries[0]
+        if chosen is None:
+            raise NotFound(f"model {shown(model)} has no variant {shown(variant)}")
+        if division not in chosen.divisions:
+            raise NotFound(f"model {shown(model)}@{chosen.variant} has no division {division!r}")
+        manifest = pool.division(chosen.divisions[division])
+        response = frontend_pb2.GetModelMetadataResponse(model=model, task=chosen.task)
+        for specs, field in ((manifest.inputs, response.inputs), (manifest.outputs, response.outputs)):
+            for spec in specs:
+                field.add(name=spec.name, dtype=from_torch(parse_dtype(spec.dtype)), shape=list(spec.shape))
+        for entry in entries:
+            parts = len(pool.division(entry.divisions[division]).partitions) if division in entry.divisions else 0
+            response.variants.add(name=entry.variant, accuracy=entry.accuracy,
+                                  accuracy_measured=entry.accuracy_measured, partitions=parts)  # fmt: skip
+        for profile in self._planning.codecs:
+            response.codecs.append(profile.codec.to_proto())
+        return response
 
     async def GetFrontEndStatus(
         self, request: frontend_pb2.GetFrontEndStatusRequest, context: grpc.aio.ServicerContext

@@ -39,6 +39,8 @@ class PlanKey:
     objective: str
     registry_version: int
     calibration_version: int
+    #: The codec menu (a device may accept only some codecs).
+    codecs: str = ""
 
     @classmethod
     def of(cls, problem: PlanningProblem, registry_version: int, calibration_version: int) -> PlanKey:
@@ -59,6 +61,7 @@ class PlanKey:
             objective=req.objective,
             registry_version=registry_version,
             calibration_version=calibration_version,
+            codecs=",".join(str(c.codec) for c in problem.codecs),
         )
 
 

@@ -42,7 +42,7 @@ def _net(inputs: int, hidden: int, outputs: int) -> torch.nn.Sequential:
 
 
 def train(
-    iterations: int = 150,
+    iterations: int = 260,
     episodes_per_iteration: int = 32,
     requests_per_episode: int = 24,
     hidden: int = 64,
@@ -122,7 +122,7 @@ def train(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_POLICY)
-    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--iterations", type=int, default=260)
     parser.add_argument("--episodes", type=int, default=32, help="episodes per iteration")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -1,17 +1,17 @@
 #!/usr/bin/env node
-// A splitinfer client in Node.js: plans a request with FrontEndService.Plan (the front-end keeps the plan and
-// answers its id), sends the input tensor through FrontEndService.Infer under that plan id, and prints the
-// outputs as JSON. It loads proto/ at run time with
+// A splitinfer client in Node.js, written only from the public proto and docs/api.md: it learns the model's
+// inputs with FrontEndService.GetModelMetadata, plans a request with FrontEndService.Plan saying which codecs
+// it can decode (the front-end keeps the plan and answers its id), sends the input tensor through
+// FrontEndService.Infer under that plan id, and prints the outputs as JSON. It loads proto/ at run time with
 // @grpc/proto-loader, so it needs no generated code.
 //
 //   cd examples/node && npm install
-//   node client.js --address 127.0.0.1:50051 --model residual_cnn --input input.json [--uplink-mbps 100]
+//   node client.js --address 127.0.0.1:50051 --model residual_cnn [--input input.json] [--uplink-mbps 100]
 //
 // The client runs no partition itself (it reports compute_flops 0), so the plan puts the whole model on the
-// servers. --input is a JSON file {"name": ..., "shape": [...], "data": [...]} of float32 values (the model's
-// input name and shape; ModelMetadata on the Open Inference Protocol port lists them). Outputs come back
-// encoded as the plan says; this
-// client decodes plain, fp16, bf16 and int8-affine payloads and reports any other encoding as an error.
+// servers. --input is a JSON file {"data": [...]} of float32 values in the model's input shape (without it,
+// zeros are sent). It decodes plain, fp16, bf16 and int8-affine payloads and no compression, and says so in
+// DeviceState.accepted_lossy / accepted_lossless: every plan then keeps to those codecs.
 "use strict";
 
 const fs = require("node:fs");
@@ -34,8 +34,8 @@ function parseArgs(argv) {
     else if (key === "--timeout-ms") args.timeoutMs = Number(value);
     else throw new Error(`unknown option ${key}`);
   }
-  if (!args.address || !args.model || !args.input) {
-    throw new Error("usage: client.js --address HOST:PORT --model NAME --input FILE.json");
+  if (!args.address || !args.model) {
+    throw new Error("usage: client.js --address HOST:PORT --model NAME [--input FILE.json]");
   }
   return args;
 }
@@ -167,10 +167,21 @@ async function main() {
     rtt_ms: 1,
     battery_percent: 100,
     charging: true,
+    // What decodeTensor below can read: no compression, and these lossy steps.
+    accepted_lossy: ["LOSSY_CODEC_NONE", "LOSSY_CODEC_FP16", "LOSSY_CODEC_BF16", "LOSSY_CODEC_INT8_AFFINE"],
+    accepted_lossless: ["LOSSLESS_CODEC_NONE"],
   };
+  const metadata = await call(client, "GetModelMetadata", { model: args.model }, args.timeoutMs);
+  if (metadata.inputs.length !== 1 || metadata.inputs[0].dtype !== "DATA_TYPE_FLOAT32") {
+    throw new Error(`this example sends one float32 input; ${args.model} takes ${JSON.stringify(metadata.inputs)}`);
+  }
+  const spec = metadata.inputs[0];
+  const count = spec.shape.reduce((a, b) => a * b, 1);
+  const data = args.input ? JSON.parse(fs.readFileSync(args.input, "utf8")).data : new Array(count).fill(0);
+  if (data.length !== count) throw new Error(`${spec.name} takes ${count} values (shape ${spec.shape}), got ${data.length}`);
   const { plan } = await call(client, "Plan", { model: args.model, device, requirements: {} }, args.timeoutMs);
-  const input = JSON.parse(fs.readFileSync(args.input, "utf8"));
-  const payload = float32Bytes(input.data);
+  const input = { name: spec.name, shape: spec.shape };
+  const payload = float32Bytes(data);
   const tensor = {
     name: input.name,
     dtype: "DATA_TYPE_FLOAT32",
@@ -193,6 +204,9 @@ async function main() {
       {
         request_id: header.request_id,
         plan: `${plan.model}@${plan.variant} by ${plan.solver}: ${plan.reason}`,
+        model_inputs: metadata.inputs.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })),
+        variants: metadata.variants.map((v) => v.name),
+        codecs: plan.crossings.map((c) => `${c.tensor_name}:${c.encoding.lossy}+${c.encoding.lossless}`),
         elapsed_ms: elapsedMs,
         server_ms: result.trace ? result.trace.server_ms : null,
         outputs: result.outputs,

@@ -22,9 +22,7 @@ def test_node_client_sends_a_tensor_through_the_front_end(tmp_path: Path) -> Non
         pytest.fail("Node.js and the example's packages are needed: make install runs npm ci in examples/node")
     with small_system(tmp_path, variants=("fp32",)) as system:
         x = system.example
-        (tmp_path / "input.json").write_text(
-            json.dumps({"name": system.input_name, "shape": list(x.shape), "data": x.reshape(-1).tolist()})
-        )
+        (tmp_path / "input.json").write_text(json.dumps({"data": x.reshape(-1).tolist()}))
         done = subprocess.run(
             [node, str(EXAMPLE / "client.js"), "--address", system.frontend.address, "--model", MODEL,
              "--input", str(tmp_path / "input.json"), "--uplink-mbps", "1000"],
@@ -32,6 +30,12 @@ def test_node_client_sends_a_tensor_through_the_front_end(tmp_path: Path) -> Non
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
+        # It learnt the input from GetModelMetadata, and its plan keeps to the codecs it said it decodes.
+        assert report["model_inputs"] == [
+            {"name": system.input_name, "dtype": "DATA_TYPE_FLOAT32", "shape": list(x.shape)}
+        ]
+        assert report["variants"] == ["fp32"] and report["codecs"]
+        assert all(c.endswith("+LOSSLESS_CODEC_NONE") for c in report["codecs"]), report["codecs"]
         [output] = report["outputs"]
         assert output["name"] == system.output_name
         got = np.array(output["values"], dtype=np.float32).reshape(output["shape"])
@@ -40,6 +44,18 @@ def test_node_client_sends_a_tensor_through_the_front_end(tmp_path: Path) -> Non
         np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)  # the plan may pick a lossy codec
         assert system.frontend.store is not None
         assert system.frontend.store.get(report["request_id"]).model == MODEL
+
+        # Without an input file it sends zeros of the shape it discovered.
+        done = subprocess.run(
+            [node, str(EXAMPLE / "client.js"), "--address", system.frontend.address, "--model", MODEL],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        [output] = json.loads(done.stdout)["outputs"]
+        with torch.no_grad():
+            expected = system.model(torch.zeros_like(x)).numpy()
+        np.testing.assert_allclose(np.array(output["values"], dtype=np.float32).reshape(output["shape"]), expected,
+                                   rtol=1e-2, atol=1e-2)  # fmt: skip
 
         # A model that is not in the pool: a clear NOT_FOUND, printed by the client.
         done = subprocess.run(

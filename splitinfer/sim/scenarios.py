@@ -144,7 +144,9 @@ def compare_learned(requests: int = 60) -> list[Metrics]:
     """The learned planner (the committed policy) and the exact planner on the standard profiles, uplinks
     fluctuating (0.6; 1.0 for "4G volatile"): a short version of the planner benchmark's comparison."""
     from splitinfer.planner.learned import LearnedSolver
+    from splitinfer.planner.plan import Plan
     from splitinfer.planner.planner import Planner
+    from splitinfer.planner.problem import PlanningProblem
     from splitinfer.sim.simulator import simulate
     from splitinfer.sim.traces import STANDARD_UPLINKS_MBPS
 
@@ -154,6 +156,10 @@ def compare_learned(requests: int = 60) -> list[Metrics]:
     out = []
     for scenario in scenarios:
         planner = Planner()
-        out.append(simulate(scenario, lambda p, d, planner=planner: planner.plan(p, device_id=d), "exact"))
-        out.append(simulate(scenario, lambda p, d: learned.solve(p), "learned"))
+
+        def exact(problem: PlanningProblem, device_id: str, planner: Planner = planner) -> Plan:
+            return planner.plan(problem, device_id=device_id)
+
+        out.append(simulate(scenario, exact, "exact"))
+        out.append(simulate(scenario, lambda problem, _: learned.solve(problem), "learned"))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,5 +20,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "results.db").exists()
     # The digits CNN's accuracy is measured, and the plan moves with the network for the ResNet on the phone.
     assert "measured accuracy" in result.stdout
-    phone_resnet = [line for line in result.stdout.splitlines() if line.strip().startswith("phone  resnet18")]
-    assert len(phone_resnet) == 4
+    # One result row per phase (the per-request prediction lines read "phone  resnet18 #n: predicted ...").
+    phone_resnet = [
+        line for line in result.stdout.splitlines() if re.match(r"\s*phone\s+resnet18\s+[\d.]+ ms \(", line)
+    ]
+    assert len(phone_resnet) == 4, phone_resnet
+    assert "prediction error per phase" in result.stdout
+    # The live re-division phase: the population shifts and the division follows.
+    assert "phase re-division" in result.stdout and "re-divided live, the phones got faster" in result.stdout

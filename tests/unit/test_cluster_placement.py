@@ -35,7 +35,7 @@ def test_device_partitions_go_everywhere_and_replicas_follow_ring_order() -> Non
     assert placed["head"] == [a for _, a in NODES]
     assert placed["p1"] == ["10.0.0.2:1", "10.0.0.3:1"]
     assert placed["p2"] == ["10.0.0.3:1", "10.0.0.1:1"]
-    assert placement([("p1", "node1")], NODES, replicas=10)["p1"] == sorted(a for _, a in NODES)[1:] + [NODES[0][1]]
+    assert placement([("p1", "node1")], NODES, replicas=10)["p1"] == [*sorted(a for _, a in NODES)[1:], NODES[0][1]]
 
 
 def test_placement_edge_cases() -> None:

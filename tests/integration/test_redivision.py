@@ -134,7 +134,8 @@ def test_a_population_shift_is_followed_by_a_live_re_division_that_pays_off(syst
     measured_gain_ms = before.median_ms - after.median_ms
     print(
         f"phones: measured {before.median_ms:.1f} -> {after.median_ms:.1f} ms (median), "
-        f"predicted {predicted_before:.1f} -> {predicted_after:.1f} ms; switched in {switched_s:.2f} s; plans {before.plans} -> {after.plans}"
+        f"predicted {predicted_before:.1f} -> {predicted_after:.1f} ms; switched in {switched_s:.2f} s; "
+        f"plans {before.plans} -> {after.plans}"
     )
     assert after.median_ms < before.median_ms
     assert abs(measured_gain_ms - predicted_gain_ms) <= IMPROVEMENT_TOLERANCE * predicted_gain_ms

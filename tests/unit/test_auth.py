@@ -26,6 +26,12 @@ ADMIN_ID = Identity("ops", frozenset({ADMIN}))
         ("/splitinfer.v1.ModelPoolService/FetchArtifact", {DEVICE_ID, CLUSTER_ID, ADMIN_ID}),
         ("/splitinfer.v1.ResultStoreService/PutResult", {CLUSTER_ID, ADMIN_ID}),
         ("/splitinfer.v1.ResultStoreService/GetResult", {DEVICE_ID, CLUSTER_ID, ADMIN_ID}),
+        # Operators deploy and remove models; the traffic mix and divisions are the cluster's business.
+        ("/inference.GRPCInferenceService/RepositoryModelLoad", {ADMIN_ID}),
+        ("/inference.GRPCInferenceService/RepositoryModelUnload", {ADMIN_ID}),
+        ("/inference.GRPCInferenceService/ModelConfig", {DEVICE_ID, ADMIN_ID}),
+        ("/splitinfer.v1.FrontEndService/GetFrontEndStatus", {CLUSTER_ID, ADMIN_ID}),
+        ("/splitinfer.v1.FrontEndService/GetModelMetadata", {DEVICE_ID, ADMIN_ID}),
     ],
 )
 def test_each_rpc_admits_exactly_its_roles(method: str, allowed: set[Identity]) -> None:
@@ -41,7 +47,8 @@ def test_each_rpc_admits_exactly_its_roles(method: str, allowed: set[Identity]) 
 
 def test_health_is_open_and_unknown_methods_need_some_identity() -> None:
     authorize("/grpc.health.v1.Health/Check", None)
-    authorize("/inference.GRPCInferenceService/ModelConfig", DEVICE_ID)  # answered UNIMPLEMENTED later
+    authorize("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", None)
+    authorize("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", None)
     with pytest.raises(Unauthenticated):
         authorize("/some.Other/Thing", None)
     authorize("/some.Other/Thing", DEVICE_ID)

@@ -236,3 +236,19 @@ def test_implausible_totals_teach_no_overhead(total: float) -> None:
     calibration.observe_request(plan, _measure(plan), device_id="d", measured_total_ms=total)
     profile = calibration.device("d", DeviceProfile(flops=2e9, uplink_mbps=1, downlink_mbps=1))
     assert profile.local_overhead_ms == 0.0 and profile.offload_overhead_ms == 0.0
+
+
+def test_dominance_uses_calibrated_times_not_reported_flops() -> None:
+    """A server that reports more FLOP/s but was measured slower on a partition does not dominate the other:
+    the exact solvers keep both and put that partition where it really runs faster."""
+    from splitinfer.planner import DagSolver
+    from splitinfer.planner.base import undominated_servers
+
+    variant = _chain("m", [4e8, 4e8])
+    fast_on_paper = ServerProfile("a:1", 1e11, partition_factors=(("m@fp32/p1", 50.0),))
+    honest = ServerProfile("b:1", 5e10)
+    problem = replace(_problem(variant, uplink_mbps=500.0), servers=(fast_on_paper, honest))
+    assert undominated_servers(problem) == [0, 1]
+    plan = DagSolver().solve(replace(problem, device=replace(problem.device, computes=False)))
+    assert {p.partition: p.where for p in plan.placements}["p1"] == "b:1"
+    assert undominated_servers(replace(problem, servers=(replace(fast_on_paper, partition_factors=()), honest))) == [0]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from splitinfer.controller import ActivityWindow, Basis, ClassActivity, ControllerConfig, DivisionPolicy, share_shift
 from splitinfer.controller.activity import MAX_CLASSES, OTHER_CLASS
 from splitinfer.controller.controller import DivisionController, read_status, versioned
 from splitinfer.controller.rollout import Rollout, RolloutPhase
+from splitinfer.demo_redivision import Funnel
 from splitinfer.divider import ServerCapacity, divide
 from splitinfer.errors import Unavailable
 from splitinfer.graph import ModelGraph
@@ -207,21 +207,6 @@ def test_a_node_refusing_a_load_rolls_the_rollout_back_without_switching() -> No
 
 
 # --- the whole controller ------------------------------------------------------------------------------------
-
-
-class Funnel(nn.Module):
-    """A cheap stem and squeeze to a 4 KB tensor, then a heavy body: a fast-uplink slow device wants to send
-    the input (head cut 0); a slow-uplink device wants to run the stem and send the squeezed tensor."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.squeeze = nn.Conv2d(8, 4, 4, stride=4)
-        self.body = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(1024, 1024), nn.ReLU())])
-        self.head = nn.Linear(1024, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(torch.flatten(torch.relu(self.squeeze(torch.relu(self.stem(x)))), 1)))
 
 
 CAMERA = ClassActivity("camera", 5.0, 100, compute_flops=1e8, uplink_mbps=100.0, memory_bytes=1 << 30)

@@ -196,6 +196,9 @@ def test_configuration_classification_statistics_and_repository(
     assert report["ready_after_unload"] is False
     assert report["unknown_model"] in ("StatusCode.NOT_FOUND", "404")
     np.testing.assert_allclose(arrays[system.output_name].reshape(-1), expected, rtol=1e-4, atol=1e-5)
+    if http:  # tritonclient.http with JSON tensors both ways, not the binary extension
+        _, as_json = _triton(system, tmp_path, "--version", "fp32", "--json", http=True)
+        np.testing.assert_allclose(as_json[system.output_name].reshape(-1), expected, rtol=1e-4, atol=1e-5)
     deadline = time.monotonic() + 10  # load_model deployed it again: the nodes report it within a refresh
     while not all(
         any(p.startswith(f"{MODEL}@fp32/") for p in r.partitions) for r in system.registry.servers().values()

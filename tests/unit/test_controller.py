@@ -340,3 +340,10 @@ def test_a_refused_load_keeps_the_old_division(tmp_path: Path) -> None:
     assert state.version == 1 and "rolled back" in state.last_evaluation
     assert pool.resolve("funnel", "fp32", "default") == before
     assert {k for keys in nodes.hosted.values() for k in keys} == {"funnel@fp32/p0", "funnel@fp32/p1"}
+
+
+def test_the_daemon_refuses_to_start_with_nothing_to_manage(capsys: pytest.CaptureFixture[str]) -> None:
+    from splitinfer.controller.__main__ import main
+
+    code = main(["--pool-dir", "/nonexistent", "--pool-address", "127.0.0.1:1", "--registry", "etcd://127.0.0.1:1"])
+    assert code == 2 and "--model" in capsys.readouterr().err

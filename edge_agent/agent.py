@@ -182,7 +182,10 @@ class EdgeAgent:
             return cached[0]
         self._probe_rtt()
         state = self.device_state()
-        request = frontend_pb2.PlanRequest(model=model, device=state, requirements=requirements)
+        # Device step times ride along: a device whose plans keep everything local reports them only here.
+        request = frontend_pb2.PlanRequest(
+            model=model, device=state, requirements=requirements, device_steps=self._take_device_steps()
+        )
         try:
             response = self._frontend.Plan(request, timeout=self.config.connect_timeout_s)
         except grpc.RpcError as exc:

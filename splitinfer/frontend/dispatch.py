@@ -236,7 +236,24 @@ class Dispatcher:
         by_plan: dict[int, tuple[Plan, list[MeasuredStep]]] = {
             id(plan): (plan, [MeasuredStep(t.partition.partition, t.node, t.compute_ms) for t in timings if t.node])
         }
-        for reported in job.device_steps[:MAX_DEVICE_STEPS]:
+        self._observe(candidates, job.device_steps, by_plan, job.issued.device_id, job.request_id)
+
+    def learn_device_steps(self, caller: str, device_id: str, steps: Sequence[model_server_pb2.StepTiming]) -> None:
+        """Device step times reported outside a request to the servers (with a Plan call: a device that runs
+        alone never sends one), matched to the plans this front-end issued to that caller and device; steps
+        of partitions no such plan put on the device are ignored."""
+        recent = self._plans.recent(caller, device_id) if self._plans is not None else []
+        self._observe(list(recent), steps, {}, device_id, "(plan)")
+
+    def _observe(
+        self,
+        candidates: Sequence[Plan],
+        device_steps: Sequence[model_server_pb2.StepTiming],
+        by_plan: dict[int, tuple[Plan, list[MeasuredStep]]],
+        device_id: str,
+        what: str,
+    ) -> None:
+        for reported in device_steps[:MAX_DEVICE_STEPS]:
             ref = reported.partition
             owner = next((p for p in candidates if _runs_on_device(p, ref)), None)
             if owner is not None:
@@ -245,9 +262,9 @@ class Dispatcher:
                 )
         for owner, steps in by_plan.values():
             try:
-                self._calibration.observe_request(owner, steps, device_id=job.issued.device_id)
+                self._calibration.observe_request(owner, steps, device_id=device_id)
             except SplitInferError as exc:  # calibration never fails a request that ran
-                log.warning("request %s: calibration refused its timings: %s", shown(job.request_id), exc)
+                log.warning("request %s: calibration refused its timings: %s", shown(what), exc)
 
 
 def _runs_on_device(plan: Plan, ref: route_pb2.PartitionRef) -> bool:

@@ -102,6 +102,8 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         check_id(request.model, "model")
         device_id = check_id(request.device.device_id, "device_id", required=False)
         caller = caller_of(self._tokens, context, device_id)  # type: ignore[arg-type]
+        if request.device_steps:  # before planning: what the device measured may change the plan
+            await in_executor(self._dispatcher.learn_device_steps, caller, device_id, list(request.device_steps))
         plan = await in_executor(self._planning.plan, request.model, request.device, request.requirements)
         issued = self._plans.issue(plan, caller, device_id)
         if plan.route is None:  # the device will run alone: the servers never see its requests, count it here

@@ -154,3 +154,27 @@ def test_calibration_learns_from_measurements_not_from_the_device(parts) -> None
     assert dict(server.partition_factors)["m@fp32/p1"] == pytest.approx(2.0, rel=0.05)  # measured 4 / base 2
     device = calibration.device("alice", DeviceProfile(1e9, 10.0, 10.0))
     assert not device.partition_factors  # nothing the device claimed was believed
+
+
+def test_a_device_that_runs_alone_calibrates_through_its_plan_calls(tmp_path: Path) -> None:
+    """Device-only plans send no Infer: their step times come with the next Plan call and are learnt from
+    only for partitions a plan of this front-end put on that caller's device."""
+    from splitinfer.planner import DeviceProfile
+
+    registry = EmbeddedRegistry()
+    calibration, book = Calibration(), PlanBook()
+    dispatcher = Dispatcher(registry, FakeRoutes(), None, calibration, book)  # type: ignore[arg-type]
+    local = Plan("m", "fp32", (Placement("p0", "device", 2.0, base_ms=2.0),), (), 2.0, 0.0, 0.9, "test", "test")
+    book.issue(local, "alice", "alice-phone")
+
+    def step(partition: str, ms: float) -> model_server_pb2.StepTiming:
+        ref = route_pb2.PartitionRef(model="m", variant="fp32", partition=partition)
+        return model_server_pb2.StepTiming(partition=ref, compute_ms=ms)
+
+    for _ in range(5):
+        dispatcher.learn_device_steps("alice", "alice-phone", [step("p0", 8.0), step("p9", 0.001)])
+    device = calibration.device("alice-phone", DeviceProfile(1e9, 10.0, 10.0))
+    assert dict(device.partition_factors)["m@fp32/p0"] == pytest.approx(4.0, rel=0.05)  # measured 8 / base 2
+    assert "m@fp32/p9" not in dict(device.partition_factors)  # no plan put p9 on the device
+    dispatcher.learn_device_steps("mallory", "mallory-phone", [step("p0", 0.001)] * 10)
+    assert not calibration.device("mallory-phone", DeviceProfile(1e9, 10.0, 10.0)).partition_factors

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +97,9 @@ class _EtcdRegistration:
 
 
 class EtcdRegistry:
-    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, resync_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, endpoint: str, *, timeout_s: float = 5.0, resync_interval_s: float = 1.0, audit_interval_s: float = 3.0
+    ) -> None:
         endpoints = [parse_endpoint(e) for e in endpoint.split(",") if e.strip()]
         # pyetcd refuses to use an endpoint for 300 s after one failure by default; retry after 1 s instead so
         # that the registry recovers as soon as etcd is back.
@@ -108,6 +111,10 @@ class EtcdRegistry:
         self._cache = RegistryCache()
         self._watch_id: Any = None
         self._resync_interval_s = resync_interval_s
+        #: How often the prefix is listed and compared with the cache: a watch on an etcd that restarted can
+        #: stay open and silent, so missed events are found this way and repaired by a full resync.
+        self._audit_interval_s = audit_interval_s
+        self._audited_at = time.monotonic()
         self._needs_resync = threading.Event()
         self._stop = threading.Event()
         self._needs_resync.set()
@@ -133,8 +140,27 @@ class EtcdRegistry:
 
     def _resync_loop(self) -> None:
         while not self._stop.wait(self._resync_interval_s):
+            if not self._needs_resync.is_set() and time.monotonic() - self._audited_at >= self._audit_interval_s:
+                self._audit()
             if self._needs_resync.is_set():
                 self._resync()
+
+    def _audit(self) -> None:
+        """Lists the prefix; records the cache lacks or holds differently mean the watch missed events."""
+        self._audited_at = time.monotonic()
+        try:
+            listed = {r.address: r for r in (ServerRecord.from_json(v) for v, _ in self.client.get_prefix(PREFIX))}
+        except Exception as exc:
+            log.warning("registry audit failed (serving from cache): %s", exc)
+            self._needs_resync.set()
+            return
+        cached = {**self._cache.servers(), **self._cache.frontends()}
+        if listed != cached:
+            time.sleep(0.05)  # a change in flight reaches the cache through the watch in a moment: look again
+            cached = {**self._cache.servers(), **self._cache.frontends()}
+            if any(cached.get(address) != record for address, record in listed.items()) or set(cached) - set(listed):
+                log.info("registry cache differs from etcd (missed watch events); resynchronising")
+                self._needs_resync.set()
 
     def _on_watch(self, response: Any) -> None:
         if isinstance(response, Exception):

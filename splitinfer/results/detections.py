@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitinfer.errors import InvalidArgument
+from splitinfer.results.keys import decode_token_list
 from splitinfer.v1 import result_store_pb2
 
 __all__ = ["MAX_DETECTIONS_PER_RESULT", "DetectionQuery", "DetectionStore", "detection_rows", "detections_to_proto"]
@@ -223,19 +224,7 @@ def _encode_token(row: Sequence[object]) -> str:
 
 def _decode_token(token: str) -> tuple[int, str, str, int]:
     refused = InvalidArgument("page_token is not one this store issued")
-    if len(token) > _MAX_TOKEN_CHARS:
-        raise refused
-    try:
-        value = json.loads(
-            base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True),
-            parse_float=_refuse,
-            parse_constant=_refuse,
-        )
-    except (ValueError, UnicodeError):
-        raise refused from None
-    if not (isinstance(value, list) and len(value) == 4):
-        raise refused
-    created, caller, request_id, idx = value
+    created, caller, request_id, idx = decode_token_list(token, 4, _MAX_TOKEN_CHARS, refused)
     if type(created) is not int or type(idx) is not int or not 0 <= created <= _MAX_INT64 or not 0 <= idx < 1 << 31:
         raise refused
     if not (isinstance(caller, str) and isinstance(request_id, str)):
@@ -243,7 +232,3 @@ def _decode_token(token: str) -> tuple[int, str, str, int]:
     if len(caller) > _MAX_TEXT or len(request_id) > _MAX_TEXT:
         raise refused
     return created, caller, request_id, idx
-
-
-def _refuse(text: str) -> object:
-    raise ValueError(f"not an integer: {text[:20]}")

@@ -7,13 +7,15 @@ retry must bring the same inputs as the first try (same digest), or it is anothe
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections.abc import Iterable
 
 from splitinfer.errors import InvalidArgument
 from splitinfer.v1 import tensor_pb2
 
-__all__ = ["MAX_ID_BYTES", "check_id", "input_digest", "shown"]
+__all__ = ["MAX_ID_BYTES", "check_id", "decode_token_list", "input_digest", "shown"]
 
 #: Longest request id or caller name, in UTF-8 bytes.
 MAX_ID_BYTES = 128
@@ -51,3 +53,25 @@ def input_digest(tensors: Iterable[tensor_pb2.Tensor]) -> str:
         digest.update(len(body).to_bytes(8, "big"))
         digest.update(body)
     return digest.hexdigest()
+
+
+def _no_float(text: str) -> object:
+    raise ValueError(f"not an integer: {text[:20]}")
+
+
+def decode_token_list(token: str, length: int, max_chars: int, refused: InvalidArgument) -> list[object]:
+    """The JSON list of ``length`` items a page token encodes (URL-safe base64, integers only, no floats or
+    NaN), or ``refused`` for anything else; the caller checks each item's type and range."""
+    if len(token) > max_chars:
+        raise refused
+    try:
+        value = json.loads(
+            base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True),
+            parse_float=_no_float,
+            parse_constant=_no_float,
+        )
+    except (ValueError, UnicodeError):
+        raise refused from None
+    if not (isinstance(value, list) and len(value) == length):
+        raise refused
+    return value

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitinfer.results.detections import DetectionStore, detection_rows
-from splitinfer.results.keys import check_id, shown
+from splitinfer.results.keys import check_id, decode_token_list, shown
 from splitinfer.v1 import result_store_pb2
 
 __all__ = ["ResultQuery", "ResultStore"]
@@ -240,19 +240,7 @@ def _encode_token(last: result_store_pb2.StoredResult) -> str:
 def _decode_token(token: str) -> tuple[int, str, str]:
     """The position a page token names; anything this store did not issue is INVALID_ARGUMENT."""
     refused = InvalidArgument(f"page_token {shown(token, 32)} is not one this store issued")
-    if len(token) > MAX_TOKEN_CHARS:
-        raise refused
-    try:
-        value = json.loads(
-            base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True),
-            parse_float=_no_float,
-            parse_constant=_no_float,
-        )
-    except (ValueError, UnicodeError):
-        raise refused from None
-    if not (isinstance(value, list) and len(value) == 3):
-        raise refused
-    created, caller, request_id = value
+    created, caller, request_id = decode_token_list(token, 3, MAX_TOKEN_CHARS, refused)
     if type(created) is not int or not 0 <= created <= _MAX_INT64:
         raise refused
     if not (isinstance(caller, str) and isinstance(request_id, str)):
@@ -263,7 +251,3 @@ def _decode_token(token: str) -> tuple[int, str, str]:
     except InvalidArgument:
         raise refused from None
     return created, caller, request_id
-
-
-def _no_float(text: str) -> object:
-    raise ValueError(f"not an integer: {text[:20]}")

@@ -36,7 +36,7 @@ from _common import machine_info, median, time_call, write_json
 
 from edge_agent.client import NodeClient
 from server_node.process import spawn_node
-from splitinfer.codecs import DEFAULT_CHUNK_BYTES, encode_tensor
+from splitinfer.codecs import DEFAULT_CHUNK_BYTES, encode_tensor, encode_wire
 from splitinfer.divider import partition_at
 from splitinfer.graph import ModelGraph, narrow_cuts
 from splitinfer.pool import ModelPool
@@ -218,14 +218,16 @@ def per_hop(work: Path, repeats: int, sizes: list[int], chunk_bytes: int = 0) ->
                 route = route_pb2.Route(steps=[step])
                 raw_bytes = t.numpy().tobytes()
                 name = program.input_names[0]
-                message = encode_tensor(t, name)  # encoded once: the hop measures transport, not the codec
+                # Encoded once (the hop measures transport, not the codec), sent and received as WireTensors
+                # as the raw client sends and receives bytes: no protobuf copy on the client either way.
+                message = encode_wire(t, name)
 
                 def raw(raw_bytes: bytes = raw_bytes) -> None:
                     call(raw_bytes)
 
                 def hop(route: route_pb2.Route = route, message: Any = message) -> None:
                     header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route)
-                    client.process(header, [message], timeout_s=120)
+                    client.process_wire(header, [message], timeout_s=120)
 
                 time_call(raw, 1, warmup=2)
                 time_call(hop, 1, warmup=2)

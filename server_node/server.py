@@ -28,7 +28,7 @@ from server_node.compute import ComputeHook, ComputePool, compute_threads
 from server_node.config import NodeConfig
 from server_node.host import PartitionHost
 from server_node.metrics import NodeMetrics
-from server_node.servicer import ModelServerServicer
+from server_node.servicer import ModelServerServicer, add_to_server
 from server_node.trust import RouteTrust
 from splitinfer.registry import Registration, Registry, ServerRecord, connect
 from splitinfer.routing import ReplicaBalancer
@@ -37,7 +37,7 @@ from splitinfer.security.tls import server_security_from_dir
 from splitinfer.transport.aio_server import DEFAULT_EXEMPT_METHODS, ServerLimits, StreamLimiter, new_aio_server
 from splitinfer.transport.channel import bind
 from splitinfer.transport.reflection import enable_reflection
-from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc
+from splitinfer.v1 import model_server_pb2
 
 __all__ = ["PARTITION_HEALTH_PREFIX", "RunningNode", "start_node"]
 
@@ -218,7 +218,7 @@ def start_node(
     )
 
     async def start() -> None:
-        model_server_pb2_grpc.add_ModelServerServiceServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

@@ -42,13 +42,21 @@ from splitinfer.routing import ReplicaBalancer
 from splitinfer.runtime import LoadedPartition
 from splitinfer.transport.aio_server import StreamLimiter
 from splitinfer.transport.deadline import Deadline
+from splitinfer.transport.frames import (
+    OnceFrame,
+    StreamFrame,
+    done_frame,
+    once_response,
+    parse_once_request,
+    parse_process_request,
+    stream_frames,
+)
 from splitinfer.transport.reader import Admission, StreamTimeouts, read_stream
 from splitinfer.transport.retry import RetryPolicy
 from splitinfer.transport.status import map_errors, set_request_id
-from splitinfer.transport.stream import stream_wire
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
-__all__ = ["ModelServerServicer"]
+__all__ = ["ModelServerServicer", "add_to_server"]
 
 log = logging.getLogger("splitinfer.server")
 
@@ -121,8 +129,10 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
 
     @map_errors()
     async def Process(
-        self, request_iterator: AsyncIterator[model_server_pb2.ProcessRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[model_server_pb2.ProcessResponse]:
+        self, request_iterator: AsyncIterator[StreamFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Requests arrive as :class:`~splitinfer.transport.frames.StreamFrame` s, responses leave as
+        serialized ProcessResponses (:func:`add_to_server` registers the frame (de)serializers)."""
         self.metrics.requests.labels("Process").inc()
         with ExitStack() as stack:
             admitted: list[Deadline] = []
@@ -144,19 +154,20 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                     timings.append(item)
                     continue
                 self._count_bytes("out", item)
-                for message in stream_wire(model_server_pb2.ProcessResponse, [item], self._config.chunk_bytes):
+                for message in stream_frames([item], request=False, chunk_bytes=self._config.chunk_bytes):
                     yield message
-            yield model_server_pb2.ProcessResponse(done=model_server_pb2.ProcessDone(timings=timings))
+            yield done_frame(model_server_pb2.ProcessDone(timings=timings))
 
     @map_errors()
-    async def ProcessOnce(
-        self, request: model_server_pb2.ProcessOnceRequest, context: grpc.aio.ServicerContext
-    ) -> model_server_pb2.ProcessOnceResponse:
+    async def ProcessOnce(self, request: OnceFrame, context: grpc.aio.ServicerContext) -> bytes:
+        """The request arrives as an :class:`~splitinfer.transport.frames.OnceFrame`, the response leaves as
+        a serialized ProcessOnceResponse."""
         self.metrics.requests.labels("ProcessOnce").inc()
         with ExitStack() as stack:
-            if not request.HasField("header"):
+            header = request.header
+            if header is None:
                 raise InvalidArgument("ProcessOnce needs a header")
-            admission, deadline = self._admit(request.header, context, stack)
+            admission, deadline = self._admit(header, context, stack)
             assembler = ChunkAssembler(
                 self._limits, precheck=admission.precheck, max_total_bytes=admission.max_total_bytes
             )
@@ -169,14 +180,15 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                     )
                 received[complete.name] = complete
                 self._count_bytes("in", complete)
-            response = model_server_pb2.ProcessOnceResponse()
-            async for item in self._execute(request.header, received, deadline, context.invocation_metadata()):
+            done = model_server_pb2.ProcessDone()
+            delivered: list[WireTensor] = []
+            async for item in self._execute(header, received, deadline, context.invocation_metadata()):
                 if isinstance(item, model_server_pb2.StepTiming):
-                    response.done.timings.append(item)
+                    done.timings.append(item)
                 else:
                     self._count_bytes("out", item)
-                    item.fill(response.tensors.add())
-            return response
+                    delivered.append(item)
+            return once_response(delivered, done)
 
     def _count_bytes(self, direction: str, tensor: WireTensor) -> None:
         codec = str(CodecSpec.from_proto(tensor.head.encoding))
@@ -275,6 +287,28 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         await asyncio.to_thread(self._on_change)
         log.info("unloaded partition %s (was loaded: %s)", key_of(request.partition), was_loaded)
         return model_server_pb2.UnloadPartitionResponse(was_loaded=was_loaded)
+
+
+def add_to_server(servicer: ModelServerServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer`` as ModelServerService: Process and ProcessOnce read and write their messages
+    with :mod:`splitinfer.transport.frames` (payloads never copied into a protobuf), the other methods with
+    their protobuf classes. Clients see the same protobuf messages either way."""
+    identity = None  # the servicer returns serialized messages
+    handlers = {
+        "Process": grpc.stream_stream_rpc_method_handler(servicer.Process, parse_process_request, identity),
+        "ProcessOnce": grpc.unary_unary_rpc_method_handler(servicer.ProcessOnce, parse_once_request, identity),
+    }
+    for name, request, response in (
+        ("GetStatus", model_server_pb2.GetStatusRequest, model_server_pb2.GetStatusResponse),
+        ("LoadPartition", model_server_pb2.LoadPartitionRequest, model_server_pb2.LoadPartitionResponse),
+        ("UnloadPartition", model_server_pb2.UnloadPartitionRequest, model_server_pb2.UnloadPartitionResponse),
+    ):
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request.FromString, response.SerializeToString
+        )
+    service = "splitinfer.v1.ModelServerService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
 
 
 def _spec(spec: ValueSpec) -> tensor_pb2.TensorSpec:

@@ -18,6 +18,7 @@ continue a tensor in progress at the right offset, and no tensor may receive mor
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from splitinfer.codecs.errors import DecodeError
 from splitinfer.codecs.wire import DEFAULT_LIMITS, DecodeLimits, WireTensor, aligned_buffer, decode_shape
@@ -37,6 +38,20 @@ __all__ = [
 #: Payload bytes per stream message: well under gRPC's default 4 MiB limit, and measured fastest here (a 4 MiB
 #: tensor hop took 22-26 ms with 512 KiB chunks, 28-36 ms with 1 MiB, about 48 ms with 2-4 MiB).
 DEFAULT_CHUNK_BYTES = 512 << 10
+
+
+class ChunkLike(Protocol):
+    """A TensorChunk, or a view of one (``splitinfer.transport.frames.Chunk``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def data(self) -> bytes | memoryview: ...
+
 
 #: Sees a tensor's metadata (``Tensor`` message, payload not yet complete) before it is buffered; raises to refuse.
 Precheck = Callable[[tensor_pb2.Tensor], None]
@@ -84,13 +99,17 @@ class ChunkAssembler:
         #: Payload bytes all tensors of this stream declared so far.
         self.declared_bytes = 0
 
-    def add(self, item: tensor_pb2.Tensor | tensor_pb2.TensorChunk) -> WireTensor | None:
-        """Feeds one message; returns a tensor when this message completed it."""
+    def add(self, item: tensor_pb2.Tensor | tensor_pb2.TensorChunk | WireTensor | ChunkLike) -> WireTensor | None:
+        """Feeds one message; returns a tensor when this message completed it. A WireTensor is the start of
+        a tensor as read without a protobuf copy (its payload, the first part, a view of the message); a
+        chunk may be anything with a TensorChunk's ``name``, ``offset`` and ``data``."""
+        if isinstance(item, WireTensor):
+            return self._start(item.head, item.payload)
         if isinstance(item, tensor_pb2.Tensor):
-            return self._start(item)
+            return self._start(item, None)
         return self._continue(item)
 
-    def _start(self, message: tensor_pb2.Tensor) -> WireTensor | None:
+    def _start(self, message: tensor_pb2.Tensor, payload: bytes | bytearray | memoryview | None) -> WireTensor | None:
         name = message.name
         if name in self._seen:
             raise DecodeError(f"tensor {name[:200]!r} was sent twice in one request")
@@ -109,20 +128,23 @@ class ChunkAssembler:
                 f"tensors of this request declare {self.declared_bytes} bytes, over its budget of "
                 f"{self._max_total_bytes}"
             )
-        payload = message.payload  # reading a bytes field copies it: read it once
-        received = len(payload)
+        head = message  # a WireTensor's head carries no payload
+        if payload is None:
+            payload = message.payload  # reading a bytes field copies it: read it once
+            head = _head_of(message)
+        received = memoryview(payload).nbytes
         if received > declared:
             raise DecodeError(
                 f"tensor {name[:200]!r}: payload is {received} bytes but payload_size_bytes declares {declared}"
             )
         if received == declared:
-            return WireTensor(_head_of(message), payload)
+            return WireTensor(head, payload)
         buffer = aligned_buffer(declared)  # pages are committed only as chunks fill them
         buffer[:received] = payload
-        self._partial[name] = (_head_of(message), buffer, received)
+        self._partial[name] = (head, buffer, received)
         return None
 
-    def _continue(self, chunk: tensor_pb2.TensorChunk) -> WireTensor | None:
+    def _continue(self, chunk: tensor_pb2.TensorChunk | ChunkLike) -> WireTensor | None:
         entry = self._partial.get(chunk.name)
         if entry is None:
             raise DecodeError(f"chunk for tensor {chunk.name[:200]!r}, which is not being streamed")
@@ -130,7 +152,7 @@ class ChunkAssembler:
         if chunk.offset != received:
             raise DecodeError(f"chunk for tensor {chunk.name[:200]!r} at offset {chunk.offset}, expected {received}")
         data = chunk.data  # reading a bytes field copies it: read it once
-        end = received + len(data)
+        end = received + memoryview(data).nbytes
         if end > len(buffer):
             raise DecodeError(f"tensor {chunk.name[:200]!r}: chunks carry more than the declared {len(buffer)} bytes")
         buffer[received:end] = data

@@ -53,6 +53,11 @@ class CodecSpec:
     def is_lossy(self) -> bool:
         return self.lossy != tensor_pb2.LOSSY_CODEC_NONE
 
+    @property
+    def is_plain(self) -> bool:
+        """Neither step changes the bytes: encoding is a view of the tensor, decoding one copy."""
+        return self.lossy == tensor_pb2.LOSSY_CODEC_NONE and self.lossless == tensor_pb2.LOSSLESS_CODEC_NONE
+
     @classmethod
     def parse(cls, text: str) -> CodecSpec:
         """Reads the printed form; InvalidArgument says what was not understood."""

@@ -69,10 +69,11 @@ def _from_bytes(data: bytes | bytearray | memoryview, dtype: torch.dtype, shape:
     Copying into a fresh torch buffer (rather than wrapping a bytearray) keeps the data 64-byte aligned, which
     the convolution kernels need for full speed: a misaligned input measurably slowed whole CNN partitions.
     """
-    if isinstance(data, memoryview) and data.nbytes and data.contiguous:
+    if isinstance(data, memoryview) and data.nbytes and data.contiguous and not data.readonly:
         view = np.frombuffer(data, dtype=np.uint8)
         if view.ctypes.data % ALIGNMENT == 0 and data.nbytes % dtypes.itemsize(dtype) == 0:
-            # An aligned buffer of our own (see aligned_buffer): wrap it, no copy.
+            # An aligned, writable buffer of our own (see aligned_buffer): wrap it, no copy. (A read-only
+            # view of a received message is copied: a partition may write to its inputs.)
             return torch.from_numpy(view).view(dtype).reshape(shape)
     out = torch.empty(shape, dtype=dtype)
     if data:

@@ -93,10 +93,30 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+class _Wrapped:
+    """Each method's wrapped handler, built once: an interceptor's wrapping depends only on the method and
+    the handler it wraps (the same object on every call), not on the call, and building it costs a few
+    closures and a handler per call otherwise."""
+
+    def __init__(self) -> None:
+        self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(
+        self, method: str, handler: grpc.RpcMethodHandler, wrap: Callable[[], grpc.RpcMethodHandler]
+    ) -> grpc.RpcMethodHandler:
+        hit = self._by_method.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = wrap()
+        self._by_method[method] = (handler, wrapped)
+        return wrapped
+
+
 class StreamLimiter(grpc.aio.ServerInterceptor):
     """Caps data-plane calls in progress, in total and per peer; see the module docstring."""
 
     def __init__(self, limits: ServerLimits, on_refused: Callable[[], None] | None = None) -> None:
+        self._wrapped = _Wrapped()
         self._limits = limits
         self._on_refused = on_refused
         self._lock = threading.Lock()
@@ -148,12 +168,15 @@ class StreamLimiter(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{refused}; retry later")
             return lambda: release(peer)
 
-        return rewrap_aio(handler, enter=slot)
+        return self._wrapped.get(details.method, handler, lambda: rewrap_aio(handler, enter=slot))
 
 
 class AioMalformedGuard(grpc.aio.ServerInterceptor):
     """INVALID_ARGUMENT, not INTERNAL, for request messages that are not valid protobuf (as
     :class:`~splitinfer.transport.guard.MalformedRequestGuard` does for synchronous servers)."""
+
+    def __init__(self) -> None:
+        self._wrapped = _Wrapped()
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -165,7 +188,11 @@ class AioMalformedGuard(grpc.aio.ServerInterceptor):
             if isinstance(request, _Malformed):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request: {request.error}")
 
-        return rewrap_aio(handler, check=check, request_deserializer=_tolerant(handler.request_deserializer))
+        return self._wrapped.get(
+            method,
+            handler,
+            lambda: rewrap_aio(handler, check=check, request_deserializer=_tolerant(handler.request_deserializer)),
+        )
 
 
 class AioAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -174,6 +201,7 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, security: ServerSecurity) -> None:
         self._sync = AuthInterceptor(security.tokens)
+        self._wrapped = _Wrapped()
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -206,7 +234,7 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
             if recorder.ended is not None:
                 await context.abort(*recorder.ended)
 
-        return rewrap_aio(handler, enter=authorized)
+        return self._wrapped.get(method, handler, lambda: rewrap_aio(handler, enter=authorized))
 
 
 def new_aio_server(

@@ -18,18 +18,18 @@ from splitinfer.codecs import (
     DEFAULT_LIMITS,
     ChunkAssembler,
     DecodeLimits,
-    TensorAssembler,
     WireTensor,
 )
 from splitinfer.errors import InvalidArgument
 from splitinfer.routing import ReplicaBalancer, downstream_planned_s, entry_steps
 from splitinfer.runtime import PartitionKey
 from splitinfer.security.tls import ClientSecurity
+from splitinfer.transport import frames
 from splitinfer.transport.channel import MAX_MESSAGE_BYTES, open_aio_channel, open_channel
 from splitinfer.transport.deadline import Deadline
 from splitinfer.transport.retry import RetryPolicy, call_replicas, call_replicas_sync
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages, stream_wire
+from splitinfer.transport.stream import ONCE_MAX_BYTES
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["AsyncRouteClient", "NodeClient", "RouteClient", "partition_ref", "process_call"]
@@ -55,6 +55,13 @@ class NodeClient:
         self._chunk_bytes = chunk_bytes
         self._channel = open_channel(address, max_message_bytes, security)
         self._stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel)
+        # The data plane's two calls, read and written by splitinfer.transport.frames (no protobuf copies).
+        self._once = self._channel.unary_unary(
+            frames.PROCESS_ONCE_METHOD, request_serializer=None, response_deserializer=frames.parse_once_response
+        )
+        self._process = self._channel.stream_stream(
+            frames.PROCESS_METHOD, request_serializer=None, response_deserializer=frames.parse_process_response
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -77,33 +84,47 @@ class NodeClient:
 
         Raises the domain error matching the node's status code (InvalidArgument, NotFound, ...).
         """
+        wires = [WireTensor.from_message(t) for t in tensors]
+        delivered, timings = self.process_wire(header, wires, timeout_s, metadata)
+        return {name: tensor.to_message() for name, tensor in delivered.items()}, timings
+
+    def process_wire(
+        self,
+        header: model_server_pb2.RequestHeader,
+        tensors: list[WireTensor],
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> tuple[dict[str, WireTensor], list[model_server_pb2.StepTiming]]:
+        """:meth:`process` with tensors kept as :class:`~splitinfer.codecs.WireTensor` both ways (from
+        ``encode_wire``; decode what comes back with ``decode_wire``): no payload is copied into or out of a
+        protobuf message, each is copied once into the request and read in place from the response."""
         call_metadata = tuple(metadata) or None
         if timeout_s is not None:
             header.timeout_ms = max(1, int(timeout_s * 1e3))
-        if sum(t.payload_size_bytes for t in tensors) <= self._once_max_bytes:
+        outputs: dict[str, WireTensor] = {}
+        if sum(t.nbytes for t in tensors) <= self._once_max_bytes:
             try:
-                once = self._stub.ProcessOnce(
-                    model_server_pb2.ProcessOnceRequest(header=header, tensors=tensors), timeout=timeout_s,
-                    metadata=call_metadata,
-                )  # fmt: skip
+                once = self._once(frames.once_request(header, tensors), timeout=timeout_s, metadata=call_metadata)
             except grpc.RpcError as exc:
                 raise error_from_rpc(exc, f"node {self.address}") from None
-            return {t.name: t for t in once.tensors}, list(once.done.timings)
+            for tensor in once.tensors:
+                if tensor.nbytes != tensor.head.payload_size_bytes:
+                    raise InvalidArgument(f"node {self.address} answered an incomplete tensor {tensor.name[:100]!r}")
+                outputs[tensor.name] = tensor
+            return outputs, list(once.done.timings)
 
-        def requests() -> Iterator[model_server_pb2.ProcessRequest]:
-            yield model_server_pb2.ProcessRequest(header=header)
-            yield from stream_messages(model_server_pb2.ProcessRequest, tensors, self._chunk_bytes)
+        def requests() -> Iterator[bytes]:
+            yield frames.header_frame(header)
+            yield from frames.stream_frames(tensors, request=True, chunk_bytes=self._chunk_bytes)
 
-        assembler = TensorAssembler()
-        outputs: dict[str, tensor_pb2.Tensor] = {}
+        assembler = ChunkAssembler()
         timings: list[model_server_pb2.StepTiming] = []
         try:
-            for response in self._stub.Process(requests(), timeout=timeout_s, metadata=call_metadata):
-                kind = response.WhichOneof("kind")
-                if kind == "done":
-                    timings.extend(response.done.timings)
-                elif kind is not None:
-                    complete = assembler.add(getattr(response, kind))
+            for response in self._process(requests(), timeout=timeout_s, metadata=call_metadata):
+                if response.kind == "done":
+                    timings.extend(response.value.timings)
+                elif response.kind is not None:
+                    complete = assembler.add(response.value)
                     if complete is not None:
                         outputs[complete.name] = complete
         except grpc.RpcError as exc:
@@ -252,28 +273,37 @@ async def process_call(
     each tensor's buffer); returns what it delivered (encoded) and the step timings. Raises
     ``grpc.aio.AioRpcError``; the caller maps it (``error_from_rpc``)."""
     header.timeout_ms = max(1, int(timeout_s * 1e3))
-    stub = model_server_pb2_grpc.ModelServerServiceStub(channel)
     call_metadata = tuple(metadata) or None
     if sum(t.nbytes for t in tensors) <= once_max_bytes:
-        request = model_server_pb2.ProcessOnceRequest(header=header)
-        for tensor in tensors:
-            tensor.fill(request.tensors.add())
-        once = await stub.ProcessOnce(request, timeout=timeout_s, metadata=call_metadata)
-        return [*(WireTensor.from_message(t) for t in once.tensors), *once.done.timings]
+        once_call = channel.unary_unary(
+            frames.PROCESS_ONCE_METHOD, request_serializer=None, response_deserializer=frames.parse_once_response
+        )
+        once = await once_call(frames.once_request(header, tensors), timeout=timeout_s, metadata=call_metadata)
+        assembler = ChunkAssembler(limits)
+        delivered: list[WireTensor | model_server_pb2.StepTiming] = []
+        for tensor in once.tensors:
+            complete = assembler.add(tensor)
+            if complete is None:
+                raise InvalidArgument(f"a node answered an incomplete tensor {tensor.name[:100]!r}")
+            delivered.append(complete)
+        delivered.extend(once.done.timings)
+        return delivered
 
-    async def requests() -> AsyncIterator[model_server_pb2.ProcessRequest]:
-        yield model_server_pb2.ProcessRequest(header=header)
-        for message in stream_wire(model_server_pb2.ProcessRequest, tensors, chunk_bytes):
+    async def requests() -> AsyncIterator[bytes]:
+        yield frames.header_frame(header)
+        for message in frames.stream_frames(tensors, request=True, chunk_bytes=chunk_bytes):
             yield message
 
+    process = channel.stream_stream(
+        frames.PROCESS_METHOD, request_serializer=None, response_deserializer=frames.parse_process_response
+    )
     assembler = ChunkAssembler(limits)
-    delivered: list[WireTensor | model_server_pb2.StepTiming] = []
-    async for response in stub.Process(requests(), timeout=timeout_s, metadata=call_metadata):
-        kind = response.WhichOneof("kind")
-        if kind == "done":
-            delivered.extend(response.done.timings)
-        elif kind is not None:
-            complete = assembler.add(getattr(response, kind))
+    delivered = []
+    async for response in process(requests(), timeout=timeout_s, metadata=call_metadata):
+        if response.kind == "done":
+            delivered.extend(response.value.timings)
+        elif response.kind is not None:
+            complete = assembler.add(response.value)
             if complete is not None:
                 delivered.append(complete)
     assembler.finish()

@@ -24,6 +24,8 @@ from splitinfer.codecs import CodecSpec, decode_tensor, encode_tensor
 from splitinfer.planner import AutoSolver, NeurosurgeonSolver
 from splitinfer.planner.base import Solver
 from splitinfer.planner.build import problem_from
+from splitinfer.planner.cost import DEVICE, Assignment, evaluate
+from splitinfer.planner.problem import PlanningProblem
 from splitinfer.planner.profiles import DEFAULT_CODECS
 from splitinfer.pool import ModelPool
 from splitinfer.program.interpreter import CompiledProgram
@@ -46,7 +48,12 @@ class Device:
         self.flops = measure_flops(0.3) / self.slowdown
         self.server_flops = float(config["server_flops"])
         self.partition_factors: tuple[tuple[str, float], ...] = ()
+        self.server_partition_factors: tuple[tuple[str, float], ...] = ()
+        self.offload_overhead_ms = 0.0
+        self.last_server_steps_s: list[float] = []
         self.last_predicted_ms = 0.0
+        self.rtt_ms = 2.0
+        self.last_device_s = self.last_server_compute_s = 0.0
         self.client = RouteClient()
         self.input_name = self.manifest["inputs"][0].split(":", 1)[0]
         torch.manual_seed(0)
@@ -58,11 +65,14 @@ class Device:
         values.update(self.programs[k](values))
         elapsed = time.perf_counter() - start
         time.sleep(elapsed * (self.slowdown - 1))  # emulate the slower device
-        return elapsed * self.slowdown
+        seconds = time.perf_counter() - start
+        self.last_device_s += seconds
+        return seconds
 
     def run(self, i: int, j: int, request_id: str) -> tuple[float, int]:
         """One request under cut (i, j); returns (seconds, bytes uploaded)."""
         start = time.perf_counter()
+        self.last_device_s = self.last_server_compute_s = 0.0
         values: dict[str, torch.Tensor] = {self.input_name: self.x}
         for k in range(i):
             self._local(k, values)
@@ -75,6 +85,7 @@ class Device:
             sent = sum(len(m.payload) for m in messages.values())
             delivered, timings = self.client.run(route, messages, request_id=request_id, timeout_s=300)
             self.last_server_compute_s = sum(t.compute_ms for t in timings) / 1e3
+            self.last_server_steps_s = [t.compute_ms / 1e3 for t in timings]
             values.update({n: decode_tensor(t) for n, t in delivered.items()})
         for k in range(j, len(self.parts)):
             self._local(k, values)
@@ -107,7 +118,7 @@ class Device:
         flops = [p["flops"] for p in self.parts]
         return sum(flops[:i] + flops[j:]) / self.flops + sum(flops[i:j]) / self.server_flops
 
-    def calibrate(self) -> None:
+    def calibrate(self, uplink_mbps: float) -> None:
         """Effective compute speeds from observed runs (as the planner's calibration does in the system):
         FLOP counts alone overrate small operators, whose cost is mostly per-operator overhead."""
         n, total = len(self.parts), sum(p["flops"] for p in self.parts)
@@ -126,14 +137,27 @@ class Device:
             for k, p in enumerate(self.parts)
         )
         self.run(0, n, "calibrate-server-warm")
-        computes = []
+        computes, steps, rests = [], [float("inf")] * n, []
         for k in range(2):
-            self.run(0, n, f"calibrate-server-{k}")
+            seconds, _ = self.run(0, n, f"calibrate-server-{k}")
             computes.append(self.last_server_compute_s)
+            steps = [min(a, b) for a, b in zip(steps, self.last_server_steps_s, strict=True)]
+            rests.append(seconds - self.last_server_compute_s)
         self.server_flops = total / max(1e-6, min(computes))
+        # The node's own per-step times (server-measured, as the front-end's calibration uses them): small
+        # partitions cost their dispatch, which FLOPs at the whole model's speed leave out.
+        self.server_partition_factors = tuple(
+            (f"{key}/{p['name']}", steps[k] / max(1e-9, p["flops"] / self.server_flops))
+            for k, p in enumerate(self.parts)
+        )
+        # The per-request cost of offloading beyond the modelled transfers (RPC, serialisation): the measured
+        # rest of a server-only request less what the link model predicts for it at this uplink.
+        predicted_rest = self.predict(uplink_mbps, 0, n)
+        self.offload_overhead_ms = max(
+            0.0, min(rests) * 1e3 - predicted_rest["transfer_ms"] - predicted_rest["overhead_ms"]
+        )
 
-    def plan(self, uplink_mbps: float, solver: Solver | None = None) -> tuple[int, int]:
-        """The device cut (i, j) the planner (or ``solver``) picks at ``uplink_mbps``."""
+    def problem(self, uplink_mbps: float) -> PlanningProblem:
         record = ServerRecord(
             address=self.config["node"],
             partitions=tuple(f"{self.manifest['model']}@{self.manifest['variant']}/{p['name']}" for p in self.parts),
@@ -141,21 +165,41 @@ class Device:
         )
         state = plan_pb2.DeviceState(
             device_id="adaptation", compute_flops=self.flops, uplink_mbps=uplink_mbps, downlink_mbps=uplink_mbps,
-            rtt_ms=2.0, battery_percent=100, charging=True,
+            rtt_ms=self.rtt_ms, battery_percent=100, charging=True,
         )  # fmt: skip
         problem = problem_from([self.manifest], [record], state, plan_pb2.Requirements(), self.codecs)
-        problem = replace(problem, device=replace(problem.device, partition_factors=self.partition_factors))
-        plan = (solver or AutoSolver()).solve(problem)
+        device = replace(
+            problem.device, partition_factors=self.partition_factors, offload_overhead_ms=self.offload_overhead_ms
+        )
+        servers = tuple(replace(s, partition_factors=self.server_partition_factors) for s in problem.servers)
+        return replace(problem, device=device, servers=servers)
+
+    def plan(self, uplink_mbps: float, solver: Solver | None = None) -> tuple[int, int]:
+        """The device cut (i, j) the planner (or ``solver``) picks at ``uplink_mbps``."""
+        plan = (solver or AutoSolver()).solve(self.problem(uplink_mbps))
         self.last_predicted_ms = plan.predicted_latency_ms
         on_device = [p.on_device for p in plan.placements]
         i = on_device.index(False) if False in on_device else len(on_device)
         j = len(on_device) - on_device[::-1].index(False) if False in on_device else len(on_device)
         return i, j
 
+    def predict(self, uplink_mbps: float, i: int, j: int) -> dict[str, float]:
+        """The cost model's prediction for cut (i, j), per component (ms): what the planner compares."""
+        problem = self.problem(uplink_mbps)
+        n = len(self.parts)
+        locations = tuple(0 if i <= k < j else DEVICE for k in range(n))
+        ev = evaluate(problem, Assignment(variant=0, locations=locations, codecs=()))
+        server = sum(c for k, c in enumerate(ev.compute_s) if locations[k] != DEVICE)
+        return {
+            "total_ms": ev.latency_s * 1e3, "device_ms": ev.device_compute_s * 1e3, "server_ms": server * 1e3,
+            "transfer_ms": ev.transfer_s * 1e3,
+            "overhead_ms": (ev.latency_s - ev.device_compute_s - server - ev.transfer_s) * 1e3,
+        }  # fmt: skip
+
 
 def measure(device: Device, repeats: int, mbps: float) -> dict[str, Any]:
     n = len(device.parts)
-    device.calibrate()
+    device.calibrate(mbps)
     strategies: dict[str, tuple[int, int]] = {"server-only": (0, n)}
     strategies.update({f"cut after {device.parts[k - 1]['name']}": (k, n) for k in range(1, n)})
     strategies["device-only"] = (n, n)
@@ -166,17 +210,30 @@ def measure(device: Device, repeats: int, mbps: float) -> dict[str, Any]:
     for name, (i, j) in [*strategies.items(), ("planner", planned), ("neurosurgeon", neurosurgeon)]:
         device.run(i, j, f"warm-{name}-{time.time_ns()}")
         samples = []
+        parts: dict[str, list[float]] = {"device_ms": [], "server_ms": [], "rest_ms": []}
         for r in range(repeats):
             seconds, sent = device.run(i, j, f"{name}-{r}-{time.time_ns()}")
             samples.append(seconds * 1e3)
-        results[name] = {"cut": [i, j], "median_ms": statistics.median(samples), "samples_ms": samples, "bytes": sent}
+            parts["device_ms"].append(device.last_device_s * 1e3)
+            parts["server_ms"].append(device.last_server_compute_s * 1e3)
+            parts["rest_ms"].append((seconds - device.last_device_s - device.last_server_compute_s) * 1e3)
+        results[name] = {
+            "cut": [i, j], "median_ms": statistics.median(samples), "samples_ms": samples, "bytes": sent,
+            # Measured per component (medians): device compute, server compute (the node's own timings), and
+            # the rest (transfers, RPCs, serialisation); and the cost model's prediction of the same.
+            "measured": {k: statistics.median(v) for k, v in parts.items()},
+            "predicted": device.predict(mbps, i, j),
+        }  # fmt: skip
     results["planner"]["predicted_ms"] = predicted_ms
-    return {"strategies": results, "device_flops": device.flops, "server_flops": device.server_flops, "partitions": n}
+    return {
+        "strategies": results, "device_flops": device.flops, "server_flops": device.server_flops, "partitions": n,
+        "offload_overhead_ms": device.offload_overhead_ms,
+    }  # fmt: skip
 
 
 def step(device: Device, config: dict[str, Any]) -> dict[str, Any]:
     """Runs requests back to back, re-planning before each from the measured uplink, until told to stop."""
-    device.calibrate()
+    device.calibrate(config["start_mbps"])
     estimator = NetworkEstimator(initial_uplink_mbps=config["start_mbps"], initial_rtt_ms=2.0)
     stop_file, log = Path(config["stop_file"]), []
     while not stop_file.exists():

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slowdown", type=float, default=10.0, help="how many times slower the device is")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="4G and Wi-Fi, one repeat, 32x32 (CI smoke run)")
+    parser.add_argument("--profiles", help="comma-separated subset of the profiles (default: all)")
     parser.add_argument("--rescore", action="store_true", help="recompute rows and targets of an existing --out")
     args = parser.parse_args(argv)
     if args.rescore:
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         profiles = {k: PROFILES[k] for k in ("4G", "Wi-Fi")}
         args.repeats, args.resolution = 1, 32
+    if args.profiles:
+        profiles = {k: PROFILES[k] for k in args.profiles.split(",")}
     console = Console(width=140)
     ok, why = available()
     if not ok:
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _step(bed: Testbed, config: dict[str, Any], work: Path, measured: dict[str, Any], console: Console) -> Any:
     """Wi-Fi -> 3G mid-run; the time from the step until a request is planned with the 3G plan."""
-    if "3G" not in measured:
+    if "3G" not in measured or "Wi-Fi" not in measured:
         return None
     target_cut = measured["3G"]["strategies"]["planner"]["cut"]
     if target_cut == measured["Wi-Fi"]["strategies"]["planner"]["cut"]:
@@ -221,11 +224,30 @@ def _report(measured: dict[str, Any], console: Console) -> tuple[list[dict[str, 
         rows.append(row)
         table.add_row(profile, *(f"{ms[n]:.0f}" + (" *" if n == oracle_name else "") for n in names))
     console.print(table)
+    _components(measured, console)
     for r in rows:
         if r["prediction_error"] is not None:
             console.print(f"  {r['profile']}: planner predicted {r['planner_predicted_ms']:.0f} ms for its plan, "
                           f"measured {r['planner_ms']:.0f} ms (error {r['prediction_error']:.0%})")  # fmt: skip
     return rows, all(r["within_10pct"] and r["not_worse"] for r in rows)
+
+
+def _components(measured: dict[str, Any], console: Console) -> None:
+    """Predicted against measured per component, for every candidate: where the cost model is wrong."""
+    table = Table(title="predicted / measured per component (ms): device compute, server compute, the rest")
+    for col in ("profile", "strategy", "device", "server", "rest", "total", "error"):
+        table.add_column(col, justify="left" if col in ("profile", "strategy") else "right")
+    for profile, data in measured.items():
+        for name, v in data["strategies"].items():
+            if "predicted" not in v:
+                continue
+            p, m = v["predicted"], v["measured"]
+            rest = p["transfer_ms"] + p["overhead_ms"]
+            table.add_row(profile, name, f"{p['device_ms']:.1f} / {m['device_ms']:.1f}",
+                          f"{p['server_ms']:.1f} / {m['server_ms']:.1f}", f"{rest:.1f} / {m['rest_ms']:.1f}",
+                          f"{p['total_ms']:.1f} / {v['median_ms']:.1f}",
+                          f"{abs(p['total_ms'] - v['median_ms']) / v['median_ms']:.0%}")  # fmt: skip
+    console.print(table)
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:

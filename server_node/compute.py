@@ -166,6 +166,19 @@ class ComputePool:
         deadline.check(f"after computing {partition.key}")
         return outputs, timing
 
+    def run_here(
+        self, partition: LoadedPartition, inputs: Mapping[str, torch.Tensor], deadline: Deadline
+    ) -> tuple[dict[str, torch.Tensor], RunTiming] | None:
+        """Runs ``partition`` on the calling thread (the event loop) when nothing is queued, with the checks,
+        timing and error mapping of :meth:`run`; None (nothing run) when runs are queued, the partition
+        batches, or a hook emulates a slower machine. For partitions measured to take less than the two
+        thread hand-offs of :meth:`run` (the caller decides: ``server_node.executor.INLINE_COMPUTE_MS``)."""
+        if self._hook is not None or partition.batches or self.queue_length():
+            return None
+        ran = self._call(partition, inputs, time.perf_counter(), deadline)
+        deadline.check(f"after computing {partition.key}")
+        return ran
+
     async def _run_batched(
         self, partition: LoadedPartition, inputs: Mapping[str, torch.Tensor], deadline: Deadline
     ) -> tuple[dict[str, torch.Tensor], RunTiming]:

@@ -72,8 +72,8 @@ class NodeConfig:
     max_message_bytes: int = 64 << 20
     #: Largest decoded tensor accepted from a peer, in bytes.
     max_tensor_bytes: int = 1 << 30
-    #: Payload bytes per chunk when sending large tensors.
-    chunk_bytes: int = 512 << 10
+    #: Payload bytes per chunk when sending large tensors (splitinfer.codecs.DEFAULT_CHUNK_BYTES, measured).
+    chunk_bytes: int = 1 << 20
     #: Seconds that shutdown waits for in-flight requests.
     shutdown_grace_s: float = 10.0
     #: Longest a join waits for the inputs of a step that arrive from other nodes, seconds.

@@ -35,9 +35,11 @@ __all__ = [
     "split_wire",
 ]
 
-#: Payload bytes per stream message: well under gRPC's default 4 MiB limit, and measured fastest here (a 4 MiB
-#: tensor hop took 22-26 ms with 512 KiB chunks, 28-36 ms with 1 MiB, about 48 ms with 2-4 MiB).
-DEFAULT_CHUNK_BYTES = 512 << 10
+#: Payload bytes per stream message: well under gRPC's default 4 MiB limit, and measured fastest here with
+#: the frame path (``splitinfer.transport.frames``) under grpc.aio: a 16 MiB hop took 33 ms with 1 MiB chunks,
+#: 33-40 ms with 2-4 MiB, 44 ms with 512 KiB; 64 MiB 159 ms with 1 MiB, 166-196 ms otherwise; 4 MiB alike
+#: from 512 KiB to 2 MiB (benchmarks/pipeline.py --chunk-sweep).
+DEFAULT_CHUNK_BYTES = 1 << 20
 
 
 class ChunkLike(Protocol):

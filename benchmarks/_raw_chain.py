@@ -1,16 +1,20 @@
 """The floor for a chain: hand-rolled gRPC servers passing raw float32 bytes, no protobuf, no codecs.
 
 Run by benchmarks/pipeline.py as separate processes:
-    python benchmarks/_raw_chain.py --port-file F [--program DIR --next ADDR]
+    python benchmarks/_raw_chain.py --port-file F [--program DIR --next ADDR] [--aio]
 With --program the server runs that partition on the bytes it receives (shape from the program), then
 either forwards the result to --next and relays the answer, or returns it. Without --program it echoes.
+With --aio the server is a grpc.aio one (as splitinfer's nodes are) instead of a synchronous one with four
+threads: the same bytes, what grpc.aio itself costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -30,6 +34,7 @@ def main() -> None:
     parser.add_argument("--port-file", type=Path, required=True)
     parser.add_argument("--program", type=Path)
     parser.add_argument("--next")
+    parser.add_argument("--aio", action="store_true", help="a grpc.aio server (echo or --program only)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     run = None
@@ -44,6 +49,11 @@ def main() -> None:
             x.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(data, dtype=np.uint8)
             return compiled({spec.name: x})[out_name].contiguous().numpy().tobytes()
 
+    if args.aio:
+        if args.next:
+            parser.error("--aio serves an echo or a --program, not a chain")
+        asyncio.run(_serve_aio(args.port_file, run))
+        return
     call_next = None
     if args.next:
         channel = grpc.insecure_channel(args.next, options=OPTIONS)
@@ -63,6 +73,22 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     server.stop(1)
+
+
+async def _serve_aio(port_file: Path, run: Callable[[bytes], bytes] | None) -> None:
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return run(request) if run else request
+
+    handler = grpc.method_handlers_generic_handler("raw.Chain", {"Call": grpc.unary_unary_rpc_method_handler(handle)})
+    server = grpc.aio.server(options=[*OPTIONS, ("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
 
 
 if __name__ == "__main__":

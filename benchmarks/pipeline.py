@@ -36,7 +36,7 @@ from _common import machine_info, median, time_call, write_json
 
 from edge_agent.client import NodeClient
 from server_node.process import spawn_node
-from splitinfer.codecs import DEFAULT_CHUNK_BYTES, encode_tensor, encode_wire
+from splitinfer.codecs import DEFAULT_CHUNK_BYTES, encode_wire
 from splitinfer.divider import partition_at
 from splitinfer.graph import ModelGraph, narrow_cuts
 from splitinfer.pool import ModelPool
@@ -63,11 +63,15 @@ def _percentile(samples: list[float], q: float) -> float:
 
 
 class RawServer:
-    def __init__(self, work: Path, name: str, program: Path | None = None, next_address: str = "") -> None:
+    def __init__(
+        self, work: Path, name: str, program: Path | None = None, next_address: str = "", aio: bool = False
+    ) -> None:
         port_file = work / f"{name}.port"
         command = [sys.executable, str(HERE / "_raw_chain.py"), "--port-file", str(port_file)]
         if program:
             command += ["--program", str(program)]
+        if aio:
+            command.append("--aio")
         if next_address:
             command += ["--next", next_address]
         self.process = subprocess.Popen(command)
@@ -150,13 +154,13 @@ def end_to_end(work: Path, name: str, resolution: int, repeats: int) -> dict[str
 
         def split() -> None:
             header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route)
-            outputs, _ = client.process(header, [encode_tensor(device_head(), head_out)], timeout_s=60)
+            outputs, _ = client.process_wire(header, [encode_wire(device_head(), head_out)], timeout_s=60)
             assert outputs
 
         def split_ort() -> None:
             header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=ort_route)
             features = ort_head.run({program.input_names[0]: x})[head_out]
-            outputs, _ = ort_client.process(header, [encode_tensor(features, head_out)], timeout_s=60)
+            outputs, _ = ort_client.process_wire(header, [encode_wire(features, head_out)], timeout_s=60)
             assert outputs
 
         # Interleaved rounds, one sample of each path per round, so that drift in the machine's speed
@@ -187,9 +191,17 @@ def end_to_end(work: Path, name: str, resolution: int, repeats: int) -> dict[str
     }
 
 
-def per_hop(work: Path, repeats: int, sizes: list[int], chunk_bytes: int = 0) -> list[dict[str, Any]]:
+def per_hop(
+    work: Path, repeats: int, sizes: list[int], chunk_bytes: int = 0, baselines: bool = False
+) -> list[dict[str, Any]]:
     """One node hop (a copy partition) against a raw gRPC echo of the same bytes, sampled in alternating
-    order (one raw call, one hop, ...) after a warm-up, so that drift affects both alike."""
+    order (one raw call, one hop, ...) after a warm-up, so that drift affects both alike.
+
+    With ``baselines``, two more raw servers are sampled in the same rounds, to show where the hop's time
+    goes (neither is the target's baseline): the same echo on a grpc.aio server (what grpc.aio itself costs
+    against the synchronous server, which splitinfer's nodes cannot use: a waiting stream would hold a
+    thread), and a synchronous raw server running the same copy partition on the bytes (the work the hop
+    cannot skip: one copy into an aligned input, the partition's own copy, one copy out)."""
 
     class Copy(torch.nn.Module):
         def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -198,6 +210,8 @@ def per_hop(work: Path, repeats: int, sizes: list[int], chunk_bytes: int = 0) ->
     rows = []
     echo = RawServer(work, f"echo{chunk_bytes}")
     channel, call = _raw_call(echo.address)
+    aio_echo = RawServer(work, f"aio-echo{chunk_bytes}", aio=True) if baselines else None
+    aio_channel, aio_call = _raw_call(aio_echo.address) if aio_echo else (None, None)
     args = ["--torch-threads", "1"]
     if chunk_bytes:
         config = work / f"node-chunks-{chunk_bytes}.json"
@@ -213,6 +227,12 @@ def per_hop(work: Path, repeats: int, sizes: list[int], chunk_bytes: int = 0) ->
                 key = PartitionKey("copy", "fp32", f"p{nbytes}")
                 save_partition_artifact(program, key, work / f"copy{nbytes}-{chunk_bytes}")
                 client.load_partition(str(work / f"copy{nbytes}-{chunk_bytes}"), key)
+                extra: dict[str, Any] = {}
+                copier = None
+                if baselines:
+                    copier = RawServer(work, f"copy{nbytes}", work / f"copy{nbytes}-{chunk_bytes}")
+                    copy_channel, copy_call = _raw_call(copier.address)
+                    extra = {"raw_aio_echo_ms": aio_call, "raw_copy_partition_ms": copy_call}
                 ref = route_pb2.PartitionRef(model=key.model, variant=key.variant, partition=key.partition)
                 step = route_pb2.RouteStep(partition=ref, addresses=[node.address])
                 route = route_pb2.Route(steps=[step])
@@ -229,24 +249,37 @@ def per_hop(work: Path, repeats: int, sizes: list[int], chunk_bytes: int = 0) ->
                     header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route)
                     client.process_wire(header, [message], timeout_s=120)
 
+                others = {label: (lambda c=c, b=raw_bytes: c(b)) for label, c in extra.items()}
                 time_call(raw, 1, warmup=2)
                 time_call(hop, 1, warmup=2)
+                for fn in others.values():
+                    time_call(fn, 1, warmup=2)
                 raw_samples: list[float] = []
                 hop_samples: list[float] = []
+                other_samples: dict[str, list[float]] = {label: [] for label in others}
                 for _ in range(count):
                     raw_samples += time_call(raw, 1, warmup=0)
                     hop_samples += time_call(hop, 1, warmup=0)
+                    for label, fn in others.items():
+                        other_samples[label] += time_call(fn, 1, warmup=0)
+                if copier is not None:
+                    copy_channel.close()
+                    copier.stop()
                 rows.append(
                     {
                         "bytes": nbytes,
                         "chunk_bytes": chunk_bytes or DEFAULT_CHUNK_BYTES,
                         "raw_echo_ms": [s * 1e3 for s in raw_samples],
                         "splitinfer_hop_ms": [s * 1e3 for s in hop_samples],
+                        **{label: [s * 1e3 for s in samples] for label, samples in other_samples.items()},
                     }
                 )
     finally:
         channel.close()
         echo.stop()
+        if aio_echo is not None and aio_channel is not None:
+            aio_channel.close()
+            aio_echo.stop()
         node.stop()
     return rows
 
@@ -262,6 +295,12 @@ def hop_summary(row: dict[str, Any]) -> dict[str, Any]:
         "raw_mb_s": row["bytes"] / raw / 1e3, "splitinfer_mb_s": row["bytes"] / ours / 1e3,
         "throughput_ratio": raw / ours, "latency_ratio": ours / raw,
     }  # fmt: skip
+    for label in ("raw_aio_echo_ms", "raw_copy_partition_ms"):  # where the time goes; not the target's baseline
+        if label in row:
+            floor = median(row[label])
+            summary[label] = floor
+            summary[label.replace("_ms", "_p95_ms")] = _percentile(row[label], 0.95)
+            summary[label.replace("_ms", "_throughput_ratio")] = floor / ours
     if row["bytes"] >= 1 << 20:
         summary["target"] = f"throughput >= {HOP_THROUGHPUT_TARGET}x raw"
         summary["target_met"] = summary["throughput_ratio"] >= HOP_THROUGHPUT_TARGET
@@ -290,7 +329,7 @@ def main() -> int:
         sweep = [] if args.quick else [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20]
     with tempfile.TemporaryDirectory() as tmp:
         runs = [] if args.no_end_to_end else [end_to_end(Path(tmp), name, resolution, repeats) for name in MODELS]
-        hops = per_hop(Path(tmp), repeats * 3, sizes)
+        hops = per_hop(Path(tmp), repeats * 3, sizes, baselines=True)
         big = [n for n in sizes if n >= 1 << 20] or sizes[-1:]
         chunk_rows = [row for chunk in sweep for row in per_hop(Path(tmp), repeats, big, chunk)]
     hop_summaries = [hop_summary(row) for row in hops]
@@ -332,12 +371,16 @@ def main() -> int:
                           f"{summary[key + '_ms'] / summary['local_ms']:.3f}")  # fmt: skip
         console.print(table)
     hop_table = Table(title="per hop: one node, copy partition, vs raw gRPC echo of the same bytes (medians)")
-    for column in ("bytes", "chunk", "raw echo ms", "hop ms", "hop p95 ms", "raw MB/s", "hop MB/s", "target"):
+    columns = ("bytes", "chunk", "raw echo ms", "aio echo ms", "raw+copy ms", "hop ms", "hop p95 ms", "raw MB/s",
+               "hop MB/s", "target")  # fmt: skip
+    for column in columns:
         hop_table.add_column(column, justify="right")
     for row in [*hop_summaries, *chunk_summaries]:
         verdict = "" if "target" not in row else f"{row['target']}: {'met' if row['target_met'] else 'NOT met'}"
-        hop_table.add_row(f"{row['bytes']:,}", f"{row['chunk_bytes'] >> 10} KiB", f"{row['raw_echo_ms']:.3f}",
-                          f"{row['splitinfer_hop_ms']:.3f}", f"{row['splitinfer_hop_p95_ms']:.3f}",
+        aio = f"{row['raw_aio_echo_ms']:.3f}" if "raw_aio_echo_ms" in row else ""
+        copy = f"{row['raw_copy_partition_ms']:.3f}" if "raw_copy_partition_ms" in row else ""
+        hop_table.add_row(f"{row['bytes']:,}", f"{row['chunk_bytes'] >> 10} KiB", f"{row['raw_echo_ms']:.3f}", aio,
+                          copy, f"{row['splitinfer_hop_ms']:.3f}", f"{row['splitinfer_hop_p95_ms']:.3f}",
                           f"{row['raw_mb_s']:.0f}", f"{row['splitinfer_mb_s']:.0f}", verdict)  # fmt: skip
     console.print(hop_table)
     if summaries:

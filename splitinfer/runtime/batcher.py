@@ -1,10 +1,13 @@
 """Dynamic batching of one partition's requests, as Triton's dynamic batcher does.
 
-Requests that arrive while a batch is forming (up to ``max_batch_size`` rows, for at most
-``max_queue_delay_ms`` after the first one) are concatenated along dimension 0, run once, and the outputs
-are split back so each caller gets exactly its own rows. A request whose deadline passes while it waits
-is answered DeadlineExceeded and left out of the batch; a failure of the batched run is every member's
-failure (inputs are checked per request before they join, so one bad request cannot spoil a batch).
+Requests queued for a partition are concatenated along dimension 0, run once, and the outputs are split back
+so each caller gets exactly its own rows. A batch starts as soon as the worker is free and either
+``max_batch_size`` rows are queued or the oldest queued request has waited ``max_queue_delay_ms`` since it
+arrived (Triton's rule: the delay counts from arrival, so requests that queued while the previous batch
+ran go at once, and under load batches form without any added wait; ``0`` never waits). A request whose
+deadline passes while it waits is answered DeadlineExceeded and left out of the batch; a failure of the
+batched run is every member's failure (inputs are checked per request before they join, so one bad request
+cannot spoil a batch).
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ class BatchStats:
 
 
 class _Pending:
-    __slots__ = ("deadline", "feeds", "future", "rows")
+    __slots__ = ("arrived", "deadline", "feeds", "future", "rows")
 
-    def __init__(self, feeds: Feeds, rows: int, deadline: float | None) -> None:
+    def __init__(self, feeds: Feeds, rows: int, arrived: float, deadline: float | None) -> None:
         self.feeds = feeds
         self.rows = rows
+        self.arrived = arrived
         self.deadline = deadline
         self.future: Future[Outputs] = Future()
 
@@ -69,6 +73,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1e3
         self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
         self._cond = threading.Condition()
         self._closed = False
         self.stats = BatchStats()
@@ -88,12 +93,16 @@ class DynamicBatcher:
         (count,) = rows
         if count > self.max_batch_size:
             raise InvalidArgument(f"a request of {count} rows exceeds the batch limit of {self.max_batch_size}")
-        pending = _Pending(feeds, count, None if timeout_s is None else time.monotonic() + timeout_s)
+        now = time.monotonic()
+        pending = _Pending(feeds, count, now, None if timeout_s is None else now + timeout_s)
         with self._cond:
             if self._closed:
                 raise Unavailable("the partition is being unloaded")
             self._queue.append(pending)
-            self._cond.notify_all()
+            self._queued_rows += count
+            # The worker waits for a first request, or for a full batch: wake it only then.
+            if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
+                self._cond.notify()
         return pending.future
 
     def close(self) -> None:
@@ -108,11 +117,11 @@ class DynamicBatcher:
                 self._cond.wait()
             if self._closed and not self._queue:
                 return None
-            first_at = time.monotonic()
             while (
-                sum(p.rows for p in self._queue) < self.max_batch_size
+                self._queue
+                and self._queued_rows < self.max_batch_size
                 and not self._closed
-                and (left := first_at + self.max_queue_delay_s - time.monotonic()) > 0
+                and (left := self._queue[0].arrived + self.max_queue_delay_s - time.monotonic()) > 0
             ):
                 self._cond.wait(left)
             batch: list[_Pending] = []
@@ -121,6 +130,7 @@ class DynamicBatcher:
                 item = self._queue.popleft()
                 batch.append(item)
                 rows += item.rows
+            self._queued_rows -= rows
             return batch
 
     def _loop(self) -> None:

@@ -100,3 +100,37 @@ def test_a_full_batch_does_not_wait_for_the_delay() -> None:
     batcher.close()
     with pytest.raises(Exception, match="unloaded"):
         batcher.submit({"x": np.ones((1,))})
+
+
+def test_the_queue_delay_counts_from_arrival_so_requests_queued_during_a_run_go_at_once() -> None:
+    """Triton's rule: a request that already waited the delay while the previous batch ran starts as soon
+    as the worker is free (the old rule restarted the delay when the worker came back: >= 0.6 s here)."""
+    started, release = threading.Event(), threading.Event()
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not started.is_set():
+            started.set()
+            release.wait(10)
+        return {"y": feeds["x"] + 1}
+
+    batcher = DynamicBatcher(run, max_batch_size=4, max_queue_delay_ms=600)
+    first = batcher.submit_future({"x": np.zeros((1,))}, timeout_s=30)
+    assert started.wait(10)  # the first request ran alone after its delay, and its run is blocked
+    second = batcher.submit_future({"x": np.ones((1,))}, timeout_s=30)
+    time.sleep(0.7)  # the second request has now waited longer than the delay
+    freed = time.monotonic()
+    release.set()
+    np.testing.assert_array_equal(second.result(timeout=10)["y"], [2.0])
+    assert time.monotonic() - freed < 0.5
+    np.testing.assert_array_equal(first.result(timeout=10)["y"], [1.0])
+    assert batcher.stats.requests_per_batch == {1: 2}
+    batcher.close()
+
+
+def test_zero_delay_runs_what_is_queued_without_waiting() -> None:
+    batcher = DynamicBatcher(lambda f: {"y": f["x"] * 3}, max_batch_size=8, max_queue_delay_ms=0)
+    start = time.monotonic()
+    np.testing.assert_array_equal(batcher.submit({"x": np.ones((2,))}, timeout_s=10)["y"], [3.0, 3.0])
+    assert time.monotonic() - start < 5
+    assert batcher.stats.batches == 1 and batcher.stats.rows == 2
+    batcher.close()

@@ -20,7 +20,7 @@ COPY edge_agent edge_agent
 RUN pip install grpcio-tools==1.81.1 \
  && python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. \
       proto/splitinfer/v1/*.proto proto/splitinfer/inference/*.proto \
- && pip install . \
+ && pip install ".[server]" \
  && useradd --system --uid 10001 --home-dir /var/lib/splitinfer --create-home splitinfer
 
 USER 10001

@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,demo]'
+	$(PY) -m pip install -q -e '.[server,dev,demo]'
 	touch $(STAMP)
 
 # Generated code is written into splitinfer/v1/ (git-ignored) and never edited by hand.

@@ -1,56 +1,78 @@
-"""Builds the agent-only virtual environment: the ``[agent]`` extra of pyproject.toml and no torch.
+"""Builds the agent-only virtual environment the way a device installs splitinfer, and checks it has no torch.
 
     python scripts/agent_venv.py [VENV_DIR]      # default .cache/agent-venv; prints its python
 
-The project itself is not installed into it (its core dependencies include torch): the agent runs from
-the source tree with ``PYTHONPATH`` set, as ``pip install --no-deps .`` would leave it on a device. Each
-requirement is pinned to the version installed here when there is one, so the agent is tested against
-what the servers run. The venv is reused while the resolved requirements are unchanged (a marker holds
-their hash), so CI builds it once.
+A fresh venv, then ``pip install '<checkout>[agent]'``: no ``--no-deps``, no hand-made requirement list, so
+whatever the core dependencies pull is what a device gets. The checkout is a copy of what a source
+distribution holds (pyproject.toml, README.md and the three packages, the generated protobuf modules
+included) in a temporary directory, so that building the wheel writes nothing into the working tree. The
+build fails if torch is importable afterwards. The venv is reused while pyproject.toml and the packages'
+sources are unchanged (a marker holds their hash), so CI builds it once per change.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import shutil
 import subprocess
 import sys
-import tomllib
+import tempfile
 import venv
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / ".cache" / "agent-venv"
+#: What a source distribution of the project holds (as the Dockerfile copies it).
+SOURCES = ("pyproject.toml", "README.md", "splitinfer", "server_node", "edge_agent")
+_SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".generated")
 
 
-def requirements() -> list[str]:
-    """The ``[agent]`` extra, each pinned to the locally installed version where there is one."""
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["agent"]
-    pinned = []
-    for requirement in extra:
-        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
-        try:
-            pinned.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pinned.append(requirement)
-    return pinned
+def _files() -> list[Path]:
+    found = []
+    for name in SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*.py*") if "__pycache__" not in p.parts))
+        else:
+            found.append(path)
+    return found
+
+
+def digest() -> str:
+    """Hash of what the install is built from."""
+    h = hashlib.sha256()
+    for path in _files():
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def ensure(directory: Path = DEFAULT) -> Path:
-    """The venv's python, building or rebuilding the venv when its requirements changed."""
-    wanted = requirements()
-    digest = hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
+    """The venv's python, building or rebuilding the venv when the project changed."""
+    marker = directory / f".ready-{digest()}"
     python = directory / "bin" / "python"
-    marker = directory / f".ready-{digest}"
     if marker.is_file() and python.is_file():
         return python
     venv.EnvBuilder(clear=True, with_pip=True).create(directory)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted], check=True)
-    found = subprocess.run([str(python), "-c", "import torch"], capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="splitinfer-checkout-") as tmp:
+        checkout = Path(tmp) / "splitinfer"
+        checkout.mkdir()
+        for name in SOURCES:
+            source = ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, checkout / name, ignore=_SKIP)
+            else:
+                shutil.copy2(source, checkout / name)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{checkout}[agent]"],
+            check=True,
+            cwd=tmp,
+        )
+    found = subprocess.run([str(python), "-c", "import torch"], capture_output=True, cwd=directory)
     if found.returncode == 0:
-        raise SystemExit(f"{directory}: torch became importable; the [agent] extra must not pull it")
-    marker.write_text("\n".join(wanted) + "\n")
+        raise SystemExit(f"{directory}: torch became importable; `pip install 'splitinfer[agent]'` must not pull it")
+    for old in directory.glob(".ready-*"):
+        old.unlink()
+    marker.write_text("pip install '<checkout>[agent]'\n")
     return python
 
 

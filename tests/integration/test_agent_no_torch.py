@@ -1,6 +1,7 @@
-"""The edge agent without PyTorch: in a venv holding only the ``[agent]`` extra (torch not importable, and
-asserted so), the agent runs the head and the tail partitions on onnxruntime with numpy codecs, against
-real node processes that run the partitions in between."""
+"""The edge agent without PyTorch: in a venv where splitinfer was installed as a device installs it
+(``pip install '<checkout>[agent]'``, dependencies resolved by pip; torch not importable, and asserted so),
+the installed agent runs the head and the tail partitions on onnxruntime with numpy codecs, against real
+node processes that run the partitions in between; the commands that need the server install say so."""
 
 from __future__ import annotations
 
@@ -28,17 +29,29 @@ from agent_venv import ensure  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
+_ENV = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH: the installed package runs, not this checkout
+
+
 def _agent(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    device = python.parent / "splitinfer-device"
     return subprocess.run(
-        [str(python), "-m", "edge_agent.runner", *args], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+        [str(device), *args], capture_output=True, text=True, timeout=300, env=_ENV, cwd=python.parent
     )
 
 
 def test_agent_without_torch_runs_head_and_tail_against_real_nodes(tmp_path: Path) -> None:
     python = ensure()
-    no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True)
+    no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True, env=_ENV)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    where = subprocess.run(
+        [str(python), "-c", "import splitinfer, edge_agent.runner; print(splitinfer.__file__)"],
+        capture_output=True, text=True, env=_ENV, cwd=python.parent, check=True,
+    ).stdout  # fmt: skip
+    assert "site-packages" in where and not where.startswith(str(ROOT) + "/splitinfer")
+    # A command that needs torch says which install it needs instead of a traceback.
+    server = subprocess.run([str(python.parent / "splitinfer-server"), "--help"], capture_output=True, text=True,
+                            env=_ENV)  # fmt: skip
+    assert server.returncode == 2 and "splitinfer[server]" in server.stderr and "Traceback" not in server.stderr
 
     model, example = build("tiny_cnn")
     graph = ModelGraph.build(export_program(model, example), example)

@@ -317,16 +317,20 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pipeline.json"))
     parser.add_argument(
         "--chunk-sweep", type=int, nargs="*", default=None, metavar="BYTES",
-        help="also time the per-hop sizes >= 1 MiB with these chunk sizes (default: 256 KiB to 4 MiB)",
+        help="also time the per-hop sizes >= 1 MiB with these chunk sizes (none given: 256 KiB to 4 MiB; the "
+        "default without --quick)",
     )  # fmt: skip
     parser.add_argument("--no-end-to-end", action="store_true", help="per-hop measurements only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     resolution, repeats = (64, 3) if args.quick else (224, args.repeats)
     sizes = [4 << 10, 64 << 10] if args.quick else [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+    default_sweep = [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20]
     sweep = args.chunk_sweep
     if sweep is None:
-        sweep = [] if args.quick else [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20]
+        sweep = [] if args.quick else default_sweep
+    elif not sweep:  # the flag alone
+        sweep = default_sweep
     with tempfile.TemporaryDirectory() as tmp:
         runs = [] if args.no_end_to_end else [end_to_end(Path(tmp), name, resolution, repeats) for name in MODELS]
         hops = per_hop(Path(tmp), repeats * 3, sizes, baselines=True)

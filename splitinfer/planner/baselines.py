@@ -82,8 +82,8 @@ class DadsSolver:
             flow.add_arc_with_capacity(0, 2 + p, cap(compute_terms(problem, variant, p, server)))  # cut: p on server
             flow.add_arc_with_capacity(2 + p, 1, cap(compute_terms(problem, variant, p, DEVICE)))  # cut: p on device
         for edge in variant.edges:
-            up = transfer_terms(problem, DEVICE, server, edge.nbytes, raw)[0]
-            down = transfer_terms(problem, server, DEVICE, edge.nbytes, raw)[0]
+            up = transfer_terms(problem, DEVICE, server, edge.nbytes, raw, edge.size_ratio(raw))[0]
+            down = transfer_terms(problem, server, DEVICE, edge.nbytes, raw, edge.size_ratio(raw))[0]
             src = 0 if edge.src < 0 else None if edge.src >= n else 2 + edge.src
             dst = 1 if edge.dst >= n else 2 + edge.dst
             if edge.src < 0:  # model input on the device: pay the uplink if its reader is on the server

@@ -198,7 +198,7 @@ class ChainSolver:
     ) -> _Label:
         """Sending ``edge``'s tensor from ``src`` to ``dst`` (locations) with ``codec``, as a label increment."""
         profile = problem.codecs[codec]
-        seconds, tx, rx, dev_codec = transfer_terms(problem, src, dst, edge.nbytes, profile)
+        seconds, tx, rx, dev_codec = transfer_terms(problem, src, dst, edge.nbytes, profile, edge.size_ratio(profile))
         device = problem.device
         joules = (
             dev_codec * device.compute_power_w

@@ -104,12 +104,13 @@ def energy_weight_s_per_j(problem: PlanningProblem) -> float:
 
 
 def transfer_terms(
-    problem: PlanningProblem, src: int, dst: int, nbytes: int, codec: CodecProfile
+    problem: PlanningProblem, src: int, dst: int, nbytes: int, codec: CodecProfile, size_ratio: float | None = None
 ) -> tuple[float, float, float, float]:
-    """(latency s, device transmit s, device receive s, device codec s) for one tensor between locations."""
+    """(latency s, device transmit s, device receive s, device codec s) for one tensor between locations;
+    ``size_ratio`` (the tensor's own, :meth:`Edge.size_ratio`) overrides the codec's typical one."""
     if src == dst:
         return 0.0, 0.0, 0.0, 0.0
-    wire = nbytes * codec.size_ratio * 8
+    wire = nbytes * (codec.size_ratio if size_ratio is None else size_ratio) * 8
     device = problem.device
     if src == DEVICE:
         link = wire / (device.uplink_mbps * 1e6) + device.rtt_ms / 2e3
@@ -230,14 +231,14 @@ def evaluate(problem: PlanningProblem, a: Assignment) -> Evaluation:
         if src == dst:
             continue
         codec = problem.codecs[codecs.get(edge.tensor, 0)]
-        seconds, tx, rx, dev_codec = transfer_terms(problem, src, dst, edge.nbytes, codec)
+        seconds, tx, rx, dev_codec = transfer_terms(problem, src, dst, edge.nbytes, codec, edge.size_ratio(codec))
         latency += seconds
         transfer += seconds
         transmit += tx
         receive += rx
         device_codec += dev_codec
         wire, total = crossing.get(edge.tensor, (0, 0.0))
-        crossing[edge.tensor] = (wire + round(edge.nbytes * codec.size_ratio), total + seconds)
+        crossing[edge.tensor] = (wire + round(edge.nbytes * edge.size_ratio(codec)), total + seconds)
         if codec.codec.is_lossy and edge.tensor not in lossy_crossed:
             lossy_crossed.add(edge.tensor)
             accuracy -= codec.drop(variant.variant)

@@ -198,7 +198,9 @@ class CpSatSolver:
                         continue
                     crossing_of[edge.tensor].append(flag)
                     for m, codec in enumerate(problem.codecs):
-                        seconds, tx, rx, dev_codec = transfer_terms(problem, src, dst, edge.nbytes, codec)
+                        seconds, tx, rx, dev_codec = transfer_terms(
+                            problem, src, dst, edge.nbytes, codec, edge.size_ratio(codec)
+                        )
                         g = both(flag, c[(v, edge.tensor, m)], f"g{v},{e_index},{src},{dst},{m}")
                         latency_terms.append((seconds, g))
                         joules = (

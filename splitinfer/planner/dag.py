@@ -176,7 +176,9 @@ class _VariantSearch:
             for src, dst in ((DEVICE, 0), (0, DEVICE), (0, 1)):
                 per_codec = []
                 for codec in problem.codecs:
-                    seconds, tx, rx, dev_codec = transfer_terms(problem, src, dst, edge.nbytes, codec)
+                    seconds, tx, rx, dev_codec = transfer_terms(
+                        problem, src, dst, edge.nbytes, codec, edge.size_ratio(codec)
+                    )
                     joules = (
                         dev_codec * power
                         + tx * device.transmit_power_w

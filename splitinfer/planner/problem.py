@@ -47,6 +47,17 @@ class Edge:
     src: int
     dst: int
     nbytes: int
+    #: Measured payload / raw bytes of this tensor per codec name ("int8+zstd", ...): a codec compresses maps
+    #: of different sparsity and dtype differently. A codec not listed uses its profile's ``size_ratio``.
+    size_ratios: tuple[tuple[str, float], ...] = ()
+
+    def size_ratio(self, codec: CodecProfile) -> float:
+        """Payload bytes / raw bytes of this tensor under ``codec``."""
+        name = str(codec.codec)
+        for key, value in self.size_ratios:
+            if key == name:
+                return value
+        return codec.size_ratio
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import pytest
 from splitinfer.planner import ChainSolver, CpSatSolver, DagSolver, ExhaustiveSolver, PlanningProblem
 from splitinfer.planner.base import Solver
 from splitinfer.planner.chain import is_simple_chain
-from splitinfer.planner.cost import Evaluation, evaluate
+from splitinfer.planner.cost import Assignment, Evaluation, evaluate
 from splitinfer.planner.plan import assignment_of
 from splitinfer.planner.profiles import random_problem
 
@@ -34,6 +34,8 @@ SHAPES: dict[str, dict[str, Any]] = {
     "energy objective": {"dag": True, "wide": 0.3, "objectives": ("energy",), "budget_ms": (0.0, 50.0, 300.0)},
     "per-request overheads": {"dag": True, "wide": 0.3},
     "per-request overheads, chains": {"dag": False},
+    "per-tensor size ratios": {"dag": True, "wide": 0.3},
+    "per-tensor size ratios, chains": {"dag": False},
 }
 
 
@@ -54,6 +56,17 @@ def _instance(shape: str, seed: int) -> PlanningProblem:
             problem.device, offload_overhead_ms=rng.uniform(0, 300), local_overhead_ms=rng.uniform(-5, 100)
         )
         problem = replace(problem, device=device)
+    if shape.startswith("per-tensor size ratios"):  # measured per tensor: a codec compresses maps unlike each other
+        rng = random.Random(seed)
+        variants = tuple(
+            replace(v, edges=tuple(
+                replace(e, size_ratios=tuple((str(c.codec), rng.uniform(0.05, 1.2)) for c in problem.codecs
+                                             if rng.random() < 0.7))
+                for e in v.edges
+            ))
+            for v in problem.variants
+        )  # fmt: skip
+        problem = replace(problem, variants=variants)
     return problem
 
 
@@ -140,3 +153,22 @@ def test_cpsat_neither_overflows_nor_gives_up_at_extreme_budgets(budget_ms: floa
     problem = random_problem(7, partitions=8, servers=3, variants=2, codecs=4, dag=True, wide=0.3)
     problem = replace(problem, requirements=Requirements(max_latency_ms=budget_ms, objective="energy"))
     assert _same(_score(problem, CpSatSolver()), _score(problem, DagSolver()), objective_tolerance_s=1e-6)
+
+
+def test_a_tensors_own_size_ratio_replaces_the_codecs_typical_one() -> None:
+    problem = random_problem(7, partitions=2, servers=1, variants=1, codecs=3, dag=False)
+    variant = problem.variants[0]
+    offloaded = evaluate(problem, Assignment(0, (0, 0), ()))  # both partitions on the server, codec 0
+    halved = replace(
+        problem,
+        variants=(replace(variant, edges=tuple(
+            replace(e, size_ratios=((str(problem.codecs[0].codec), problem.codecs[0].size_ratio / 2),))
+            for e in variant.edges
+        )),),
+    )  # fmt: skip
+    again = evaluate(halved, Assignment(0, (0, 0), ()))
+    for tensor, (wire, _) in offloaded.crossing.items():
+        assert again.crossing[tensor][0] == pytest.approx(wire / 2, abs=1)
+    # The link share of the transfers halves; the half RTTs per crossing stay.
+    rtt_s = problem.device.rtt_ms / 2e3 * len([e for e in variant.edges if e.src == -1 or e.dst == 2])
+    assert again.transfer_s - rtt_s < offloaded.transfer_s - rtt_s

@@ -2,7 +2,8 @@
 
 For tests and benchmarks that must cross a real network stack with a real bandwidth limit. The device and
 the edge host share a veth link shaped with tc htb in both directions (netem is not available on every
-kernel, htb is); the edge and cloud hosts share an unshaped link, and the edge host routes between them.
+kernel, htb is); the edge and cloud hosts share a link, unshaped or shaped to its own rate
+(``cloud_mbps``), and the edge host routes between them.
 
     with Testbed.create(uplink_mbps=8) as bed:
         bed.spawn("cloud", ["etcd", ...])
@@ -68,7 +69,9 @@ class Testbed:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @classmethod
-    def create(cls, uplink_mbps: float, subnet: int | None = None) -> Testbed:
+    def create(cls, uplink_mbps: float, subnet: int | None = None, cloud_mbps: float | None = None) -> Testbed:
+        """The three hosts; the device<->edge link shaped to ``uplink_mbps`` and, when ``cloud_mbps`` is given,
+        the edge<->cloud link to its own rate (else unshaped)."""
         tag = uuid.uuid4().hex[:6]
         octet = subnet if subnet is not None else 100 + int(tag, 16) % 100
         bed = cls(
@@ -86,14 +89,17 @@ class Testbed:
             bed.run("device", "ip", "route", "add", "default", "via", bed.address["edge"])
             bed.run("cloud", "ip", "route", "add", "default", "via", edge_to_cloud)
             bed.run("edge", "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-            for host, dev in (("device", f"dv{tag}"), ("edge", f"ed{tag}")):
+            shaped = [("device", f"dv{tag}", uplink_mbps), ("edge", f"ed{tag}", uplink_mbps)]
+            if cloud_mbps is not None:
+                shaped += [("edge", f"ec{tag}", cloud_mbps), ("cloud", f"cl{tag}", cloud_mbps)]
+            for host, dev, mbps in shaped:
                 # One MTU-sized segment per packet: with segmentation offload a veth hands htb socket writes of
                 # up to 64 KiB as one packet, which htb lets through at line rate on tokens it has (measured
                 # at 1.1 Mbps: 32 KiB after an idle 0.3 s in 0.2 ms instead of 238 ms); a real link does not.
                 bed.run(host, "ip", "link", "set", "dev", dev, "gso_max_segs", "1")
                 bed.run(host, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
                 bed.run(host, "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
-                        *bed._rate_args(uplink_mbps))  # fmt: skip
+                        *bed._rate_args(mbps))  # fmt: skip
         except Exception:
             bed.close()
             raise

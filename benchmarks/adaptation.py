@@ -9,11 +9,25 @@ measured oracle, then the planner's choice and Neurosurgeon's, all with plain (u
 only the cut differs. Then the bandwidth is stepped from Wi-Fi to 3G mid-run while the device re-plans from
 its measured uplink before each request, and the time until its plan follows is measured.
 
-Targets: the planner within 10% of the oracle at every profile and never worse than device-only or
-server-only (5% measurement tolerance); plan follows a bandwidth step in < 1 s. Reported next to
-Neurosurgeon's published average speedup (3.1x latency vs cloud-only).
+Three tiers (``three_tiers`` in the JSON): device, edge and cloud hosts in their own namespaces, the
+device<->edge link shaped to each profile and the edge<->cloud link to 50 Mbps; the edge node computes 3x
+slower than the cloud node (the testbed's compute hook). Candidates: every variant (fp32, fp16, int8) x cut
+pair (device [0, i), edge [i, j), cloud [j, n)) x codec (none, lz4, fp16+lz4, int8+zstd), measured alike;
+one whose upload alone (bytes at the link rate, less the shaper's burst) cannot beat the best measured so far
+is skipped, being unable to be the oracle. The three best candidates and the planner's and Neurosurgeon's
+choices are then re-measured in alternating blocks. The device calibrates as the front-end does: its own
+and each node's per-partition times (node-measured), the per-request offload overhead, and each codec's size
+ratio on each of the model's tensors.
 
-    python benchmarks/adaptation.py --out benchmarks/results/adaptation.json [--quick]
+Targets: the planner within 10% of the oracle at every profile and never worse than device-only or
+server-only (5% measurement tolerance); plan follows a bandwidth step in < 1 s; three tiers: within 10% of
+the oracle at every profile. Reported next to Neurosurgeon's published average speedup (3.1x latency vs
+cloud-only).
+
+The shaped links send one MTU segment per packet (splitinfer/testbed.py): with segmentation offload, htb let
+request-sized writes through at line rate, which made small cuts look free.
+
+    python benchmarks/adaptation.py --out benchmarks/results/adaptation.json [--quick] [--tiers 2|3]
 """
 
 from __future__ import annotations

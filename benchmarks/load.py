@@ -8,6 +8,16 @@ resident memory of every component (sampled every 100 ms). It stops by itself af
 Targets: throughput does not fall as concurrency rises (within 10% run-to-run noise), and every
 component's peak memory stays under 1 GiB.
 
+Dynamic batching (the ``batching`` section): ``--batch-devices`` devices in alternating blocks with the nodes
+unbatched and batching (unbatched, batched, batched, unbatched, ...; the nodes restart between blocks with
+the block's config; by default the first half of each model's partitions on one node and the second half on
+the other), on two models: the ResNet-style CNN above, and an MLP of four 4096-wide linear layers split in
+two. At batch 1 a linear layer is a matrix-vector product bound by reading its weights (64 MiB
+each), so a batch of 16 costs little more than one row; the CNN's convolutions are already compute-bound at
+batch 1 and its whole compute is a small part of a request's path, so batching gains it little. Reported
+per model and mode: requests/s, p50/p99, and the mean requests per batched run from node statistics.
+Target: batched throughput >= 2.5x unbatched at 16 devices.
+
     python benchmarks/load.py --out benchmarks/results/load.json [--levels 1 4 16] [--seconds 10]
 """
 
@@ -55,7 +65,19 @@ from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, mod
 from splitinfer.zoo import build
 
 MODEL = "residual_cnn"
+#: The batching comparison's weight-bound model (defined here, see :func:`_mlp`).
+MLP = "mlp4096"
 MEMORY_LIMIT_BYTES = 1 << 30
+BATCHING_TARGET = 2.5
+
+
+def _mlp() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """Four Linear(4096, 4096) + ReLU: 64 MiB of fp32 weights per layer, GEMV-bound at batch 1."""
+    torch.manual_seed(11)
+    layers: list[torch.nn.Module] = []
+    for _ in range(4):
+        layers += [torch.nn.Linear(4096, 4096), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers).eval(), (torch.randn(1, 4096),)
 
 
 class Sampler:
@@ -87,13 +109,15 @@ def _device(index: int) -> plan_pb2.DeviceState:
     return plan_pb2.DeviceState(device_id=f"load-{index}", compute_flops=0, uplink_mbps=1000, rtt_ms=0.2)
 
 
-async def _device_loop(address: str, index: int, tensor: Any, until: float, out: dict[str, Any]) -> None:
+async def _device_loop(
+    address: str, index: int, tensor: Any, until: float, out: dict[str, Any], model: str = MODEL
+) -> None:
     """One device: its own connection, requests back to back until ``until``."""
     device = _device(index)
     latencies, errors = [], 0
     async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
         stub = frontend_pb2_grpc.FrontEndServiceStub(channel)
-        plan = (await stub.Plan(frontend_pb2.PlanRequest(model=MODEL, device=device), timeout=30)).plan
+        plan = (await stub.Plan(frontend_pb2.PlanRequest(model=model, device=device), timeout=30)).plan
         while time.monotonic() < until:
             header = frontend_pb2.InferHeader(
                 request_id=uuid.uuid4().hex, device=device, plan_id=plan.plan_id, timeout_ms=30_000
@@ -135,7 +159,7 @@ async def _idle_stream(channel: grpc.aio.Channel, until: float, closed: list[int
 
 async def _devices(
     address: str, devices: int, seconds: float, tensor: Any, out: dict[str, Any], idle: int = 0,
-    idle_targets: tuple[str, ...] = (),
+    idle_targets: tuple[str, ...] = (), model: str = MODEL,
 ) -> int:  # fmt: skip
     """Runs the devices (and ``idle`` idle streams spread over ``idle_targets``); returns how many idle
     streams the servers closed."""
@@ -147,7 +171,7 @@ async def _devices(
         await asyncio.sleep(0.5)  # the idle streams are open before the first request
     start = time.perf_counter()
     until = time.monotonic() + seconds
-    await asyncio.gather(*(_device_loop(address, k, tensor, until, out) for k in range(devices)))
+    await asyncio.gather(*(_device_loop(address, k, tensor, until, out, model) for k in range(devices)))
     out["_elapsed_s"] = time.perf_counter() - start
     for task in idlers:
         task.cancel()
@@ -159,13 +183,13 @@ async def _devices(
 
 def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input_name: str,
               processes: dict[str, int], idle: int = 0,
-              idle_targets: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+              idle_targets: tuple[str, ...] = (), model: str = MODEL) -> dict[str, Any]:  # fmt: skip
     """``devices`` concurrent devices, driven by one asyncio loop (threads would add GIL contention on
     the load generator's side of a small machine), beside ``idle`` streams that hold the nodes open."""
     results: dict[str, Any] = {}
     tensor = encode_tensor(x, input_name)
     with Sampler(processes) as sampler:
-        closed = asyncio.run(_devices(address, devices, seconds, tensor, results, idle, idle_targets))
+        closed = asyncio.run(_devices(address, devices, seconds, tensor, results, idle, idle_targets, model))
         elapsed = results.pop("_elapsed_s")  # the devices' own time, not the idle streams' set-up
     latencies = sorted(s for samples, _ in results.values() for s in samples)
     errors = sum(e for _, e in results.values())
@@ -204,9 +228,22 @@ def main(argv: list[str] | None = None) -> int:
         help="nodes batch concurrent requests per partition up to this many rows (1: no batching)",
     )  # fmt: skip
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="longest a request waits for its batch")
+    parser.add_argument(
+        "--batch-devices", type=int, default=16,
+        help="devices of the batching comparison (unbatched vs batched blocks, both models); 0 skips it",
+    )  # fmt: skip
+    parser.add_argument("--batch-rounds", type=int, default=2, help="unbatched+batched block pairs per model (ABBA)")
+    parser.add_argument("--batch-seconds", type=float, default=10.0)
+    parser.add_argument("--batch-max-size", type=int, default=16, help="max_batch_size of the batched blocks")
+    parser.add_argument(
+        "--batch-placement", choices=["pipeline", "replicated"], default="pipeline",
+        help="batching blocks: first half of the partitions on node 0, second on node 1 (pipeline), or all on both",
+    )  # fmt: skip
+    parser.add_argument("--batch-models", nargs="+", default=[MODEL, MLP], choices=[MODEL, MLP])
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.seconds, args.idle_streams, args.idle_devices, args.rounds = [1, 4], 2.0, 50, 4, 1
+        args.batch_devices, args.batch_rounds, args.batch_seconds = 4, 1, 2.0
     console = Console(width=140)
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="splitinfer-load-"))
@@ -215,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     frontend = None
     idle_runs: list[dict[str, Any]] = []
     batching: list[dict[str, Any]] = []
+    blocks: dict[str, list[dict[str, Any]]] = {}
     try:
         model, example = build(MODEL)
         program = export_program(model, example)
@@ -223,24 +261,17 @@ def main(argv: list[str] | None = None) -> int:
         pool = ModelPool(work / "pool")
         sha = pool.add_division(partition_at(graph, MODEL, cuts[:: max(1, len(cuts) // 2)]), variant="fp32",
                                 division_name="default")  # fmt: skip
-        node_config = work / "node.json"
-        node_config.write_text(
-            json.dumps({"max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms})
-        )
-        for _ in range(2):
-            nodes.append(spawn_node(["--registry", f"etcd://{etcd.endpoint}", "--torch-threads", "1",
-                                     "--config", str(node_config)], log_dir=work))  # fmt: skip
-        parts = [p["name"] for p in pool.manifest(sha)["partitions"]]
-        for part in parts:
-            target = work / "exports" / part
-            part_sha = pool.export_partition(sha, part, target)
-            for node in nodes:
-                with NodeClient(node.address) as client:
-                    client.load_partition(str(target), PartitionKey(MODEL, "fp32", part), part_sha)
-        registry = EtcdRegistry(etcd.endpoint)
-        while any(len(registry.replicas(f"{MODEL}@fp32/{p}")) < 2 for p in parts):
-            time.sleep(0.1)
-        registry.close()
+        models = {MODEL: (sha, example[0], program.input_names[0])}
+        if args.batch_devices:
+            mlp, mlp_example = _mlp()
+            mlp_program = export_program(mlp, mlp_example)
+            mlp_graph = ModelGraph.build(mlp_program, mlp_example)
+            middle = [c.position for c in narrow_cuts(mlp_graph)][1:-1]
+            mlp_sha = pool.add_division(partition_at(mlp_graph, MLP, [middle[len(middle) // 2]]), variant="fp32",
+                                        division_name="default")  # fmt: skip
+            models[MLP] = (mlp_sha, mlp_example[0], mlp_program.input_names[0])
+        nodes.extend(_start_nodes(work, etcd.endpoint, pool, {MODEL: sha}, args.max_batch_size,
+                                  args.max_queue_delay_ms))  # fmt: skip
         port_file = work / "frontend.port"
         frontend = subprocess.Popen(
             [sys.executable, "-m", "splitinfer.frontend", "--pool-dir", str(pool.root), "--results-db",
@@ -261,14 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             for d in order:
                 runs[d].append(run_level(address, d, args.seconds, example[0], program.input_names[0], processes))
         levels = [_pooled(runs[d]) for d in args.levels]
-        for node in nodes:  # what each node's partitions ran on, and how its batcher grouped requests
-            with NodeClient(node.address) as client:
-                batching.extend(
-                    {"node": node.address, "partition": h.partition.partition, "runtime": h.runtime,
-                     "completed": h.completed, "batches": h.batches, "batched_requests": h.batched_requests,
-                     "largest_batch_requests": h.largest_batch_requests}
-                    for h in client.status().partitions
-                )  # fmt: skip
+        batching.extend(_partition_stats(nodes))  # what each node's partitions ran on, and their batches
         if args.idle_streams:
             # The same device count without and with the idle streams, alternated twice: the ratio of their
             # p99 is what the idle streams cost good requests.
@@ -276,6 +300,16 @@ def main(argv: list[str] | None = None) -> int:
                 idle_runs.append(run_level(address, args.idle_devices, args.seconds, example[0],
                                            program.input_names[0], processes, idle,
                                            tuple(n.address for n in nodes)))  # fmt: skip
+        if args.batch_devices:
+            for node in nodes:
+                node.stop()
+            nodes.clear()
+            base = {"front-end": frontend.pid, "etcd": etcd.process.pid}
+            for name in args.batch_models:
+                model_sha, x, input_name = models[name]
+                blocks[name] = _compare_batching(
+                    address, name, model_sha, x, input_name, work, etcd.endpoint, pool, base, nodes, args
+                )
     finally:
         if frontend is not None:
             frontend.terminate()
@@ -328,6 +362,31 @@ def main(argv: list[str] | None = None) -> int:
         served = sum(b["batched_requests"] for b in batching)
         runs = sum(b["batches"] for b in batching)
         console.print(f"dynamic batching: {served} requests in {runs} runs ({served / max(runs, 1):.2f} per run)")
+    batching_summary = [_batching_summary(name, runs) for name, runs in blocks.items()]
+    if batching_summary:
+        title = (
+            f"dynamic batching: {args.batch_devices} devices, unbatched vs batched (max_batch_size "
+            f"{args.batch_max_size}, delay {args.max_queue_delay_ms} ms), {args.batch_rounds * 2} alternating "
+            f"blocks of {args.batch_seconds:.0f} s"
+        )
+        batch_table = Table(title=title)
+        for column in ("model", "mode", "req/s", "req/s per block", "p50 ms", "p99 ms", "req per batch", "x unbatched"):
+            batch_table.add_column(column, justify="right")
+        for summary in batching_summary:
+            for mode in ("unbatched", "batched"):
+                m = summary[mode]
+                batch_table.add_row(
+                    summary["model"], mode, f"{m['throughput_rps']:.1f}",
+                    " ".join(f"{v:.0f}" for v in m["throughput_rps_per_block"]), f"{m['p50_ms']:.1f}",
+                    f"{m['p99_ms']:.1f}", f"{m['mean_requests_per_batch']:.2f}" if mode == "batched" else "",
+                    f"{summary['ratio']:.2f}" if mode == "batched" else "",
+                )  # fmt: skip
+        console.print(batch_table)
+        for summary in batching_summary:
+            targets[f"batching_{summary['model']}_2.5x"] = summary["meets_target"]
+            targets[f"batching_{summary['model']}_no_errors"] = not (
+                summary["batched"]["errors"] or summary["unbatched"]["errors"]
+            )
     console.print(f"targets: {targets}")
     write_json(args.out, {
         "benchmark": "load", "machine": machine_info(), "model": MODEL, "nodes": 2, "seconds_per_level": args.seconds,
@@ -335,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
                        "max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms},
         "levels": levels, "idle_runs": idle_runs, "idle_summary": idle_summary, "targets": targets,
         "partitions": batching,
+        "batching": {"devices": args.batch_devices, "max_batch_size": args.batch_max_size,
+                     "max_queue_delay_ms": args.max_queue_delay_ms, "rounds": args.batch_rounds,
+                     "seconds_per_block": args.batch_seconds, "models": batching_summary,
+                     "blocks": [{k: v for k, v in r.items() if k != "latencies_ms"} for rs in blocks.values()
+                                for r in rs]},
     })  # fmt: skip
     # The full run's plot goes with docs/benchmarks.md; a quick run's stays beside its (git-ignored) JSON.
     _plot(
@@ -344,6 +408,120 @@ def main(argv: list[str] | None = None) -> int:
         else Path(__file__).resolve().parents[1] / "docs" / "img" / "load.png",
     )
     return 0
+
+
+def _start_nodes(
+    work: Path, etcd_endpoint: str, pool: ModelPool, divisions: dict[str, str], max_batch_size: int,
+    max_queue_delay_ms: float, pipeline: bool = False,
+) -> list[NodeProcess]:  # fmt: skip
+    """Two nodes, each hosting every partition of ``divisions`` (model -> division sha), registered; with
+    ``pipeline``, the first half of each model's partitions on node 0 and the second half on node 1 (one
+    replica each: one hop between the nodes, as a model split over two servers runs)."""
+    config = work / f"node-{uuid.uuid4().hex[:8]}.json"
+    config.write_text(json.dumps({"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms}))
+    nodes = [
+        spawn_node(
+            ["--registry", f"etcd://{etcd_endpoint}", "--torch-threads", "1", "--config", str(config)], log_dir=work
+        )
+        for _ in range(2)
+    ]
+    keys = []
+    for model, sha in divisions.items():
+        for part in (p.name for p in pool.division(sha).partitions):
+            target = work / "exports" / f"{model}-{part}-{uuid.uuid4().hex[:8]}"
+            part_sha = pool.export_partition(sha, part, target)
+            keys.append((model, part, str(target), part_sha))
+    hosts: list[set[str]] = []
+    per_model = {model: sum(1 for k in keys if k[0] == model) for model, _, _, _ in keys}
+    position: dict[str, int] = {}
+    for model, part, target, part_sha in keys:
+        index = position[model] = position.get(model, -1) + 1
+        # Pipeline: the first half of the model's partitions on node 0, the second half on node 1.
+        chosen = [nodes[index * 2 // per_model[model]]] if pipeline else nodes
+        for node in chosen:
+            with NodeClient(node.address) as client:
+                client.load_partition(target, PartitionKey(model, "fp32", part), part_sha)
+        hosts.append({n.address for n in chosen})
+    registry = EtcdRegistry(etcd_endpoint)
+    try:
+        while any(
+            {r.address for r in registry.replicas(f"{model}@fp32/{part}")} != wanted
+            for (model, part, _, _), wanted in zip(keys, hosts, strict=True)
+        ):
+            time.sleep(0.1)
+    finally:
+        registry.close()
+    return nodes
+
+
+def _partition_stats(nodes: list[NodeProcess]) -> list[dict[str, Any]]:
+    rows = []
+    for node in nodes:
+        with NodeClient(node.address) as client:
+            rows.extend(
+                {"node": node.address, "model": h.partition.model, "partition": h.partition.partition,
+                 "runtime": h.runtime, "completed": h.completed, "batches": h.batches,
+                 "batched_requests": h.batched_requests, "largest_batch_requests": h.largest_batch_requests}
+                for h in client.status().partitions
+            )  # fmt: skip
+    return rows
+
+
+def _compare_batching(
+    address: str, model: str, sha: str, x: torch.Tensor, input_name: str, work: Path, etcd_endpoint: str,
+    pool: ModelPool, base: dict[str, int], nodes: list[NodeProcess], args: argparse.Namespace,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Alternating unbatched / batched blocks (ABBA: U B B U ...) of ``args.batch_devices`` devices on
+    ``model``; the nodes restart between blocks with the block's batching config. ``nodes`` holds the
+    running ones (for the caller's cleanup)."""
+    out = []
+    for round_index in range(args.batch_rounds):
+        modes = (False, True) if round_index % 2 == 0 else (True, False)
+        for batched in modes:
+            size = args.batch_max_size if batched else 1
+            nodes.extend(_start_nodes(work, etcd_endpoint, pool, {model: sha}, size, args.max_queue_delay_ms,
+                                      pipeline=args.batch_placement == "pipeline"))  # fmt: skip
+            processes = {**base, **{f"node{k}": n.process.pid for k, n in enumerate(nodes)}}
+            run_level(address, args.batch_devices, 1.0, x, input_name, processes, model=model)  # warm-up
+            warm = _partition_stats(nodes)
+            run = run_level(address, args.batch_devices, args.batch_seconds, x, input_name, processes, model=model)
+            after = _partition_stats(nodes)
+            # Node counters are cumulative: the block's own batches are after minus warm-up.
+            before = {(r["node"], r["partition"]): r for r in warm}
+            for row in after:
+                prior = before.get((row["node"], row["partition"]))
+                if prior is not None:
+                    for k in ("completed", "batches", "batched_requests"):
+                        row[k] -= prior[k]
+            run.update(model=model, batched=batched, max_batch_size=size, partitions=after)
+            out.append(run)
+            for node in nodes:
+                node.stop()
+            nodes.clear()
+    return out
+
+
+def _batching_summary(model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The blocks of one model pooled per mode: req/s, p50/p99, and the batches the nodes ran."""
+    summary: dict[str, Any] = {"model": model}
+    for mode, batched in (("unbatched", False), ("batched", True)):
+        mine = [r for r in runs if r["batched"] == batched]
+        pooled = _pooled(mine)
+        parts = [p for r in mine for p in r["partitions"]]
+        served = sum(p["batched_requests"] for p in parts)
+        batches = sum(p["batches"] for p in parts)
+        summary[mode] = {
+            "throughput_rps": pooled["throughput_rps"],
+            "throughput_rps_per_block": [r["throughput_rps"] for r in mine],
+            "p50_ms": pooled["p50_ms"], "p95_ms": pooled["p95_ms"], "p99_ms": pooled["p99_ms"],
+            "requests": pooled["requests"], "errors": pooled["errors"],
+            "batches": batches, "batched_requests": served,
+            "mean_requests_per_batch": served / batches if batches else 0.0,
+            "peak_rss_bytes": pooled["peak_rss_bytes"],
+        }  # fmt: skip
+    summary["ratio"] = summary["batched"]["throughput_rps"] / max(summary["unbatched"]["throughput_rps"], 1e-9)
+    summary["meets_target"] = summary["ratio"] >= BATCHING_TARGET
+    return summary
 
 
 def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:

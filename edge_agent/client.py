@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitinfer.codecs import CodecSpec, decode_tensor, encode_tensor
+from splitinfer.codecs import CodecSpec, decode_wire, encode_wire
 from splitinfer.program import CompiledProgram, Program
 from splitinfer.runtime import PartitionKey
 from splitinfer.transport.clients import NodeClient, RouteClient, partition_ref
@@ -66,18 +66,18 @@ class SplitRunner:
         start = time.perf_counter()
         head_out = self._head(inputs)
         head_done = time.perf_counter()
-        messages = [encode_tensor(head_out[name], name, codec) for name in self._head_outputs]
+        messages = [encode_wire(head_out[name], name, codec) for name in self._head_outputs]
         encoded = time.perf_counter()
         header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=self._route(codec))
-        delivered, timings = self._client.process(header, messages, timeout_s)
+        delivered, timings = self._client.process_wire(header, messages, timeout_s)  # no protobuf copies
         remote_done = time.perf_counter()
-        outputs = {name: decode_tensor(message) for name, message in delivered.items()}
+        outputs = {name: decode_wire(tensor.head, tensor.payload) for name, tensor in delivered.items()}
         end = time.perf_counter()
         return SplitResult(
             outputs=outputs,
             codec=codec,
-            bytes_sent=sum(len(m.payload) for m in messages),
-            bytes_received=sum(len(m.payload) for m in delivered.values()),
+            bytes_sent=sum(m.nbytes for m in messages),
+            bytes_received=sum(t.nbytes for t in delivered.values()),
             head_ms=(head_done - start) * 1e3,
             encode_ms=(encoded - head_done) * 1e3,
             remote_ms=(remote_done - encoded) * 1e3,

@@ -1,9 +1,18 @@
 """Separate hosts on one machine: a device, an edge and a cloud host in Linux network namespaces.
 
 For tests and benchmarks that must cross a real network stack with a real bandwidth limit. The device and
-the edge host share a veth link shaped with tc htb in both directions (netem is not available on every
-kernel, htb is); the edge and cloud hosts share a link, unshaped or shaped to its own rate
+the edge host share a veth link shaped with tc tbf in both directions (netem is not available on every
+kernel, tbf is); the edge and cloud hosts share a link, unshaped or shaped to its own rate
 (``cloud_mbps``), and the edge host routes between them.
+
+A token bucket lets its bucket's worth through at once after an idle pause, where a real link takes every
+byte's serialisation time; small request-sized writes then look free (htb with a burst of a few ms and
+1500-byte packets passed 2 KB at 0.13 Mbps in 0.1 ms instead of 123 ms). So each shaped link gets an MTU
+sized to the rate (:func:`shaping`): one segment carries about 1 ms of payload at the nominal rate (the
+segment size is at least 48 bytes, Linux's smallest MSS, and at most 1448), the bucket holds exactly one
+packet, and the token rate is raised by the per-packet header bytes (66: Ethernet, IPv4, TCP with
+timestamps) so that TCP payload moves at the nominal rate. What a transfer gets early is then one segment
+(1 ms of payload; 3 ms at CAT1's 0.13 Mbps, where the 48-byte floor binds), not a burst.
 
     with Testbed.create(uplink_mbps=8) as bed:
         bed.spawn("cloud", ["etcd", ...])
@@ -31,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["EmulatedDevice", "Slowdown", "Testbed", "available", "main"]
+__all__ = ["EmulatedDevice", "Shaping", "Slowdown", "Testbed", "available", "main", "shaping"]
 
 HOSTS = ("device", "edge", "cloud")
 
@@ -55,6 +64,45 @@ def available() -> tuple[bool, str]:
         return False, str(exc)
     _run("ip", "netns", "del", probe)
     return True, ""
+
+
+#: Bytes a TCP/IPv4 segment carries on a veth besides its payload: Ethernet 14, IPv4 20, TCP 20 + 12 (timestamps).
+HEADER_BYTES = 66
+#: Payload one segment may carry at the nominal rate: what a shaped link lets through early after idle.
+EARLY_S = 0.001
+MIN_MSS, MAX_MSS = 48, 1448  # Linux's tcp_min_snd_mss; the MSS of a 1500-byte MTU
+
+
+@dataclass(frozen=True, slots=True)
+class Shaping:
+    """How one shaped link is set up: its MTU and a tbf of ``rate_bps`` (wire bytes) and one packet's bucket."""
+
+    mtu: int
+    rate_bps: int
+    burst: int
+    limit: int
+
+    @property
+    def mss(self) -> int:
+        return self.mtu - (HEADER_BYTES - 14)
+
+    def tbf_args(self) -> list[str]:
+        return ["rate", f"{self.rate_bps}bit", "burst", str(self.burst), "limit", str(self.limit)]
+
+
+def shaping(mbps: float) -> Shaping:
+    """The MTU and tbf settings under which TCP payload crosses at ``mbps`` and no more than one segment of
+    about :data:`EARLY_S` of payload goes through early after idle (see the module docstring)."""
+    if not mbps > 0:
+        raise ValueError(f"a shaped link needs a rate above 0, got {mbps}")
+    mss = min(MAX_MSS, max(MIN_MSS, round(mbps * 1e6 / 8 * EARLY_S)))
+    mtu = mss + HEADER_BYTES - 14
+    frame = mss + HEADER_BYTES
+    rate_bps = round(mbps * 1e6 * frame / mss)
+    # The bucket holds one frame (tbf drops packets larger than its bucket; a few bytes of slack absorb the
+    # kernel's rounding of the bucket to its time units). The queue is generous, as a 1000-packet pfifo of
+    # full frames was: requests here are sequential and a drop would cost a retransmission timeout.
+    return Shaping(mtu=mtu, rate_bps=rate_bps, burst=frame + 8, limit=max(1_500_000, rate_bps // 8))
 
 
 @dataclass
@@ -93,13 +141,11 @@ class Testbed:
             if cloud_mbps is not None:
                 shaped += [("edge", f"ec{tag}", cloud_mbps), ("cloud", f"cl{tag}", cloud_mbps)]
             for host, dev, mbps in shaped:
-                # One MTU-sized segment per packet: with segmentation offload a veth hands htb socket writes of
-                # up to 64 KiB as one packet, which htb lets through at line rate on tokens it has (measured
-                # at 1.1 Mbps: 32 KiB after an idle 0.3 s in 0.2 ms instead of 238 ms); a real link does not.
+                # One MTU-sized segment per packet: with segmentation offload a veth hands the shaper socket
+                # writes of up to 64 KiB as one packet, which went through at line rate on tokens the bucket
+                # had (measured at 1.1 Mbps: 32 KiB after an idle 0.3 s in 0.2 ms instead of 238 ms).
                 bed.run(host, "ip", "link", "set", "dev", dev, "gso_max_segs", "1")
-                bed.run(host, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
-                bed.run(host, "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
-                        *bed._rate_args(mbps))  # fmt: skip
+                bed._shape(host, dev, mbps, "add")
         except Exception:
             bed.close()
             raise
@@ -117,18 +163,16 @@ class Testbed:
             self.run(host, "ip", "addr", "add", f"{address}/24", "dev", dev)
             self.run(host, "ip", "link", "set", dev, "up")
 
-    @staticmethod
-    def _rate_args(mbps: float) -> list[str]:
-        kbit = max(8, round(mbps * 1000))
-        # A burst of a few milliseconds at the rate keeps the shaping smooth at every rate we use.
-        burst = max(1600, int(mbps * 1e6 / 8 * 0.004))
-        return ["rate", f"{kbit}kbit", "ceil", f"{kbit}kbit", "burst", str(burst), "cburst", str(burst)]
+    def _shape(self, host: str, dev: str, mbps: float, verb: str) -> None:
+        shape = shaping(mbps)
+        self.run(host, "ip", "link", "set", "dev", dev, "mtu", str(shape.mtu))
+        self.run(host, "tc", "qdisc", verb, "dev", dev, "root", "handle", "1:", "tbf", *shape.tbf_args())
 
     def set_rate(self, mbps: float) -> None:
-        """Changes the device<->edge bandwidth, both directions, in place (connections stay up)."""
+        """Changes the device<->edge bandwidth, both directions, in place. The link's MTU follows the rate
+        (:func:`shaping`); open connections learn the new one by path-MTU discovery on their next write."""
         for host, dev in (("device", f"dv{self.tag}"), ("edge", f"ed{self.tag}")):
-            self.run(host, "tc", "class", "change", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
-                     *self._rate_args(mbps))  # fmt: skip
+            self._shape(host, dev, mbps, "change")
         self.uplink_mbps = mbps
 
     def set_link(self, up: bool) -> None:

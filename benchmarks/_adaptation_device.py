@@ -32,6 +32,7 @@ from splitinfer.program.interpreter import CompiledProgram
 from splitinfer.program.serde import load_program
 from splitinfer.registry import ServerRecord
 from splitinfer.runtime.compute import measure_flops
+from splitinfer.testbed import shaping
 from splitinfer.transport.clients import RouteClient
 from splitinfer.v1 import plan_pb2, route_pb2
 
@@ -380,8 +381,8 @@ class Tiers:
                 if place == "edge" and variant == self.variants[0]:
                     # The measured rest of an all-edge request less what the link model predicts for it.
                     base = self.predict(uplink_mbps, variant, (place,) * self.n, "none")
-                    # It may be negative, down to no transfer at all: the shaper lets its burst (one packet each
-                    # way, 11.6 ms at 3G) through at once, which the link model does not know.
+                    # It may come out negative, down to no transfer at all; the shaper lets one segment (about
+                    # 1 ms of payload, splitinfer.testbed.shaping) through early, which the link model ignores.
                     predicted_rest = base["transfer_ms"] + base["overhead_ms"] - self.offload_overhead_ms
                     self.offload_overhead_ms = max(-base["transfer_ms"], min(rests[1:]) - predicted_rest)
                 self.server_factors[place] += [
@@ -484,11 +485,12 @@ class Tiers:
 def measure_tiers(device: Tiers, repeats: int, mbps: float) -> dict[str, Any]:
     """Every candidate (variant, i, j, codec), the planner's and Neurosurgeon's choices, measured alike.
 
-    A candidate whose upload alone (its bytes at the link's rate, less the shaper's burst) cannot beat
+    A candidate whose upload alone (its bytes at the link's rate, less the one segment the shaper lets through
+    early) cannot beat
     the best measured latency so far is not measured: it cannot be the oracle (a sound bound)."""
     device.calibrate(mbps)
     n = device.n
-    burst_bytes = 1600
+    burst_bytes = shaping(mbps).mss
     candidates = []
     for variant in device.variants:
         for codec in [str(c.codec) for c in device.codecs]:

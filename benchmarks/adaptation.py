@@ -1,7 +1,7 @@
 """The adaptation experiment: the planner's choice against the measured oracle under real, shaped uplinks.
 
 A device host and an edge host in network namespaces (splitinfer/testbed.py), the device<->edge link shaped
-with tc htb to each standard profile (CAT1 0.13, 3G 1.1, 4G 5.85, Wi-Fi 18.88 Mbps). The device is emulated
+with tc tbf to each standard profile (CAT1 0.13, 3G 1.1, 4G 5.85, Wi-Fi 18.88 Mbps). The device is emulated
 ``--slowdown`` times slower than this machine (each of its partition runs is stretched by sleeping); the
 edge node hosts every partition of a ResNet-18-shaped model divided at its narrow cuts. For every profile the
 device measures every fixed strategy (device-only, server-only, a head cut after each partition) to find the
@@ -13,19 +13,22 @@ Three tiers (``three_tiers`` in the JSON): device, edge and cloud hosts in their
 device<->edge link shaped to each profile and the edge<->cloud link to 50 Mbps; the edge node computes 3x
 slower than the cloud node (the testbed's compute hook). Candidates: every variant (fp32, fp16, int8) x cut
 pair (device [0, i), edge [i, j), cloud [j, n)) x codec (none, lz4, fp16+lz4, int8+zstd), measured alike;
-one whose upload alone (bytes at the link rate, less the shaper's burst) cannot beat the best measured so far
-is skipped, being unable to be the oracle. The three best candidates and the planner's and Neurosurgeon's
-choices are then re-measured in alternating blocks. The device calibrates as the front-end does: its own
-and each node's per-partition times (node-measured), the per-request offload overhead, and each codec's size
-ratio on each of the model's tensors.
+one whose upload alone (bytes at the link rate, less the one segment the shaper passes early) cannot beat
+the best measured so far is skipped, being unable to be the oracle. The three best candidates and the
+planner's and Neurosurgeon's choices are then re-measured in alternating blocks. The device calibrates as
+the front-end does: its own and each node's per-partition times (node-measured), the per-request offload
+overhead, and each codec's size ratio on each of the model's tensors.
 
 Targets: the planner within 10% of the oracle at every profile and never worse than device-only or
 server-only (5% measurement tolerance); plan follows a bandwidth step in < 1 s; three tiers: within 10% of
 the oracle at every profile. Reported next to Neurosurgeon's published average speedup (3.1x latency vs
 cloud-only).
 
-The shaped links send one MTU segment per packet (splitinfer/testbed.py): with segmentation offload, htb let
-request-sized writes through at line rate, which made small cuts look free.
+The shaped links hold their nominal rate for small writes after idle as for long transfers
+(splitinfer/testbed.py: one segment per packet, an MTU sized to about 1 ms of payload, a one-packet bucket):
+htb with segmentation offload let request-sized writes through at line rate, and without it still passed its
+burst plus one 1500-byte packet at once (2 KB at CAT1 in 0.1 ms instead of 123 ms), which made small lossy
+uploads look nearly free.
 
     python benchmarks/adaptation.py --out benchmarks/results/adaptation.json [--quick] [--tiers 2|3]
 """

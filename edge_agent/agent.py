@@ -7,6 +7,11 @@ planned codec, stream them to the front-end under the plan's id (the front-end k
 where it runs; an expired plan is re-planned once), decode what comes back, run the tail. Observed transfer
 rates feed the next plan. When the front-end cannot be reached,
 the agent runs the whole model itself and says so in the result.
+
+Each result says apart what was cold (``cold_ms``: the Plan call and RTT probe when the plan was not
+cached, manifest and partition pulls, partition loads) from the inference itself (``inference_ms``); a
+request's report (its plan id, device step times and inference latency) rides with the next Plan or Infer
+so that the front-end's calibration learns what the device really sees.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,31 @@ __all__ = ["AgentResult", "DevicePlan", "EdgeAgent"]
 log = logging.getLogger("splitinfer.agent")
 DIVISION = "default"
 
+#: Seconds of cold costs of the request this thread is running, and how deep cold sections nest.
+_COLD: ContextVar[list[float] | None] = ContextVar("splitinfer_agent_cold", default=None)
+
+
+@contextmanager
+def _cold() -> Iterator[None]:
+    """Times a cold cost (a Plan call, a pull, a load) into the running request's ``cold_ms``; nested
+    sections count once."""
+    tally = _COLD.get()
+    if tally is None or tally[1]:
+        yield
+        return
+    tally[1] = 1
+    begin = time.perf_counter()
+    try:
+        yield
+    finally:
+        tally[0] += time.perf_counter() - begin
+        tally[1] = 0
+
+
+def _cold_ms() -> float:
+    tally = _COLD.get()
+    return tally[0] * 1e3 if tally is not None else 0.0
+
 
 @dataclass(frozen=True)
 class AgentResult:
@@ -64,6 +96,14 @@ class AgentResult:
     energy_j: float = 0.0
     #: The front-end's id of the plan that ran (empty when the device ran alone).
     plan_id: str = ""
+    #: Cold costs inside ``total_ms``: the Plan call and RTT probe when the plan was not cached, manifest
+    #: and partition pulls, partition loads.
+    cold_ms: float = 0.0
+
+    @property
+    def inference_ms(self) -> float:
+        """The request's latency without its cold costs: what a plan predicts."""
+        return self.total_ms - self.cold_ms
 
     @property
     def plan_summary(self) -> str:
@@ -96,8 +136,8 @@ def _client_security(config: AgentConfig) -> ClientSecurity | None:
 
 
 class EdgeAgent:
-    #: Device partition timings kept for the next request's header (older ones are dropped).
-    MAX_REPORTED_STEPS = 64
+    #: Reports of finished requests kept for the next Plan or Infer (older ones are dropped).
+    MAX_REPORTS = 32
 
     def __init__(
         self,
@@ -138,7 +178,7 @@ class EdgeAgent:
         self._plans: dict[tuple[Any, ...], tuple[DevicePlan, float]] = {}
         #: Device partitions, on onnxruntime where the pool has their ONNX twin (the interpreter otherwise).
         self._programs: dict[tuple[str, str, str], LoadedPartition] = {}
-        self._device_steps: list[model_server_pb2.StepTiming] = []
+        self._reports: list[frontend_pb2.RequestReport] = []
         self._manifest_sha: dict[tuple[str, str], str] = {}
         self._fallback_ready: set[tuple[str, str]] = set()
         self.plans_made = 0
@@ -180,15 +220,21 @@ class EdgeAgent:
             cached = self._plans.get(key)
         if cached is not None and cached[1] > now and cached[0].expires_unix_s > time.time() + 1 and not fresh:
             return cached[0]
+        with _cold():
+            return self._new_plan(model, requirements, key, now)
+
+    def _new_plan(
+        self, model: str, requirements: plan_pb2.Requirements, key: tuple[Any, ...], now: float
+    ) -> DevicePlan:
         self._probe_rtt()
         state = self.device_state()
-        # Device step times ride along: a device whose plans keep everything local reports them only here.
-        request = frontend_pb2.PlanRequest(
-            model=model, device=state, requirements=requirements, device_steps=self._take_device_steps()
-        )
+        # Request reports ride along: a device whose plans keep everything local reports them only here.
+        reports = self._take_reports()
+        request = frontend_pb2.PlanRequest(model=model, device=state, requirements=requirements, reports=reports)
         try:
             response = self._frontend.Plan(request, timeout=self.config.connect_timeout_s)
         except grpc.RpcError as exc:
+            self._put_back(reports)
             raise error_from_rpc(exc, f"front-end {self.config.frontend}") from None
         plan = DevicePlan(
             Plan.from_proto(response.plan),
@@ -229,26 +275,39 @@ class EdgeAgent:
         # The listing names every variant's manifest, but only the one asked for is fetched: a variant known
         # from an earlier listing may still be missing locally.
         if sha is None or not self.local_pool.store.has(sha):
-            client = PoolClient(self.config.pool, security=self._security)
-            try:
-                if sha is None:
-                    for info in client.list_models(model):
-                        for v in info.variants:
-                            if DIVISION in v.division_manifests:
-                                self._manifest_sha[(info.name, v.name)] = v.division_manifests[DIVISION]
-                    sha = self._manifest_sha.get(key)
-                    if sha is None:
-                        raise NotFound(f"the pool has no division {DIVISION!r} of {model}@{variant}")
-                client.fetch(sha, self.local_pool.store)
-            finally:
-                client.close()
+            with _cold():
+                sha = self._fetch_manifest(key, sha)
         return self.local_pool.manifest(sha)
+
+    def _fetch_manifest(self, key: tuple[str, str], sha: str | None) -> str:
+        """Pulls the manifest ``sha`` names (found in the pool's listing when None) into the local store."""
+        model, variant = key
+        client = PoolClient(self.config.pool, security=self._security)
+        try:
+            if sha is None:
+                for info in client.list_models(model):
+                    for v in info.variants:
+                        if DIVISION in v.division_manifests:
+                            self._manifest_sha[(info.name, v.name)] = v.division_manifests[DIVISION]
+                sha = self._manifest_sha.get(key)
+                if sha is None:
+                    raise NotFound(f"the pool has no division {DIVISION!r} of {model}@{variant}")
+            client.fetch(sha, self.local_pool.store)
+        finally:
+            client.close()
+        return sha
 
     def _program(self, model: str, variant: str, partition: str, division_sha: str = "") -> LoadedPartition:
         key = (model, variant, partition)  # partition names are unique across a variant's division versions
         program = self._programs.get(key)
         if program is not None:
             return program
+        with _cold():
+            return self._load_program(key, division_sha)
+
+    def _load_program(self, key: tuple[str, str, str], division_sha: str) -> LoadedPartition:
+        """Pulls (verified) and loads one partition the device has not run yet."""
+        model, variant, partition = key
         manifest = self._manifest(model, variant, division_sha)
         entry = next((p for p in manifest["partitions"] if p["name"] == partition), None)
         if entry is None:
@@ -268,10 +327,16 @@ class EdgeAgent:
         return program
 
     def _run_local(
-        self, model: str, variant: str, names: list[str], values: dict[str, torch.Tensor], division_sha: str = ""
+        self,
+        model: str,
+        variant: str,
+        names: list[str],
+        values: dict[str, torch.Tensor],
+        steps: list[model_server_pb2.StepTiming],
+        division_sha: str = "",
     ) -> float:
-        """Runs partitions in order, reading and adding to ``values``; returns the seconds they took."""
-        timings = []
+        """Runs partitions in order, reading and adding to ``values`` and timing each into ``steps``; returns
+        the seconds they took."""
         total = 0.0
         for name in names:
             program = self._program(model, variant, name, division_sha)
@@ -280,23 +345,38 @@ class EdgeAgent:
             if self.hook is not None:
                 self.hook.after_run(name, time.perf_counter() - begin)
             seconds = time.perf_counter() - begin
-            timings.append((name, seconds))
-            total += seconds
-        with self._lock:  # reported with the next request, to calibrate the planner's device costs
-            for name, seconds in timings:
-                self._device_steps.append(
-                    model_server_pb2.StepTiming(
-                        partition=route_pb2.PartitionRef(model=model, variant=variant, partition=name),
-                        compute_ms=seconds * 1e3,
-                    )
+            steps.append(
+                model_server_pb2.StepTiming(
+                    partition=route_pb2.PartitionRef(model=model, variant=variant, partition=name),
+                    compute_ms=seconds * 1e3,
                 )
-            del self._device_steps[: -self.MAX_REPORTED_STEPS]
+            )
+            total += seconds
         return total
 
-    def _take_device_steps(self) -> list[model_server_pb2.StepTiming]:
+    def _report(
+        self, request_id: str, plan_id: str, inference_ms: float, steps: list[model_server_pb2.StepTiming]
+    ) -> None:
+        """Keeps a finished request's report for the next Plan or Infer (the front-end calibrates from it)."""
+        if not plan_id:
+            return
+        report = frontend_pb2.RequestReport(
+            request_id=request_id, plan_id=plan_id, inference_ms=inference_ms, device_steps=steps
+        )
         with self._lock:
-            steps, self._device_steps = self._device_steps, []
-        return steps
+            self._reports.append(report)
+            del self._reports[: -self.MAX_REPORTS]
+
+    def _take_reports(self) -> list[frontend_pb2.RequestReport]:
+        with self._lock:
+            reports, self._reports = self._reports, []
+        return reports
+
+    def _put_back(self, reports: list[frontend_pb2.RequestReport]) -> None:
+        """Reports a call did not deliver go out with the next one."""
+        with self._lock:
+            self._reports[:0] = reports
+            del self._reports[: -self.MAX_REPORTS]
 
     # --- requests --------------------------------------------------------------------------------------------
 
@@ -310,11 +390,12 @@ class EdgeAgent:
         requirements = requirements or plan_pb2.Requirements()
         request_id = request_id or uuid.uuid4().hex
         start = time.perf_counter()
+        token = _COLD.set([0.0, 0.0])
         try:
             plan = self.plan(model, requirements)
             if plan.device_only:
                 return self._device_only(
-                    model, plan.plan.variant, inputs, request_id, start, plan.plan, "the plan keeps all"
+                    model, plan.plan.variant, inputs, request_id, start, plan, "the plan keeps all"
                 )
             try:
                 return self._split(model, plan, inputs, request_id, start)
@@ -323,13 +404,15 @@ class EdgeAgent:
                 plan = self.plan(model, requirements, fresh=True)
                 if plan.device_only:
                     return self._device_only(
-                        model, plan.plan.variant, inputs, request_id, start, plan.plan, "the plan keeps all"
+                        model, plan.plan.variant, inputs, request_id, start, plan, "the plan keeps all"
                     )
                 return self._split(model, plan, inputs, request_id, start)
         except (Unavailable, DeadlineExceeded) as exc:
             log.warning("request %s: servers unreachable (%s); running on the device", request_id, exc)
             variant = self._fallback_variant(model)
             return self._device_only(model, variant, inputs, request_id, start, None, f"servers unreachable: {exc}")
+        finally:
+            _COLD.reset(token)
 
     def _fallback_variant(self, model: str) -> str:
         ready = sorted(v for (m, v) in self._fallback_ready if m == model)
@@ -344,20 +427,26 @@ class EdgeAgent:
         inputs: Mapping[str, torch.Tensor],
         request_id: str,
         start: float,
-        plan: Plan | None,
+        device_plan: DevicePlan | None,
         reason: str,
     ) -> AgentResult:
+        plan = device_plan.plan if device_plan is not None else None
         division = plan.division_sha256 if plan is not None else ""
         manifest = self._manifest(model, variant, division)
         values = dict(inputs)
-        device_s = self._run_local(model, variant, [p["name"] for p in manifest["partitions"]], values, division)
+        steps: list[model_server_pb2.StepTiming] = []
+        names = [p["name"] for p in manifest["partitions"]]
+        device_s = self._run_local(model, variant, names, values, steps, division)
         energy = device_s * self.config.compute_power_w
         self.battery.drain(energy)
         outputs = final_outputs(manifest, values, ran_last_here=True, request_id=request_id)
-        total_ms = (time.perf_counter() - start) * 1e3
+        total_ms, cold_ms = (time.perf_counter() - start) * 1e3, _cold_ms()
+        plan_id = device_plan.plan_id if device_plan is not None else ""
+        self._report(request_id, plan_id, total_ms - cold_ms, steps)
         return AgentResult(
-            request_id, outputs, plan, plan is None, device_s * 1e3, 0.0, total_ms, 0, reason, energy_j=energy
-        )
+            request_id, outputs, plan, plan is None, device_s * 1e3, 0.0, total_ms, 0, reason, energy_j=energy,
+            plan_id=plan_id, cold_ms=cold_ms,
+        )  # fmt: skip
 
     def _split(
         self, model: str, device_plan: DevicePlan, inputs: Mapping[str, torch.Tensor], request_id: str, start: float
@@ -370,7 +459,8 @@ class EdgeAgent:
         head = [name for i, name in enumerate(order) if name in on_device and i < servers[0]]
         tail = [name for i, name in enumerate(order) if name in on_device and i > servers[-1]]
         values: dict[str, torch.Tensor] = dict(inputs)
-        device_s = self._run_local(model, plan.variant, head, values, plan.division_sha256)
+        steps: list[model_server_pb2.StepTiming] = []
+        device_s = self._run_local(model, plan.variant, head, values, steps, plan.division_sha256)
         encode_start = time.perf_counter()
         missing = [n for n in device_plan.entry_tensors if n not in values]
         if missing:
@@ -385,7 +475,7 @@ class EdgeAgent:
             plan_id=device_plan.plan_id,
             timeout_ms=int(self.config.request_timeout_s * 1e3),
             device_ms=device_s * 1e3,
-            device_steps=self._take_device_steps(),
+            reports=self._take_reports(),
         )
 
         def requests() -> Iterator[frontend_pb2.InferRequest]:
@@ -416,13 +506,15 @@ class EdgeAgent:
         for message in delivered:
             values[message.name] = decode_tensor(message)
         device_s += time.perf_counter() - decode_start
-        device_s += self._run_local(model, plan.variant, tail, values, plan.division_sha256)
+        device_s += self._run_local(model, plan.variant, tail, values, steps, plan.division_sha256)
         network_s = max(0.0, remote_s - trace.server_ms / 1e3)
         energy = device_s * self.config.compute_power_w + network_s * self.config.transmit_power_w
         self.battery.drain(energy)
         # A declared post-processing stage runs where the plan ends: here after a device tail, else it ran
         # on the front-end and its outputs arrived.
         outputs = final_outputs(manifest, values, ran_last_here=bool(tail), request_id=request_id)
+        total_ms, cold_ms = (time.perf_counter() - start) * 1e3, _cold_ms()
+        self._report(request_id, device_plan.plan_id, total_ms - cold_ms, steps)
         return AgentResult(
             request_id,
             outputs,
@@ -430,8 +522,9 @@ class EdgeAgent:
             False,
             device_s * 1e3,
             remote_s * 1e3,
-            (time.perf_counter() - start) * 1e3,
+            total_ms,
             bytes_sent,
             energy_j=energy,
             plan_id=device_plan.plan_id,
+            cold_ms=cold_ms,
         )

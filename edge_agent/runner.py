@@ -1,7 +1,7 @@
 """The agent's torch-free run path: ONNX partitions on onnxruntime, numpy codecs, one gRPC call to the tail.
 
 What a phone or a Jetson needs, and nothing more: ``numpy``, ``onnxruntime``, ``grpcio``, ``protobuf``,
-``lz4``, ``zstandard`` and ``ml_dtypes`` (``pip install --no-deps .`` plus the ``[agent]`` extra; see the
+``lz4``, ``zstandard`` and ``ml_dtypes`` (``pip install 'splitinfer[agent]'``; see the
 README). Partitions come from a local copy of the pool (blobs verified by their sha256, the division
 manifest parsed into typed data); each runs on an onnxruntime session created once. A partition without an
 ONNX twin cannot run here (it needs the interpreter, hence torch) and is refused when loaded.

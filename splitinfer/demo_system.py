@@ -306,10 +306,11 @@ def _show_prediction(
     """One line per request: the plan's predicted latency next to the measured one."""
     predicted = result.plan.predicted_latency_ms if result.plan is not None else float("nan")
     n = tracker.request_index(phase, device, model) + 1
-    error = tracker.record(phase, device, model, predicted, result.total_ms)
+    error = tracker.record(phase, device, model, predicted, result.inference_ms)
+    cold = f" (+{result.cold_ms:.1f} ms cold: plan, pulls)" if result.cold_ms >= 0.05 else ""
     console.print(
-        f"    {device:<6} {model:<8} #{n}: predicted {predicted:8.1f} ms, measured {result.total_ms:8.1f} ms, "
-        f"error {error:6.1%}",
+        f"    {device:<6} {model:<8} #{n}: predicted {predicted:8.1f} ms, measured {result.inference_ms:8.1f} ms, "
+        f"error {error:6.1%}{cold}",
         markup=False,
     )
 

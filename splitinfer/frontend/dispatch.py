@@ -19,7 +19,12 @@ Per request:
   predictions a device sent. A device reports its partitions with its next request (this request's head,
   earlier requests' tails, requests it ran alone under a device-only plan), so each reported step is
   matched to the front-end's own plan that put that partition on that device: this one, or one of the
-  last few the plan book issued to it.
+  last few the plan book issued to it;
+- a device also reports each request it finished (``RequestReport``: its plan id, its device steps and the
+  inference latency it measured, cold costs excluded), with a later request. Its total, less the servers'
+  own timings of that request (kept here for the last ``MAX_KEPT_REQUESTS`` requests) and the device's steps,
+  teaches the calibration the per-request overhead of that device's plans; it is matched only to plans this
+  front-end issued to that caller and device, so a device that lies misleads only its own plans.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -44,14 +50,18 @@ from splitinfer.registry import Registry
 from splitinfer.results.client import Results, stored_result
 from splitinfer.results.keys import input_digest, shown
 from splitinfer.transport.clients import RouteClient
-from splitinfer.v1 import model_server_pb2, result_store_pb2, route_pb2, tensor_pb2
+from splitinfer.v1 import frontend_pb2, model_server_pb2, result_store_pb2, route_pb2, tensor_pb2
 
-__all__ = ["MAX_DEVICE_STEPS", "Dispatcher", "Job", "Outcome"]
+__all__ = ["MAX_DEVICE_STEPS", "MAX_KEPT_REQUESTS", "MAX_REPORTS", "Dispatcher", "Job", "Outcome"]
 
 log = logging.getLogger("splitinfer.frontend")
 
 #: Device step timings read from one request (a device reports its recent partitions; more are ignored).
 MAX_DEVICE_STEPS = 64
+#: Request reports read from one Plan or Infer (more are ignored).
+MAX_REPORTS = 64
+#: Requests whose server step timings are kept for the device's report of their total (the oldest go first).
+MAX_KEPT_REQUESTS = 4096
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class Job:
     timeout_s: float
     device_ms: float = 0.0
     device_steps: Sequence[model_server_pb2.StepTiming] = ()
+    #: Requests the device finished earlier (their totals), reported with this one.
+    reports: Sequence[frontend_pb2.RequestReport] = ()
     #: Stored with the result (the device's id, or the front door's own for OIP).
     device_id: str = ""
     #: The caller's W3C trace context (its call's metadata): the request's span continues the caller's trace.
@@ -110,6 +122,8 @@ class Dispatcher:
         self._calibration = calibration
         self._plans = plans
         self._flights: dict[tuple[str, str], _Flight] = {}
+        #: (caller, device, request id) -> the servers' step timings of that request, for its report.
+        self._server_steps: OrderedDict[tuple[str, str, str], list[MeasuredStep]] = OrderedDict()
         self._lock = threading.Lock()
 
     def run(self, job: Job) -> Outcome:
@@ -233,10 +247,43 @@ class Dispatcher:
         plan = job.issued.plan
         recent = self._plans.recent(job.issued.caller, job.issued.device_id) if self._plans is not None else []
         candidates = [plan, *(p for p in recent if p is not plan)]
-        by_plan: dict[int, tuple[Plan, list[MeasuredStep]]] = {
-            id(plan): (plan, [MeasuredStep(t.partition.partition, t.node, t.compute_ms) for t in timings if t.node])
-        }
+        server_steps = [MeasuredStep(t.partition.partition, t.node, t.compute_ms) for t in timings if t.node]
+        by_plan: dict[int, tuple[Plan, list[MeasuredStep]]] = {id(plan): (plan, server_steps)}
         self._observe(candidates, job.device_steps, by_plan, job.issued.device_id, job.request_id)
+        with self._lock:
+            self._server_steps[(job.issued.caller, job.issued.device_id, job.request_id)] = server_steps
+            while len(self._server_steps) > MAX_KEPT_REQUESTS:
+                self._server_steps.popitem(last=False)
+        if job.reports:
+            self.learn_reports(job.issued.caller, job.issued.device_id, job.reports)
+
+    def learn_reports(self, caller: str, device_id: str, reports: Sequence[frontend_pb2.RequestReport]) -> None:
+        """Requests the device finished, each with its measured inference latency: matched to the plan this
+        front-end issued to ``caller`` for ``device_id`` under that id (reports of other plans are ignored),
+        with the device's steps of the request and the servers' timings of it, when this front-end ran it.
+        A plan with a server part whose timings are not here (another front-end ran it, or they were
+        forgotten) teaches only its device steps: its total cannot be split."""
+        if self._plans is None:
+            return
+        for report in reports[:MAX_REPORTS]:
+            plan = self._plans.reported(report.plan_id, caller, device_id)
+            if plan is None:
+                continue
+            device_steps = [
+                MeasuredStep(t.partition.partition, ON_DEVICE, t.compute_ms)
+                for t in report.device_steps[:MAX_DEVICE_STEPS]
+                if _runs_on_device(plan, t.partition)
+            ]
+            with self._lock:
+                server_steps = self._server_steps.pop((caller, device_id, report.request_id), None)
+            offloaded = plan.route is not None and bool(plan.route.steps)
+            total = report.inference_ms if server_steps is not None or not offloaded else None
+            try:
+                self._calibration.observe_request(
+                    plan, device_steps, device_id=device_id, measured_total_ms=total, learned_steps=server_steps or ()
+                )
+            except SplitInferError as exc:  # calibration never fails a request
+                log.warning("report of request %s: calibration refused it: %s", shown(report.request_id), exc)
 
     def learn_device_steps(self, caller: str, device_id: str, steps: Sequence[model_server_pb2.StepTiming]) -> None:
         """Device step times reported outside a request to the servers (with a Plan call: a device that runs

@@ -24,6 +24,8 @@ __all__ = ["MAX_PLAN_ID_CHARS", "IssuedPlan", "PlanBook", "entry_tensors"]
 MAX_PLAN_ID_CHARS = 64
 #: Plans remembered per device (to match the partition timings it reports later), and devices remembered.
 RECENT_PER_DEVICE = 4
+#: Plan ids remembered per device after they expire, to match the request reports it sends later.
+REPORTABLE_PER_DEVICE = 16
 MAX_DEVICES = 10_000
 REPLAN = "ask the front-end for a new plan (Plan) and send that plan's id"
 
@@ -79,6 +81,7 @@ class PlanBook:
         self._wall_clock = wall_clock
         self._plans: OrderedDict[str, IssuedPlan] = OrderedDict()
         self._recent: OrderedDict[tuple[str, str], deque[Plan]] = OrderedDict()
+        self._reportable: OrderedDict[tuple[str, str], OrderedDict[str, Plan]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -115,7 +118,21 @@ class PlanBook:
             self._recent[(caller, device_id)] = recent
             while len(self._recent) > MAX_DEVICES:
                 self._recent.popitem(last=False)
+            ids = self._reportable.pop((caller, device_id), None) or OrderedDict()
+            ids[issued.plan_id] = plan
+            while len(ids) > REPORTABLE_PER_DEVICE:
+                ids.popitem(last=False)
+            self._reportable[(caller, device_id)] = ids
+            while len(self._reportable) > MAX_DEVICES:
+                self._reportable.popitem(last=False)
         return issued
+
+    def reported(self, plan_id: str, caller: str, device_id: str) -> Plan | None:
+        """The plan ``plan_id`` names among the last ones issued to ``caller`` for ``device_id``, expired or
+        not (a device reports a request after it ran), or None: another caller's id finds nothing."""
+        with self._lock:
+            ids = self._reportable.get((caller, device_id))
+            return ids.get(plan_id) if ids is not None else None
 
     def recent(self, caller: str, device_id: str) -> list[Plan]:
         """The last plans issued to ``caller`` for ``device_id``, newest first (expired ones too: a device

@@ -104,6 +104,8 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         caller = caller_of(self._tokens, context, device_id)  # type: ignore[arg-type]
         if request.device_steps:  # before planning: what the device measured may change the plan
             await in_executor(self._dispatcher.learn_device_steps, caller, device_id, list(request.device_steps))
+        if request.reports:
+            await in_executor(self._dispatcher.learn_reports, caller, device_id, list(request.reports))
         plan = await in_executor(self._planning.plan, request.model, request.device, request.requirements)
         issued = self._plans.issue(plan, caller, device_id)
         if plan.route is None:  # the device will run alone: the servers never see its requests, count it here
@@ -206,6 +208,7 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
             timeout_s=clamp_timeout_s(timeout_ms, context.time_remaining(), self._max_timeout_s),
             device_ms=header.device_ms,
             device_steps=header.device_steps,
+            reports=header.reports,
             device_id=device_id,
             trace_metadata=trace_metadata_of(context),
         )

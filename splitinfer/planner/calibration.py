@@ -18,7 +18,9 @@ Per place (a device id, or a server address) the calibration learns two things:
 
 Given the request's measured end-to-end latency, it also learns the per-request overhead no partition shows
 (dispatch, RPCs, framework work): measured total less measured compute less predicted transfers, per device,
-for plans that use servers and for device-only plans (``offload_overhead_ms`` / ``local_overhead_ms``).
+for plans that use servers and for device-only plans (``offload_overhead_ms`` / ``local_overhead_ms``), per
+model (the overhead grows with a model's tensors and partitions) and per device over all its models (what a
+model the device has not run yet is charged).
 
 Inputs are bounded and outlier-filtered: non-finite, non-positive or absurd times (> ``MAX_STEP_MS``) are
 dropped; a sample more than ``OUTLIER_FACTOR`` away from an established estimate is held back and only
@@ -172,6 +174,12 @@ class _PlaceFit:
         return slope, fixed
 
 
+def _overhead_keys(device_id: str, kind: str, model: str) -> tuple[str, ...]:
+    """The device's overhead estimate over all its models, then the model's own (when a model is named)."""
+    device = f"{_place('device', device_id)}:{kind}"
+    return (device, f"{device}:{model}") if model else (device,)
+
+
 def _place(kind: str, name: str) -> str:
     return f"{kind}:{name}"
 
@@ -189,7 +197,7 @@ class Calibration:
     #: The older API's whole-place ratios (observed / the caller's prediction).
     _place_ratio: dict[str, _Estimate] = field(default_factory=dict)
     _uplink_mbps: dict[str, _Estimate] = field(default_factory=dict)
-    #: "device:<id>:offload" / ":local" -> per-request overhead, ms.
+    #: "device:<id>:offload" / ":local" (+ ":<model>") -> per-request overhead, ms.
     _overhead_ms: dict[str, _Offset] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -202,6 +210,7 @@ class Calibration:
         *,
         device_id: str,
         measured_total_ms: float | None = None,
+        learned_steps: Iterable[MeasuredStep] = (),
     ) -> int:
         """Learn from one request that ran ``plan``: ``steps`` are the measured compute times of its
         partitions (those the device ran, reported by the device, and those servers ran, from their
@@ -217,7 +226,10 @@ class Calibration:
         measured it (cold costs excluded: plan RPC, RTT probe, artifact pulls). What it has beyond the
         measured compute and the plan's predicted transfers is the per-request overhead (dispatch, RPCs,
         framework work) that no partition shows; it is learned per device for plans that use servers and
-        for device-only plans, and the cost model adds it to every plan of that kind.
+        for device-only plans, and the cost model adds it to every plan of that kind. ``learned_steps`` are
+        measured steps of the same request learnt from already (the servers' timings, observed when the
+        request ran): they count as measured compute in the overhead and are not learnt from again. A total
+        below the measured compute is not a measurement of the request and is dropped.
         """
         steps = list(steps)
         placements = {p.partition: p for p in plan.placements}
@@ -240,7 +252,12 @@ class Calibration:
             key = f"{plan.model}@{plan.variant}/{step.partition}"
             accepted.setdefault(place, []).append((key, base, measured))
         if measured_total_ms is not None:
-            self._observe_overhead(plan, accepted, device_id, measured_total_ms)
+            prefix = f"{plan.model}@{plan.variant}/"
+            compute = {key.removeprefix(prefix): ms for samples in accepted.values() for key, _, ms in samples}
+            for step in learned_steps:
+                if step.partition in placements and math.isfinite(step.compute_ms) and step.compute_ms > 0:
+                    compute.setdefault(step.partition, step.compute_ms)
+            self._observe_overhead(plan, compute, device_id, measured_total_ms)
         with self._lock:
             for place, samples in accepted.items():
                 table = self._factors.setdefault(place, {})
@@ -255,28 +272,24 @@ class Calibration:
                     self.version += 1
         return sum(len(s) for s in accepted.values())
 
-    def _observe_overhead(
-        self, plan: Plan, accepted: dict[str, list[tuple[str, float, float]]], device_id: str, total_ms: float
-    ) -> None:
+    def _observe_overhead(self, plan: Plan, measured: dict[str, float], device_id: str, total_ms: float) -> None:
         if not (math.isfinite(total_ms) and 0 < total_ms <= MAX_STEP_MS):
             return
-        compute = {p.partition: p.predicted_ms for p in plan.placements}
-        prefix = f"{plan.model}@{plan.variant}/"
-        for samples in accepted.values():
-            for key, _, measured in samples:
-                compute[key.removeprefix(prefix)] = measured
+        if total_ms < sum(measured.values()):  # less than what was measured to run inside it
+            return
+        compute = {p.partition: p.predicted_ms for p in plan.placements} | measured
         transfers = sum(c.predicted_ms for c in plan.crossings)
         # It may cancel an overestimate of the transfers, not more: compute was measured.
         sample = max(total_ms - sum(compute.values()) - transfers, -transfers)
         kind = "offload" if any(not p.on_device for p in plan.placements) else "local"
         with self._lock:
-            key = f"{_place('device', device_id)}:{kind}"
-            estimate = self._overhead_ms.get(key)
-            if estimate is None:
-                self._overhead_ms[key] = _Offset(sample, sample)
-                self.version += 1
-            elif estimate.add(sample, self.alpha, self.significant):
-                self.version += 1
+            for key in _overhead_keys(device_id, kind, plan.model):
+                estimate = self._overhead_ms.get(key)
+                if estimate is None:
+                    self._overhead_ms[key] = _Offset(sample, sample)
+                    self.version += 1
+                elif estimate.add(sample, self.alpha, self.significant):
+                    self.version += 1
 
     # -- the older per-method API ------------------------------------------------------------------------
 
@@ -308,12 +321,13 @@ class Calibration:
         ratio, fixed, factors = self._place_terms(_place("server", profile.address))
         return replace(profile, compute_ratio=ratio, fixed_ms=fixed, partition_factors=factors)
 
-    def device(self, device_id: str, profile: DeviceProfile) -> DeviceProfile:
+    def device(self, device_id: str, profile: DeviceProfile, model: str = "") -> DeviceProfile:
+        """``profile`` calibrated for ``device_id``, with the per-request overheads of ``model`` (the
+        device's over all its models when it has not run this one)."""
         ratio, fixed, factors = self._place_terms(_place("device", device_id))
         with self._lock:
             uplink = self._uplink_mbps.get(device_id)
-            offload = self._overhead_ms.get(f"{_place('device', device_id)}:offload")
-            local = self._overhead_ms.get(f"{_place('device', device_id)}:local")
+            offload, local = (self._overhead(device_id, kind, model) for kind in ("offload", "local"))
         profile = replace(
             profile,
             compute_ratio=ratio,
@@ -325,6 +339,14 @@ class Calibration:
         if uplink is not None:
             profile = replace(profile, uplink_mbps=uplink.published)
         return profile
+
+    def _overhead(self, device_id: str, kind: str, model: str) -> _Offset | None:
+        """The model's own overhead estimate on the device, else the device's over all models (lock held)."""
+        for key in reversed(_overhead_keys(device_id, kind, model)):
+            estimate = self._overhead_ms.get(key)
+            if estimate is not None:
+                return estimate
+        return None
 
     def predicted_ms(self, place_kind: str, name: str, key: str, base_ms: float) -> float:
         """What the calibrated cost model predicts for partition ``key`` with ``base_ms`` at a place

@@ -80,7 +80,9 @@ class Planner:
     def calibrated(self, problem: PlanningProblem, device_id: str = "") -> PlanningProblem:
         return replace(
             problem,
-            device=self.calibration.device(device_id, problem.device),
+            device=self.calibration.device(
+                device_id, problem.device, problem.variants[0].model if problem.variants else ""
+            ),
             servers=tuple(self.calibration.server(s) for s in problem.servers),
         )
 

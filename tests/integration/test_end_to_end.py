@@ -134,8 +134,12 @@ def test_plan_follows_bandwidth_and_battery(system: dict) -> None:  # type: igno
     # now has a per-partition device cost for this device (it learns that this "slow" device is not slow).
     from splitinfer.planner import DeviceProfile
 
-    profile = system["frontend"].planner.calibration.device("phone-7", DeviceProfile(1.0, 1.0, 1.0))
+    profile = system["frontend"].planner.calibration.device("phone-7", DeviceProfile(1.0, 1.0, 1.0), "two_heads")
     assert any(key.startswith("two_heads@fp32/") for key, _ in profile.partition_factors), profile
+    # Each request's report (its measured inference latency, cold costs apart) rode with the next call: the
+    # per-request overhead of the device's offloaded plans was learnt against the servers' own timings.
+    assert profile.offload_overhead_ms != 0.0, profile
+    assert fast.cold_ms > 0 and 0 < fast.inference_ms < fast.total_ms  # its Plan call and pulls were cold
     # Battery: a device the planner has no measurements of yet, so only the battery differs.
     agent = _agent(system, device_id="phone-8")
     battery_full = agent.infer("two_heads", {"x": system["x"]}, plan_pb2.Requirements())

@@ -20,7 +20,7 @@ from splitinfer.planner.plan import Placement, Plan
 from splitinfer.registry import EmbeddedRegistry, ServerRecord
 from splitinfer.results import ResultStore
 from splitinfer.results.client import LocalResults
-from splitinfer.v1 import model_server_pb2, route_pb2, tensor_pb2
+from splitinfer.v1 import frontend_pb2, model_server_pb2, route_pb2, tensor_pb2
 
 A, B, STRANGER = "10.0.0.1:50051", "10.0.0.2:50051", "10.9.9.9:6666"
 
@@ -178,3 +178,49 @@ def test_a_device_that_runs_alone_calibrates_through_its_plan_calls(tmp_path: Pa
     assert "m@fp32/p9" not in dict(device.partition_factors)  # no plan put p9 on the device
     dispatcher.learn_device_steps("mallory", "mallory-phone", [step("p0", 0.001)] * 10)
     assert not calibration.device("mallory-phone", DeviceProfile(1e9, 10.0, 10.0)).partition_factors
+
+
+def _report(
+    plan_id: str, request_id: str, inference_ms: float, *steps: tuple[str, float]
+) -> frontend_pb2.RequestReport:
+    timings = [
+        model_server_pb2.StepTiming(
+            partition=route_pb2.PartitionRef(model="m", variant="fp32", partition=p), compute_ms=ms
+        )
+        for p, ms in steps
+    ]
+    return frontend_pb2.RequestReport(
+        request_id=request_id, plan_id=plan_id, inference_ms=inference_ms, device_steps=timings
+    )
+
+
+def test_request_reports_teach_the_overhead_of_their_own_plans_only(tmp_path: Path) -> None:
+    """A device's report of a finished request (its total, cold costs excluded) less the servers' own timings
+    of that request teaches that device's per-request overhead; reports naming someone else's plan, totals
+    below what the servers measured and requests this front-end never ran teach nothing."""
+    from splitinfer.planner import DeviceProfile
+
+    registry = EmbeddedRegistry()
+    registry.register(ServerRecord(A, partitions=("m@fp32/p1",)), ttl_s=600)
+    calibration, book = Calibration(), PlanBook()
+    dispatcher = Dispatcher(registry, FakeRoutes(), None, calibration, book)  # type: ignore[arg-type]
+    profile = DeviceProfile(1e9, 10.0, 10.0)
+    jobs = [_job(book, _plan([A]), "alice", f"r{i}", 1.0) for i in range(5)]
+    for job in jobs:
+        dispatcher.run(job)  # the servers measured 4 ms of compute for each
+    # Lies first: another caller naming alice's plans, a total below the measured compute, an unknown request.
+    dispatcher.learn_reports("mallory", "mallory", [_report(j.issued.plan_id, j.request_id, 900.0) for j in jobs])
+    dispatcher.learn_reports("alice", "alice", [_report(jobs[0].issued.plan_id, jobs[0].request_id, 1.0)])
+    dispatcher.learn_reports("alice", "alice", [_report(jobs[1].issued.plan_id, "never-ran", 900.0)])
+    assert calibration.device("alice", profile).offload_overhead_ms == 0.0
+    assert calibration.device("mallory", profile).offload_overhead_ms == 0.0
+    dispatcher.learn_reports("alice", "alice", [_report(j.issued.plan_id, j.request_id, 10.0) for j in jobs[1:]])
+    assert calibration.device("alice", profile).offload_overhead_ms == pytest.approx(6.0, abs=0.5)  # 10 - 4
+
+    # A device-only plan: the total less the device's own steps is the local overhead.
+    local = Plan("m", "fp32", (Placement("p0", "device", 2.0, base_ms=2.0),), (), 2.0, 0.0, 0.9, "test", "test")
+    issued = book.issue(local, "alice", "alice")
+    dispatcher.learn_reports("alice", "alice", [_report(issued.plan_id, f"l{i}", 11.0, ("p0", 8.0)) for i in range(3)])
+    device = calibration.device("alice", profile)
+    assert device.local_overhead_ms == pytest.approx(3.0, abs=0.5)
+    assert dict(device.partition_factors)["m@fp32/p0"] == pytest.approx(4.0, rel=0.05)  # 8 / base 2

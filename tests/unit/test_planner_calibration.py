@@ -252,3 +252,36 @@ def test_dominance_uses_calibrated_times_not_reported_flops() -> None:
     plan = DagSolver().solve(replace(problem, device=replace(problem.device, computes=False)))
     assert {p.partition: p.where for p in plan.placements}["p1"] == "b:1"
     assert undominated_servers(replace(problem, servers=(replace(fast_on_paper, partition_factors=()), honest))) == [0]
+
+
+def test_each_model_keeps_its_own_overhead_and_a_new_model_gets_the_devices() -> None:
+    """A model with many tensors pays more per request than a small one on the same device: each is
+    predicted with its own overhead, and a model the device has not run yet with the device's estimate."""
+    planner = Planner()
+    overhead = {"big": 40.0, "small": 3.0}
+    for model, ms in overhead.items():
+        problem = _problem(_chain(model, [2e8, 4e8]), uplink_mbps=0.05)  # device-only at this uplink
+        for _ in range(4):
+            plan = planner.plan(problem, device_id="d")
+            planner.calibration.observe_request(plan, _measure(plan), device_id="d", measured_total_ms=_total(plan, ms))
+    for model, ms in overhead.items():
+        plan = planner.plan(_problem(_chain(model, [2e8, 4e8]), uplink_mbps=0.05), device_id="d")
+        assert plan.predicted_latency_ms == pytest.approx(_total(plan, ms), rel=0.02)
+    device = _problem(_chain("m", [1e8])).device
+    assert planner.calibration.device("d", device, "small").local_overhead_ms == pytest.approx(3.0, abs=0.3)
+    unseen = planner.calibration.device("d", device, "never-ran").local_overhead_ms
+    assert 3.0 < unseen < 40.0  # the device's estimate over the models it ran
+
+
+def test_a_total_below_the_measured_compute_teaches_no_overhead() -> None:
+    """Server timings of the request (learnt from already) count as measured compute: a device total below
+    them is not a measurement of that request."""
+    calibration = Calibration()
+    plan = Planner(calibration=calibration).plan(_problem(_chain("m", [2e8, 4e8]), uplink_mbps=500), device_id="d")
+    servers = [MeasuredStep(p.partition, p.where, 50.0) for p in plan.placements if not p.on_device]
+    assert servers
+    calibration.observe_request(plan, [], device_id="d", measured_total_ms=10.0, learned_steps=servers)
+    assert calibration.device("d", DeviceProfile(flops=2e9, uplink_mbps=1, downlink_mbps=1)).offload_overhead_ms == 0
+    total = 50.0 * len(servers) + sum(p.predicted_ms for p in plan.placements if p.on_device) + 30.0
+    calibration.observe_request(plan, [], device_id="d", measured_total_ms=total, learned_steps=servers)
+    assert calibration.device("d", DeviceProfile(flops=2e9, uplink_mbps=1, downlink_mbps=1)).offload_overhead_ms > 0

@@ -114,16 +114,25 @@ def pipeline_section(data: dict[str, Any]) -> list[str]:
             if s.get("ort_target_ratio") is not None
         ],
         "",
-        "Per hop: one node running a copy partition, against a raw gRPC echo of the same bytes (tensors over",
-        "512 KiB travel in chunks):",
+        "Per hop: one node running a copy partition, against a raw gRPC echo of the same bytes (sync server;",
+        f"tensors over {data['per_hop'][0]['chunk_bytes'] >> 10} KiB travel in chunks). Beside it, sampled in the",
+        "same rounds to show where the time goes: the same echo on a grpc.aio server, and a raw sync server running",
+        "the same copy partition (decode, compute, encode, no splitinfer code). Medians:",
         "",
-        "| tensor | raw gRPC echo ms | splitinfer hop ms | added ms | splitinfer MB/s |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| tensor | raw echo ms | grpc.aio echo ms | raw + copy partition ms | splitinfer hop ms (p95) "
+        "| vs raw echo | splitinfer MB/s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in data["per_hop"]:
         raw, ours = _median(row["raw_echo_ms"]), _median(row["splitinfer_hop_ms"])
+        aio = f"{_median(row['raw_aio_echo_ms']):.3f}" if row.get("raw_aio_echo_ms") else "-"
+        copy = f"{_median(row['raw_copy_partition_ms']):.3f}" if row.get("raw_copy_partition_ms") else "-"
+        ratio = f"{ours / raw:.2f}x latency" if row["bytes"] < 1 << 20 else f"{raw / ours:.2f}x throughput"
+        p95 = sorted(row["splitinfer_hop_ms"])[min(len(row["splitinfer_hop_ms"]) - 1,
+                                                   int(0.95 * len(row["splitinfer_hop_ms"])))]  # fmt: skip
         lines.append(
-            f"| {row['bytes']:,} bytes | {raw:.3f} | {ours:.3f} | {ours - raw:.3f} | {row['bytes'] / ours / 1e3:.0f} |"
+            f"| {row['bytes']:,} bytes | {raw:.3f} | {aio} | {copy} | {ours:.3f} ({p95:.3f}) | {ratio} | "
+            f"{row['bytes'] / ours / 1e3:.0f} |"
         )
     return [*lines, ""]
 
@@ -237,6 +246,28 @@ def load_section(data: dict[str, Any]) -> list[str]:
         "![load](img/load.png)",
         "",
     ]
+    batching = data.get("batching")
+    if batching:
+        lines += [
+            f"Dynamic batching at {batching['devices']} devices: blocks of {batching['seconds_per_block']:.0f} s "
+            f"alternate unbatched (max_batch_size 1) and batched (max_batch_size {batching['max_batch_size']}, "
+            f"max_queue_delay_ms {batching['max_queue_delay_ms']}), {batching['rounds']} rounds, nodes restarted "
+            "per block with that block's config, the same placement and threads in both. `mlp4096` (four "
+            "Linear(4096, 4096), defined in the benchmark) is weight-bound at batch 1, where batching can pay; "
+            "the CNN is not.",
+            "",
+            "| model | unbatched req/s | p50 / p99 ms | batched req/s | p50 / p99 ms | requests per batch | ratio "
+            "| >= 2.5x |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for m in batching["models"]:
+            u, b = m["unbatched"], m["batched"]
+            lines.append(
+                f"| {m['model']} | {u['throughput_rps']:.1f} | {u['p50_ms']:.0f} / {u['p99_ms']:.0f} | "
+                f"{b['throughput_rps']:.1f} | {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | "
+                f"{b['mean_requests_per_batch']:.2f} | {m['ratio']:.2f}x | {verdict[m['meets_target']]} |"
+            )
+        lines.append("")
     return lines
 
 
@@ -250,7 +281,7 @@ def adaptation_section(data: dict[str, Any]) -> list[str]:
         "",
         f"ResNet-18-shaped at {p['resolution']}x{p['resolution']}, divided into {p['partitions']} partitions at narrow",
         f"cuts; a device emulated {p['slowdown']:.0f}x slower than this machine and an edge node in separate network",
-        "namespaces, the device-edge link shaped with tc htb to each profile. Every fixed strategy is measured",
+        "namespaces, the device-edge link shaped with tc tbf to each profile. Every fixed strategy is measured",
         f"({p['repeats']} requests each, median; plain tensors so only the cut differs); the oracle is the fastest.",
         "The planner and Neurosurgeon plan from compute speeds calibrated on observed runs (the device's per",
         "partition) and the profile's bandwidth; their choices are then measured the same way.",
@@ -299,6 +330,34 @@ def adaptation_section(data: dict[str, Any]) -> list[str]:
                 for r in errors
             )
             + f"; median error {statistics.median(r['prediction_error'] for r in errors):.0%}.",
+            "",
+        ]
+    three = data.get("three_tiers")
+    if three:
+        tp = three["parameters"]
+        lines += [
+            "Three tiers: device, edge and cloud hosts in their own namespaces; the edge emulated "
+            f"{tp['edge_slowdown']:.0f}x slower than the cloud, the edge-cloud link shaped to "
+            f"{tp['cloud_link_mbps']:.0f} Mbps; every variant ({', '.join(tp['variants'])}) x device/edge/cloud cut "
+            "pair x codec is a candidate, measured alike (candidates whose upload alone cannot beat the best "
+            "measured are skipped: a sound bound); the oracle is the best measured. Placement strings name each "
+            "partition's place (d device, e edge, c cloud).",
+            "",
+            "| profile | measured / skipped | oracle | oracle ms | planner | planner ms | predicted ms | "
+            "Neurosurgeon ms | within 10% |",
+            "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | --- |",
+        ]
+        for r in three["rows"]:
+            lines.append(
+                f"| {r['profile']} | {r['measured']} / "
+                f"{r['skipped_by_bound']} | {r['oracle']} | {r['oracle_ms']:.1f} | {r['planner']} | "
+                f"{r['planner_ms']:.1f} | {r['planner_predicted_ms']:.1f} | {r['neurosurgeon_ms']:.1f} | "
+                f"{'yes' if r['within_10pct'] else '**no**'} |"
+            )
+        lines += [
+            "",
+            f"Target: within 10% of the oracle at every profile: "
+            f"{verdict[three['targets']['within_10pct_of_oracle']]}.",
             "",
         ]
     lines += ["![adaptation](img/adaptation.png)", ""]
@@ -411,17 +470,27 @@ MISS_REASONS = {
     "load-throughput": "the 2-core machine runs the load generator, the front-end and both "
     "nodes at once; beyond saturation the extra threads cost context switches and GIL contention, so "
     "throughput drops instead of holding flat",
-    "adaptation-oracle": "where the oracle's best is a cut in the middle of the network, the planner (and "
-    "Neurosurgeon) chose an end (device-only or server-only): the predicted cost of an offloaded plan with a "
-    "device head (the cut tensor's transfer plus the per-request overhead calibration now learns for offloaded "
-    "plans) is above what is measured; not diagnosed further yet",
+    "adaptation-oracle": "see the adaptation section: the planner's plan against the measured oracle, with the "
+    "predicted and measured components of each candidate in benchmarks/results/adaptation.json",
+    "batching": "batching saves compute only: the CNN computes about 0.4 ms of the ~7 ms of CPU a request costs "
+    "on this 2-core box (gRPC, protobuf and Python in the clients, the front-end and the nodes are the rest), "
+    "and the weight-bound MLP's batches stay small (a few requests) while compute saturates both cores in both "
+    "modes; see the load section",
     "pipeline-interpreter": "the interpreter path pays per-hop costs the raw chain does not (see the per-hop "
-    "rows); on onnxruntime the same split is faster than local torch",
-    "pipeline-resnet50": "the partitions compute in about 0.55x of eager torch, but the two hops carry 1.6 MB "
-    "and 0.8 MB tensors, and their per-hop cost puts the total over the target",
-    "pipeline-hop": "each hop is one grpc.aio call through a Python servicer (header, checks, assembly into one "
-    "buffer, decode, forward); a bare grpc.aio unary call alone costs about 1.4x a sync one here, and there is no "
-    "raw-bytes relay yet that would spare the protobuf parse of large payloads",
+    "rows: two hops of 0.8-1.6 MB tensors, each ~1 ms over the raw one); it lies at the target within run-to-run "
+    "noise (1.115x in a 20-round run, 1.145x in this one), and on onnxruntime the same split is faster than local "
+    "torch",
+    "pipeline-resnet50": "onnxruntime's session options are already the fastest here (whole model 60 ms vs 108 ms "
+    "eager; other optimisation levels, spinning, arenas, denormals measured no better); split at the benchmark's "
+    "cuts the three partitions sum to 65.4 ms against 60.9 ms whole (layout conversions and fusions lost at the "
+    "partition edges), and the two hops of 1.6 MB and 0.8 MB add about 9 ms, which puts the total over the "
+    "target",
+    "pipeline-hop": "payloads now travel as views of the received bytes (no protobuf copies), but each hop is "
+    "still one grpc.aio call through a Python servicer: a bare grpc.aio echo with the interceptors costs "
+    "0.72-0.87 ms at 4 KiB against 0.50-0.60 ms for the sync echo before any node work, at 1 MiB about half the "
+    "node's event-loop time is inside grpc.aio itself, and 4-16 MiB hops still copy the tensor about five times "
+    "(request join, assembly, the partition's own copy, response join, client assembly); against a raw server "
+    "running the same copy partition the hop is at 0.75x (1 MiB) to 0.87x (16 MiB)",
     "adaptation-step": "the reaction includes finishing the request in flight when the bandwidth drops",
 }
 
@@ -504,6 +573,18 @@ def targets_summary(results: Path) -> list[str]:
         s = adaptation["speedups"]
         rows.append(("Adaptation", "speedup vs server-only (Neurosurgeon published 3.1x vs cloud-only)", "reported",
                      None, f"{s['vs_server_only']:.2f}x; {s['vs_device_only']:.2f}x vs device-only"))  # fmt: skip
+    if load and load.get("batching"):
+        for m in load["batching"]["models"]:
+            rows.append(("Batching", f"{m['model']}: batched vs unbatched req/s at {load['batching']['devices']} "
+                         "devices", ">= 2.5x", m["meets_target"],
+                         f"{m['ratio']:.2f}x ({m['unbatched']['throughput_rps']:.0f} -> "
+                         f"{m['batched']['throughput_rps']:.0f})"))  # fmt: skip
+    three = adaptation.get("three_tiers") if adaptation else None
+    if three:
+        worst = max(three["rows"], key=lambda r: r["planner_ms"] / r["oracle_ms"])
+        rows.append(("Adaptation", "three tiers, variants and lossy codecs: planner vs measured oracle", "within 10%",
+                     three["targets"]["within_10pct_of_oracle"],
+                     f"worst {worst['profile']}: {worst['planner_ms'] / worst['oracle_ms']:.2f}x"))  # fmt: skip
     detection = _load(results, "detection")
     if detection:
         by = {(r["variant"], r["codec"]): r for r in detection["results"]}
@@ -527,6 +608,11 @@ def targets_summary(results: Path) -> list[str]:
         misses.append(f"- Concurrency throughput: {MISS_REASONS['load-throughput']}.")
     if adaptation and "targets" in adaptation and not adaptation["targets"]["within_10pct_of_oracle"]:
         misses.append(f"- Adaptation vs oracle: {MISS_REASONS['adaptation-oracle']}.")
+    if (adaptation and "targets" in adaptation and adaptation["targets"]["within_10pct_of_oracle"]
+            and three and not three["targets"]["within_10pct_of_oracle"]):  # fmt: skip
+        misses.append(f"- Three-tier adaptation vs oracle: {MISS_REASONS['adaptation-oracle']}.")
+    if load and load.get("batching") and not all(m["meets_target"] for m in load["batching"]["models"]):
+        misses.append(f"- Batching: {MISS_REASONS['batching']}.")
     if adaptation and "targets" in adaptation and not adaptation["targets"]["step_reaction_below_1s"]:
         misses.append(f"- Bandwidth step: {MISS_REASONS['adaptation-step']}.")
     if misses:

@@ -85,4 +85,4 @@ def test_small_write_after_idle_and_large_transfer_take_the_nominal_time(mbps: f
         got = sorted(ms)[1]  # median of three
         # Never much faster than the link allows (what a token bucket passes early is one ~1 ms segment);
         # not much slower than it plus a loaded machine's scheduling.
-        assert 0.75 * ideal_ms <= got <= 1.25 * ideal_ms + 5, (mbps, size, ideal_ms, ms)
+        assert 0.75 * ideal_ms <= got <= 1.3 * ideal_ms + 10, (mbps, size, ideal_ms, ms)

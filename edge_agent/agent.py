@@ -441,11 +441,11 @@ class EdgeAgent:
         self.battery.drain(energy)
         outputs = final_outputs(manifest, values, ran_last_here=True, request_id=request_id)
         total_ms, cold_ms = (time.perf_counter() - start) * 1e3, _cold_ms()
-        plan_id = device_plan.plan_id if device_plan is not None else ""
-        self._report(request_id, plan_id, total_ms - cold_ms, steps)
+        if device_plan is not None:  # reported under its plan, though the result names none (it ran alone)
+            self._report(request_id, device_plan.plan_id, total_ms - cold_ms, steps)
         return AgentResult(
             request_id, outputs, plan, plan is None, device_s * 1e3, 0.0, total_ms, 0, reason, energy_j=energy,
-            plan_id=plan_id, cold_ms=cold_ms,
+            cold_ms=cold_ms,
         )  # fmt: skip
 
     def _split(

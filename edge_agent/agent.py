@@ -323,7 +323,9 @@ class EdgeAgent:
         target = self.cache / "partitions" / f"{model}@{variant}" / partition
         division = division_sha or self._manifest_sha[(model, variant)]
         manifest_sha = self.local_pool.export_partition(division, partition, target)
-        program = self._programs[key] = load_partition(target, manifest_sha)
+        program = load_partition(target, manifest_sha)
+        program.warm_up()  # its first run's lazy initialisation is a cold cost, not the first request's
+        self._programs[key] = program
         return program
 
     def _run_local(

@@ -9,6 +9,7 @@ requests (see :mod:`splitinfer.runtime.batcher`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from splitinfer.pool.manifest import OnnxInfo
 from splitinfer.program import CompiledProgram, Program, ValueSpec
 from splitinfer.runtime.batcher import BatchStats, DynamicBatcher
 from splitinfer.runtime.ort import OrtOptions, OrtSession
+
+log = logging.getLogger("splitinfer.runtime")
 
 __all__ = ["RUNTIMES", "LoadedPartition", "PartitionKey", "RuntimeOptions"]
 
@@ -226,6 +229,23 @@ class LoadedPartition:
             outputs = {name: torch.from_numpy(value) for name, value in results.items()}
         self._record((time.perf_counter() - start) * 1e3)
         return outputs
+
+    def warm_up(self) -> bool:
+        """Runs the partition once on zero inputs of its specs, not counted in its statistics, so that lazy
+        initialisation (onnxruntime's first-run allocations and kernel choices, the interpreter's first
+        dispatches) is paid at load and not by the first request, as serving systems warm a model. Returns
+        False, logging why, when the partition refuses zeros (it still serves real inputs)."""
+        feeds = {s.name: torch.zeros(s.shape, dtype=s.dtype) for s in self.program.inputs}
+        try:
+            if self._session is None:
+                assert self._compiled is not None
+                self._compiled(feeds)
+            else:
+                self._session.run({name: t.numpy() for name, t in feeds.items()})
+        except Exception as exc:  # a warm-up is an optimisation: never a reason to refuse the partition
+            log.info("partition %s: warm-up on zero inputs failed (%s); its first request pays it", self.key, exc)
+            return False
+        return True
 
     def close(self) -> None:
         """Stops the batcher (requests still queued get UNAVAILABLE-free answers: they run first)."""

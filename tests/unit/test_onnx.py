@@ -241,3 +241,18 @@ def test_an_export_failure_is_recorded_and_the_partition_still_serves(
     assert out["runtimes"] == ["interpreter", "interpreter"]
     with torch.no_grad():
         torch.testing.assert_close(out["outputs"][manifest.output_names[0]], model(*example), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "interpreter"])
+def test_a_warm_up_runs_once_on_zeros_and_counts_nowhere(tmp_path: Path, runtime: str) -> None:
+    """The agent warms each partition at load (a cold cost): one run on zero inputs of its specs, outside
+    the partition's statistics; real inputs run as before."""
+    pool = ModelPool(tmp_path)
+    sha, model, example = _divided(pool, "tiny_cnn", "fp32", cuts=1)
+    part = pool.load_partition(sha, pool.division(sha).partitions[0].name, RuntimeOptions(runtime=runtime))
+    assert part.runtime == runtime
+    assert part.warm_up() and part.completed == 0 and part.mean_compute_ms == 0.0
+    (out,) = part.run({s.name: t for s, t in zip(part.inputs, example, strict=True)}).values()
+    with torch.no_grad():
+        assert torch.allclose(out, model(*example), atol=1e-4)
+    assert part.completed == 1

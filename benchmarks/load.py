@@ -21,9 +21,10 @@ gains it little. Both modes run the same placement, node count and threads (``--
 default 1: with 2, the unbatched node's two compute threads oversubscribe the 2 cores and its baseline
 drops from 84 to 56 req/s). Reported per model and mode: requests/s, p50/p99, and the mean requests per
 batched run from node statistics. Target: batched throughput >= 2.5x unbatched at 16 devices. On the 2-core
-box the batched MLP reaches the same ~200-210 req/s as the CNN, whose compute is negligible: that is the
-ceiling of the request path (client, front-end, gRPC, node decode/encode, ~10 ms of CPU a request over 2
-cores), not of compute, so the ratio there is bounded by that ceiling over the unbatched ~84 req/s.
+box it is not met: the request path (client, front-end, gRPC, node decode/encode) costs ~5-6 ms of CPU per
+request whatever the batch (the CNN, whose compute is negligible, tops out at 250-290 req/s), so with the
+6-7 requests per batch a closed loop of 16 devices leaves at the node, a request costs ~18.8 + 5.5 ms
+unbatched against ~4.4 + 5.5 ms batched: a bound near 2.4x (full run 2.12x, 6 s trials 2.36-2.48x).
 
     python benchmarks/load.py --out benchmarks/results/load.json [--levels 1 4 16] [--seconds 10]
 """

@@ -136,7 +136,10 @@ class _Offset:
 
 @dataclass
 class _PlaceFit:
-    """Exponentially weighted least squares of measured ms on base ms at one place."""
+    """Exponentially weighted least squares of measured ms on base ms at one place, each sample weighted by
+    1 / measured² so that the fit minimises relative error: a place's many small partitions (whose cost is
+    mostly the fixed one; a cast or a pooling has no FLOPs) count as much as its few large ones, which would
+    otherwise pull the line through the origin and price every small partition at nothing."""
 
     sw: float = 0.0
     sx: float = 0.0
@@ -153,11 +156,12 @@ class _PlaceFit:
         self.sxy *= keep
 
     def add(self, x: float, y: float) -> None:
-        self.sw += 1
-        self.sx += x
-        self.sy += y
-        self.sxx += x * x
-        self.sxy += x * y
+        w = 1.0 / max(y, 1e-6) ** 2
+        self.sw += w
+        self.sx += w * x
+        self.sy += w * y
+        self.sxx += w * x * x
+        self.sxy += w * x * y
 
     def fit(self) -> tuple[float, float]:
         """(ratio, fixed ms): a line with ratio >= MIN_PLACE_RATIO and fixed >= 0."""

@@ -285,3 +285,17 @@ def test_a_total_below_the_measured_compute_teaches_no_overhead() -> None:
     total = 50.0 * len(servers) + sum(p.predicted_ms for p in plan.placements if p.on_device) + 30.0
     calibration.observe_request(plan, [], device_id="d", measured_total_ms=total, learned_steps=servers)
     assert calibration.device("d", DeviceProfile(flops=2e9, uplink_mbps=1, downlink_mbps=1)).offload_overhead_ms > 0
+
+
+def test_the_place_model_keeps_the_fixed_cost_of_small_partitions() -> None:
+    """Many FLOP-free partitions (casts, pooling) at ~2 ms each and a few large ones that run faster than their
+    base: an ordinary least-squares line is pulled through the origin by the large ones and prices an unmeasured
+    small partition at nothing; the relative-error fit keeps their fixed cost."""
+    from splitinfer.planner.calibration import _PlaceFit
+
+    fit = _PlaceFit()
+    for x, y in [(0.0, 2.0), (0.0, 2.2), (0.001, 1.9), (0.01, 2.1), (50.0, 10.0), (100.0, 20.0), (200.0, 80.0)]:
+        fit.add(x, y)  # ordinary least squares: ratio 0.36, fixed -1.1, so the line through the origin
+    ratio, fixed = fit.fit()
+    assert 1.5 < fixed < 2.5  # an unmeasured FLOP-free partition costs what the measured ones did
+    assert 0.7 < (ratio * 100.0 + fixed) / 20.0 < 1.3  # and a large one about what it measured

@@ -472,10 +472,11 @@ MISS_REASONS = {
     "throughput drops instead of holding flat",
     "adaptation-oracle": "see the adaptation section: the planner's plan against the measured oracle, with the "
     "predicted and measured components of each candidate in benchmarks/results/adaptation.json",
-    "batching": "batching saves compute only: the CNN computes about 0.4 ms of the ~7 ms of CPU a request costs "
-    "on this 2-core box (gRPC, protobuf and Python in the clients, the front-end and the nodes are the rest), "
-    "and the weight-bound MLP's batches stay small (a few requests) while compute saturates both cores in both "
-    "modes; see the load section",
+    "batching": "batching saves compute only, and every request still costs about 5-6 ms of CPU in the client, "
+    "the front-end, gRPC and the node's decode/encode on this 2-core box: the CNN computes about 0.4 ms of that "
+    "(so it cannot gain), and the MLP (one partition on one node, 18.8 ms per request at batch 1, 28 ms per batch "
+    "of 6.3 requests) is bounded near (18.8 + 5.5) / (28 / 6.3 + 5.5) = 2.4x; closed-loop devices leave 6-7 "
+    "requests per batch whatever the queue delay (0-12 ms measured alike)",
     "pipeline-interpreter": "the interpreter path pays per-hop costs the raw chain does not (see the per-hop "
     "rows: two hops of 0.8-1.6 MB tensors, each ~1 ms over the raw one); it lies at the target within run-to-run "
     "noise (1.115x in a 20-round run, 1.145x in this one), and on onnxruntime the same split is faster than local "

@@ -102,11 +102,16 @@ def detection_phase(agent: Any, frontend: str, frames: DetectionSet, work: Path,
     for column in ("frame", "objects drawn", "boxes found", "plan"):
         table.add_column(column)
     found_any: list[Box] = []
+    #: Boxes of frames whose plan ended on the servers: decode + NMS ran on the front-end, which stored them.
+    found_by_servers = 0
     first: tuple[int, list[Box]] | None = None
     for i in range(len(frames)):
         result = agent.infer(DETECTOR, {"image": frames.images[i : i + 1]}, request_id=f"frame-{i}-{time.time_ns()}")
         boxes = detections_of(result.outputs, CLASSES)
         found_any += boxes
+        plan = result.plan
+        if plan is not None and not result.device_only_fallback and not plan.placements[-1].on_device:
+            found_by_servers += len(boxes)
         if first is None or len(boxes) > len(first[1]):
             first = (i, boxes)  # the frame with the most boxes is the one drawn
         drawn = ", ".join(CLASSES[int(label)] for label in frames.labels[i])
@@ -125,8 +130,11 @@ def detection_phase(agent: Any, frontend: str, frames: DetectionSet, work: Path,
         f"stored {len(stored.detections)} detection records; with score >= 0.5, by label: "
         + ", ".join(f"{label} {count}" for label, count in by_label.items())
     )
+    if found_by_servers < len(found_any):
+        console.print(f"{len(found_any) - found_by_servers} boxes came from frames whose plan ended on the device "
+                      "(decode + NMS ran there; the device keeps them)")  # fmt: skip
     if first is not None and first[1]:
         index, boxes = first
         png = draw_detections(frames.images[index], boxes, frames.boxes[index], work / "detections.png")
         console.print(f"frame {index} with its boxes: {png}")
-    return bool(found_any) and len(stored.detections) >= len(found_any)
+    return bool(found_any) and len(stored.detections) >= found_by_servers

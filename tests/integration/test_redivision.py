@@ -27,11 +27,6 @@ from splitinfer.demo_redivision import (
 from splitinfer.results.store import ResultQuery
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc
 
-#: The phones' measured improvement (median latency before minus after) must be between these multiples of
-#: the predicted one. Devices are emulated exactly; the servers, the RPCs and the plans the planner settles on
-#: in each phase are real, and on a shared 2-core machine they move the medians by several milliseconds
-#: (measured here: 0.96x to 1.9x of the prediction).
-
 
 def _config(**changes: object) -> ControllerConfig:
     base = {"models": (f"{MODEL}@{VARIANT}",), "min_requests": 10, "min_interval_s": 5.0, "drain_s": 3.0,

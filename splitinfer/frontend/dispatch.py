@@ -127,6 +127,8 @@ class Dispatcher:
         self._lock = threading.Lock()
 
     def run(self, job: Job) -> Outcome:
+        if job.reports:  # earlier requests': learnt whether this one runs, is recalled or fails
+            self.learn_reports(job.issued.caller, job.issued.device_id, job.reports)
         plan = job.issued.plan
         if plan.route is None or not plan.route.steps:
             raise InvalidArgument("the plan has no server part to run (it runs wholly on the device)")
@@ -254,8 +256,6 @@ class Dispatcher:
             self._server_steps[(job.issued.caller, job.issued.device_id, job.request_id)] = server_steps
             while len(self._server_steps) > MAX_KEPT_REQUESTS:
                 self._server_steps.popitem(last=False)
-        if job.reports:
-            self.learn_reports(job.issued.caller, job.issued.device_id, job.reports)
 
     def learn_reports(self, caller: str, device_id: str, reports: Sequence[frontend_pb2.RequestReport]) -> None:
         """Requests the device finished, each with its measured inference latency: matched to the plan this

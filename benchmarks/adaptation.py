@@ -79,6 +79,18 @@ def _device(bed: Testbed, config: dict[str, Any], mode: str, work: Path, **popen
     return json.loads(done.stdout)
 
 
+def _measure_profiles(
+    bed: Testbed, config: dict[str, Any], profiles: dict[str, float], mode: str, work: Path, console: Console
+) -> dict[str, Any]:
+    """Runs the device script in ``mode`` once per bandwidth profile, the link shaped to that profile."""
+    measured: dict[str, Any] = {}
+    for name, mbps in profiles.items():
+        bed.set_rate(mbps)
+        console.print(f"{mode}: measuring {name} ({mbps} Mbps) ...")
+        measured[name] = _device(bed, {**config, "mbps": mbps}, mode, work)
+    return measured
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -158,11 +170,7 @@ def _two_tiers(args: argparse.Namespace, profiles: dict[str, float], console: Co
                 "slowdown": args.slowdown, "server_flops": server_flops, "input_shape": list(example[0].shape),
                 "repeats": args.repeats,
             }  # fmt: skip
-            measured: dict[str, Any] = {}
-            for name, mbps in profiles.items():
-                bed.set_rate(mbps)
-                console.print(f"measuring {name} ({mbps} Mbps) ...")
-                measured[name] = _device(bed, {**config, "mbps": mbps}, "measure", work)
+            measured = _measure_profiles(bed, config, profiles, "measure", work, console)
             step = _step(bed, config, work, measured, console)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -245,11 +253,7 @@ def _three_tiers(args: argparse.Namespace, profiles: dict[str, float], console: 
                 "slowdown": args.slowdown, "server_flops": server_flops, "input_shape": list(example[0].shape),
                 "repeats": args.repeats, "cloud_link_mbps": CLOUD_LINK_MBPS,
             }  # fmt: skip
-            measured: dict[str, Any] = {}
-            for name, mbps in profiles.items():
-                bed.set_rate(mbps)
-                console.print(f"three tiers: measuring {name} ({mbps} Mbps) ...")
-                measured[name] = _device(bed, {**config, "mbps": mbps}, "tiers", work)
+            measured = _measure_profiles(bed, config, profiles, "tiers", work, console)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = _report_tiers(measured, console)

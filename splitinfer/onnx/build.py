@@ -84,7 +84,8 @@ def build_partition_onnx(
     """
     stage = "export"
     try:
-        exported = export_onnx(program)
+        # int8 runs quantised kernels, not the blocked float32 layout the hints are for.
+        exported = export_onnx(program, layout_hints=variant != "int8")
         model, quantization = exported.model, ""
         if variant == "int8":
             stage = "int8 quantisation"

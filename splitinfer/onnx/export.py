@@ -26,6 +26,7 @@ import onnx
 import torch
 
 from splitinfer.errors import InvalidArgument
+from splitinfer.onnx.layout import add_layout_hints
 from splitinfer.program import Program, Ref
 from splitinfer.program.interpreter import resolve_op
 
@@ -56,6 +57,8 @@ class ExportedOnnx:
     dynamic_batch: bool
     #: Why the batch dimension is static (empty when it is dynamic).
     static_reason: str = ""
+    #: Inputs given a layout hint (see :mod:`splitinfer.onnx.layout`).
+    layout_hints: tuple[str, ...] = ()
 
 
 class ProgramModule(torch.nn.Module):
@@ -217,8 +220,11 @@ def _batch_reason(program: Program) -> str:
     return ""
 
 
-def export_onnx(program: Program, *, dynamic_batch: bool = True) -> ExportedOnnx:
+def export_onnx(program: Program, *, dynamic_batch: bool = True, layout_hints: bool = True) -> ExportedOnnx:
     """The program as an ONNX model whose inputs and outputs carry its tensor names.
+
+    ``layout_hints``: insert the identity pooling that lets onnxruntime's CPU layout pass fuse a residual
+    block that starts at the partition's input (:func:`~splitinfer.onnx.layout.add_layout_hints`).
 
     Raises whatever the exporter raises when a model cannot be converted; the caller records it.
     """
@@ -248,6 +254,7 @@ def export_onnx(program: Program, *, dynamic_batch: bool = True) -> ExportedOnnx
     wanted = {old: names[s.name] for old, s in zip(graph_inputs, program.inputs, strict=True)}
     wanted.update({o.name: names[s.name] for o, s in zip(graph.output, program.outputs, strict=True)})
     _rename(model, {k: v for k, v in wanted.items() if k != v})
+    hinted = add_layout_hints(model) if layout_hints else []
     onnx.checker.check_model(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
-    return ExportedOnnx(model.SerializeToString(), int(opset), names, not reason, reason)
+    return ExportedOnnx(model.SerializeToString(), int(opset), names, not reason, reason, tuple(hinted))

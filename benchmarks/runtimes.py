@@ -8,18 +8,34 @@ fp32 model. Engines are interleaved (one sample of each per round) so that a noi
 
     python benchmarks/runtimes.py --out benchmarks/results/runtimes.json
     python benchmarks/runtimes.py --quick   # 64x64, few rounds: keeps the script from rotting in CI
+
+``--pipeline`` instead breaks down the end-to-end onnxruntime path of ``benchmarks/pipeline.py`` (the same
+cuts rule, division through the pool, device head in this process, two onnxruntime nodes, codec none): in
+interleaved rounds, local eager torch, the whole model on onnxruntime (our export, and
+``torch.onnx.export(model, dynamo=True)`` of the eager model), each partition alone in this process (with
+and without the layout hints of :mod:`splitinfer.onnx.layout`), and the split path with the head's time and
+the nodes' own step timings (compute, decode, encode, queue); what is left is transport and node overhead.
+It counts the layout operations onnxruntime's optimiser leaves in each partition and says whether the
+0.70x target is reachable: the whole model on onnxruntime plus the measured transport against 0.70x local.
+
+    python benchmarks/runtimes.py --pipeline --models resnet50 --rounds 30 --out /tmp/ort-breakdown.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import grpc
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -27,13 +43,24 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, median, write_json
 
+from edge_agent.client import NodeClient
+from server_node.process import spawn_node
 from splitinfer import zoo
+from splitinfer.codecs import encode_wire
 from splitinfer.divider import partition_at
-from splitinfer.graph import ModelGraph
-from splitinfer.onnx import build_partition_onnx
-from splitinfer.program import CompiledProgram, Program
-from splitinfer.runtime import LoadedPartition, OrtOptions, PartitionKey, RuntimeOptions
+from splitinfer.graph import ModelGraph, narrow_cuts
+from splitinfer.onnx import build_partition_onnx, export_onnx
+from splitinfer.pool import ModelPool
+from splitinfer.pool.manifest import OnnxInfo
+from splitinfer.program import CompiledProgram, Program, export_program
+from splitinfer.routing import build_route
+from splitinfer.runtime import LoadedPartition, OrtOptions, PartitionKey, RuntimeOptions, load_partition
+from splitinfer.v1 import model_server_pb2
 from splitinfer.variants import make_variant
+
+HERE = Path(__file__).resolve().parent
+#: benchmarks/pipeline.py's target for split ResNet-50 on onnxruntime against local eager torch.
+PIPELINE_ORT_TARGETS = {"resnet18": 0.75, "resnet50": 0.70}
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
@@ -132,6 +159,266 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "runtimes", "machine": machine, "parameters": parameters, "args": settings, "rows": rows}
 
 
+def _p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def _pipeline_cuts(graph: ModelGraph) -> list[int]:
+    """benchmarks/pipeline.py's cuts: the narrow cuts nearest a third and two thirds of the FLOPs."""
+    interior = narrow_cuts(graph)[1:-1]
+    first = min(interior, key=lambda c: abs(c.flops_before - graph.total_flops / 3))
+    second = min(
+        (c for c in interior if c.position > first.position),
+        key=lambda c: abs(c.flops_before - 2 * graph.total_flops / 3),
+    )
+    return [first.position, second.position]
+
+
+def _optimized_ops(model: bytes) -> dict[str, int]:
+    """Operation counts of the graph onnxruntime runs (CPU, optimisation level all, as OrtSession sets it)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+class _RawOrtServer:
+    """benchmarks/_raw_ort_chain.py in its own process: raw bytes in, the partition on onnxruntime, out."""
+
+    def __init__(self, work: Path, artifact: Path, next_address: str = "") -> None:
+        port_file = work / f"raw-{artifact.name}.port"
+        command = [sys.executable, str(HERE / "_raw_ort_chain.py"), "--port-file", str(port_file)]
+        command += ["--artifact", str(artifact)] + (["--next", next_address] if next_address else [])
+        self.process = subprocess.Popen(command)
+        deadline = time.monotonic() + 120
+        while not port_file.exists() or not port_file.read_text():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"raw onnxruntime server for {artifact} did not start")
+            time.sleep(0.05)
+        self.address = f"127.0.0.1:{port_file.read_text()}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _ort_part(key: PartitionKey, program: Program, model: bytes, names: dict[str, str]) -> LoadedPartition:
+    info = OnnxInfo(file="model.onnx", opset=18, names=names, dynamic_batch=False)
+    return LoadedPartition(key, program, onnx_model=model, onnx=info)
+
+
+def pipeline_breakdown(name: str, rounds: int, resolution: int, work: Path) -> dict[str, Any]:
+    """Where the end-to-end onnxruntime split's time goes (see the module docstring)."""
+    model, (x,) = {"resnet18": zoo.resnet18, "resnet50": zoo.resnet50}[name](resolution)
+    model.eval()
+    program = export_program(model, (x,))
+    graph = ModelGraph.build(program, (x,))
+    division = partition_at(graph, name, _pipeline_cuts(graph))
+    input_name = program.input_names[0]
+    pool = ModelPool(work / f"{name}-pool")
+    sha = pool.add_division(division, variant="fp32", division_name="default", samples=[{input_name: x}])
+    dirs: dict[str, tuple[PartitionKey, Path, str]] = {}
+    for part in division.partitions:
+        key = PartitionKey(name, "fp32", part.name)
+        dirs[part.name] = (key, work / part.name, pool.export_partition(sha, part.name, work / part.name))
+    loaded = {p: load_partition(d, s) for p, (_, d, s) in dirs.items()}
+    for p, part in loaded.items():
+        assert part.runtime == "onnxruntime", f"{p}: {part.fallback_reason}"
+    # Feeds of every partition from the interpreter's activations.
+    values: dict[str, torch.Tensor] = {input_name: x}
+    for part in division.partitions:
+        sub = division.partition_program(part.name)
+        values.update(CompiledProgram(sub)({s.name: values[s.name] for s in sub.inputs}))
+    feeds = {p.name: {s.name: values[s.name] for s in p.inputs} for p in division.partitions}
+    ops: dict[str, dict[str, int]] = {}
+    # The whole model on onnxruntime: our export (from the program) and torch.onnx.export of the eager model.
+    whole = export_onnx(program)
+    whole_part = _ort_part(PartitionKey(name, "fp32", "whole"), program, whole.model, dict(whole.names))
+    ops["whole"] = _optimized_ops(whole.model)
+    import onnxruntime as ort
+
+    direct_model = torch.onnx.export(model, (x,), dynamo=True, opset_version=18, verbose=False)
+    assert direct_model is not None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    direct_bytes = direct_model.model_proto.SerializeToString()
+    direct = ort.InferenceSession(direct_bytes, so, providers=["CPUExecutionProvider"])
+    direct_feed = {direct.get_inputs()[0].name: x.numpy()}
+    # Each partition without the layout hints, to show what they change.
+    plain: dict[str, LoadedPartition] = {}
+    for part in division.partitions:
+        sub = division.partition_program(part.name)
+        exported = export_onnx(sub, layout_hints=False)
+        plain[part.name] = _ort_part(PartitionKey(name, "fp32", part.name), sub, exported.model, dict(exported.names))
+        ops[f"{part.name} (no hints)"] = _optimized_ops(exported.model)
+        shipped = (dirs[part.name][1] / "model.onnx").read_bytes()
+        ops[part.name] = _optimized_ops(shipped)
+    head, head_out = loaded["p0"], division.partitions[0].outputs[0].name
+    nodes = [spawn_node(["--torch-threads", "1"]) for _ in division.partitions[1:]]
+    # The raw floor on onnxruntime: the same artifacts behind hand-rolled gRPC servers passing raw bytes.
+    raw_servers: list[_RawOrtServer] = []
+    for part in reversed(division.partitions[1:]):
+        raw_servers.insert(0, _RawOrtServer(work, dirs[part.name][1], raw_servers[0].address if raw_servers else ""))
+    options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
+    raw_channel = grpc.insecure_channel(raw_servers[0].address, options=options)
+    raw_call = raw_channel.unary_unary("/raw.Chain/Call")
+    steps: dict[str, list[float]] = {}
+    try:
+        for node, part in zip(nodes, division.partitions[1:], strict=True):
+            with NodeClient(node.address) as c:
+                c.load_partition(str(dirs[part.name][1]), dirs[part.name][0], dirs[part.name][2])
+        route = build_route(
+            name,
+            "fp32",
+            division.partitions[1:],
+            {p.name: [n.address] for n, p in zip(nodes, division.partitions[1:], strict=True)},
+        )
+        client = NodeClient(nodes[0].address)
+
+        def local() -> None:
+            with torch.no_grad():
+                model(x)
+
+        def split() -> None:
+            start = time.perf_counter()
+            features = head.run({input_name: x})[head_out]
+            steps.setdefault("split head p0", []).append((time.perf_counter() - start) * 1e3)
+            header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route)
+            outputs, timings = client.process_wire(header, [encode_wire(features, head_out)], timeout_s=60)
+            assert outputs
+            for t in timings:
+                for field in ("compute_ms", "decode_ms", "encode_ms", "queue_ms"):
+                    steps.setdefault(f"split node {t.partition.partition} {field}", []).append(getattr(t, field))
+
+        engines: dict[str, Callable[[], object]] = {
+            "local eager torch": local,
+            "whole ORT (our export)": lambda: whole_part.run({input_name: x}),
+            "whole ORT (torch.onnx.export of eager)": lambda: direct.run(None, direct_feed),
+        }
+        for p, part in loaded.items():
+            engines[f"{p} ORT alone"] = lambda part=part, f=feeds[p]: part.run(f)
+            engines[f"{p} ORT alone, no hints"] = lambda part=plain[p], f=feeds[p]: part.run(f)
+        engines["split ORT end to end"] = split
+
+        def raw() -> None:
+            start = time.perf_counter()
+            features = head.run({input_name: x})[head_out]
+            steps.setdefault("raw head p0", []).append((time.perf_counter() - start) * 1e3)
+            assert raw_call(features.contiguous().numpy().tobytes())
+
+        engines["raw gRPC chain on ORT"] = raw
+        samples = _interleaved(engines, rounds)
+        steps = {k: v[-rounds:] for k, v in steps.items()}  # the warm-up's steps out
+        client.close()
+    finally:
+        raw_channel.close()
+        for server in raw_servers:
+            server.stop()
+        for node in nodes:
+            node.stop()
+    ms = {k: [s * 1e3 for s in v] for k, v in samples.items()} | steps
+    medians = {k: median(v) for k, v in ms.items()}
+    p95s = {k: _p95(v) for k, v in ms.items()}
+    local_ms, split_ms = medians["local eager torch"], medians["split ORT end to end"]
+    compute = medians["split head p0"] + sum(
+        medians[f"split node {p.name} compute_ms"] for p in division.partitions[1:]
+    )
+    # Per round: the split's total less its head and its nodes' compute is what the wire and the nodes'
+    # request paths cost.
+    per_round = [
+        total * 1e3
+        - ms["split head p0"][i]
+        - sum(ms[f"split node {p.name} compute_ms"][i] for p in division.partitions[1:])
+        for i, total in enumerate(samples["split ORT end to end"])
+    ]
+    overhead = median(per_round)
+    # The raw chain reports no step times: its transport is its total less the head and the partitions alone
+    # (the same artifacts, run in the same rounds in this process); splitinfer's the same way, beside it.
+    alone = sum(medians[f"{p.name} ORT alone"] for p in division.partitions[1:])
+    raw_transport = medians["raw gRPC chain on ORT"] - medians["raw head p0"] - alone
+    split_transport_alone = split_ms - medians["split head p0"] - alone
+    target = PIPELINE_ORT_TARGETS.get(name, 0.70)
+    whole_ms = medians["whole ORT (our export)"]
+    best = whole_ms + overhead
+    raw_ms = medians["raw gRPC chain on ORT"]
+    raw_best = whole_ms + raw_transport
+    budget = target * local_ms
+
+    def reach(ms: float) -> str:
+        return f"{ms:.1f} ms = {ms / local_ms:.3f}x ({'within' if ms <= budget else 'beyond'} the target)"
+
+    verdict = (
+        f"{name}: split on ORT {split_ms:.1f} ms = {split_ms / local_ms:.3f}x local torch ({local_ms:.1f} ms); "
+        f"target {target}x = {budget:.1f} ms ({'met' if split_ms <= budget else 'NOT met'}). In the split: ORT "
+        f"compute {compute:.1f} ms (head + nodes' own step times), transport and node request paths "
+        f"{overhead:.1f} ms. Whole model on ORT alone {whole_ms:.1f} ms = {whole_ms / local_ms:.3f}x. Raw gRPC "
+        f"chain on the same ORT partitions {raw_ms:.1f} ms = {raw_ms / local_ms:.3f}x, its transport "
+        f"{raw_transport:.1f} ms against splitinfer's {split_transport_alone:.1f} ms (both: total less head less "
+        f"the partitions alone). Bounds: whole-model ORT + raw transport {reach(raw_best)}; whole-model ORT + "
+        f"splitinfer's transport {reach(best)}."
+    )
+    return {
+        "model": f"{name}@{resolution}",
+        "cuts": [str(c) for c in division.partitions],
+        "median_ms": medians,
+        "p95_ms": p95s,
+        "transport_and_node_overhead_ms": overhead,
+        "split_compute_ms": compute,
+        "best_split_ms": best,
+        "split_ratio": split_ms / local_ms,
+        "whole_ort_ratio": whole_ms / local_ms,
+        "best_split_ratio": best / local_ms,
+        "raw_ort_chain_ratio": medians["raw gRPC chain on ORT"] / local_ms,
+        "raw_transport_ms": raw_transport,
+        "raw_best_split_ms": raw_best,
+        "raw_best_split_ratio": raw_best / local_ms,
+        "split_transport_vs_alone_ms": split_transport_alone,
+        "target_ratio": target,
+        "target_reachable": best <= target * local_ms,
+        "target_met": split_ms <= target * local_ms,
+        "optimized_ops": ops,
+        "verdict": verdict,
+    }
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    console = Console(width=160)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            row = pipeline_breakdown(name, args.rounds, args.resolution, Path(tmp) / name)
+            rows.append(row)
+            table = Table(title=f"{row['model']}: split on onnxruntime, where the time goes (1 thread, batch 1)")
+            for col in ("what", "median ms", "p95 ms", "x local torch"):
+                table.add_column(col, justify="right")
+            local_ms = row["median_ms"]["local eager torch"]
+            for what, value in row["median_ms"].items():
+                table.add_row(what, f"{value:.2f}", f"{row['p95_ms'][what]:.2f}", f"{value / local_ms:.3f}")
+            table.add_row("transport + node request paths", f"{row['transport_and_node_overhead_ms']:.2f}", "", "")
+            console.print(table)
+            for part, counts in row["optimized_ops"].items():
+                console.print(f"  optimised graph {part}: {json.dumps(counts)}")
+            console.print(row["verdict"])
+    return {"benchmark": "runtimes-pipeline", "machine": machine_info(), "args": {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+    }, "onnxruntime": metadata.version("onnxruntime"), "rows": rows}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet18,resnet50")
@@ -139,11 +426,12 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="64x64, 3 rounds")
+    parser.add_argument("--pipeline", action="store_true", help="break down the pipeline's onnxruntime split")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.resolution, args.rounds = 64, 3
-    result = run(args)
+    result = run_pipeline(args) if args.pipeline else run(args)
     if args.out:
         write_json(args.out, result)
 

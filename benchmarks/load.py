@@ -104,13 +104,25 @@ class Sampler:
                 with contextlib.suppress(psutil.Error):
                     self.peak[name] = max(self.peak[name], process.memory_info().rss)
 
+    def _cpu(self) -> dict[str, float]:
+        out = {"client": time.process_time()}  # this process: the asyncio devices
+        for name, process in self._processes.items():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                out[name] = times.user + times.system
+        return out
+
     def __enter__(self) -> Sampler:
+        self._cpu_start = self._cpu()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        end = self._cpu()
+        #: CPU seconds each component used while the level ran (the client: this process).
+        self.cpu_s = {k: end[k] - v for k, v in self._cpu_start.items() if k in end}
 
 
 def _device(index: int) -> plan_pb2.DeviceState:
@@ -118,9 +130,11 @@ def _device(index: int) -> plan_pb2.DeviceState:
 
 
 async def _device_loop(
-    address: str, index: int, tensor: Any, until: float, out: dict[str, Any], model: str = MODEL
-) -> None:
-    """One device: its own connection, requests back to back until ``until``."""
+    address: str, index: int, tensor: Any, until: float, out: dict[str, Any], model: str = MODEL,
+    rpc: str = "once",
+) -> None:  # fmt: skip
+    """One device: its own connection, requests back to back until ``until`` (each an InferOnce call, or
+    with ``rpc="stream"`` an Infer stream)."""
     device = _device(index)
     latencies, errors = [], 0
     async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
@@ -130,14 +144,19 @@ async def _device_loop(
             header = frontend_pb2.InferHeader(
                 request_id=uuid.uuid4().hex, device=device, plan_id=plan.plan_id, timeout_ms=30_000
             )
-            messages = [frontend_pb2.InferRequest(header=header), frontend_pb2.InferRequest(tensor=tensor)]
             start = time.perf_counter()
             try:
-                assembler, got = TensorAssembler(), 0
-                async for response in stub.Infer(iter(messages), timeout=30):
-                    kind = response.WhichOneof("kind")
-                    if kind in ("tensor", "chunk") and assembler.add(getattr(response, kind)) is not None:
-                        got += 1
+                got = 0
+                if rpc == "once":
+                    once = frontend_pb2.InferOnceRequest(header=header, tensors=[tensor])
+                    got = len((await stub.InferOnce(once, timeout=30)).tensors)
+                else:
+                    messages = [frontend_pb2.InferRequest(header=header), frontend_pb2.InferRequest(tensor=tensor)]
+                    assembler = TensorAssembler()
+                    async for response in stub.Infer(iter(messages), timeout=30):
+                        kind = response.WhichOneof("kind")
+                        if kind in ("tensor", "chunk") and assembler.add(getattr(response, kind)) is not None:
+                            got += 1
                 if got == 0:
                     raise RuntimeError("no output")
                 latencies.append(time.perf_counter() - start)
@@ -167,7 +186,7 @@ async def _idle_stream(channel: grpc.aio.Channel, until: float, closed: list[int
 
 async def _devices(
     address: str, devices: int, seconds: float, tensor: Any, out: dict[str, Any], idle: int = 0,
-    idle_targets: tuple[str, ...] = (), model: str = MODEL,
+    idle_targets: tuple[str, ...] = (), model: str = MODEL, rpc: str = "once",
 ) -> int:  # fmt: skip
     """Runs the devices (and ``idle`` idle streams spread over ``idle_targets``); returns how many idle
     streams the servers closed."""
@@ -179,7 +198,7 @@ async def _devices(
         await asyncio.sleep(0.5)  # the idle streams are open before the first request
     start = time.perf_counter()
     until = time.monotonic() + seconds
-    await asyncio.gather(*(_device_loop(address, k, tensor, until, out, model) for k in range(devices)))
+    await asyncio.gather(*(_device_loop(address, k, tensor, until, out, model, rpc) for k in range(devices)))
     out["_elapsed_s"] = time.perf_counter() - start
     for task in idlers:
         task.cancel()
@@ -191,13 +210,13 @@ async def _devices(
 
 def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input_name: str,
               processes: dict[str, int], idle: int = 0,
-              idle_targets: tuple[str, ...] = (), model: str = MODEL) -> dict[str, Any]:  # fmt: skip
+              idle_targets: tuple[str, ...] = (), model: str = MODEL, rpc: str = "once") -> dict[str, Any]:  # fmt: skip
     """``devices`` concurrent devices, driven by one asyncio loop (threads would add GIL contention on
     the load generator's side of a small machine), beside ``idle`` streams that hold the nodes open."""
     results: dict[str, Any] = {}
     tensor = encode_tensor(x, input_name)
     with Sampler(processes) as sampler:
-        closed = asyncio.run(_devices(address, devices, seconds, tensor, results, idle, idle_targets, model))
+        closed = asyncio.run(_devices(address, devices, seconds, tensor, results, idle, idle_targets, model, rpc))
         elapsed = results.pop("_elapsed_s")  # the devices' own time, not the idle streams' set-up
     latencies = sorted(s for samples, _ in results.values() for s in samples)
     errors = sum(e for _, e in results.values())
@@ -215,6 +234,8 @@ def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input
         "p99_ms": quantile(0.99),
         "mean_ms": statistics.fmean(latencies) * 1e3 if latencies else 0.0,
         "peak_rss_bytes": dict(sampler.peak),
+        # CPU each component spent per request served (the whole level's CPU time over its requests).
+        "cpu_ms_per_request": {k: v * 1e3 / max(len(latencies), 1) for k, v in sampler.cpu_s.items()},
         "latencies_ms": [s * 1e3 for s in latencies],
     }
 
@@ -255,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-intra-op-threads", type=int, default=1,
         help="onnxruntime intra-op threads per run on the nodes, in both modes of the batching comparison",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rpc", choices=["once", "stream"], default="once",
+        help="each device's requests: InferOnce calls (one message each way) or Infer streams",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plot", type=Path, default=None,
+        help="where the levels' plot goes (default: docs/img/load.png for a full run, beside --out for --quick)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
@@ -300,14 +329,15 @@ def main(argv: list[str] | None = None) -> int:
         address = f"127.0.0.1:{port_file.read_text()}"
         processes = {"front-end": frontend.pid, "etcd": etcd.process.pid}
         processes.update({f"node{k}": n.process.pid for k, n in enumerate(nodes)})
-        run_level(address, 1, 1.0, example[0], program.input_names[0], processes)  # warm-up, not reported
+        run_level(address, 1, 1.0, example[0], program.input_names[0], processes, rpc=args.rpc)  # warm-up
         # Levels in alternating order over the rounds (1 4 16 64, then 64 16 4 1, ...), pooled per level, so
         # that drift of a shared machine does not masquerade as a trend with concurrency.
         runs: dict[int, list[dict[str, Any]]] = {d: [] for d in args.levels}
         for round_index in range(args.rounds):
             order = args.levels if round_index % 2 == 0 else list(reversed(args.levels))
             for d in order:
-                runs[d].append(run_level(address, d, args.seconds, example[0], program.input_names[0], processes))
+                runs[d].append(run_level(address, d, args.seconds, example[0], program.input_names[0], processes,
+                                         rpc=args.rpc))  # fmt: skip
         levels = [_pooled(runs[d]) for d in args.levels]
         batching.extend(_partition_stats(nodes))  # what each node's partitions ran on, and their batches
         if args.idle_streams:
@@ -316,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             for idle in (0, args.idle_streams, 0, args.idle_streams):
                 idle_runs.append(run_level(address, args.idle_devices, args.seconds, example[0],
                                            program.input_names[0], processes, idle,
-                                           tuple(n.address for n in nodes)))  # fmt: skip
+                                           tuple(n.address for n in nodes), rpc=args.rpc))  # fmt: skip
         if args.batch_devices:
             for node in nodes:
                 node.stop()
@@ -407,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"targets: {targets}")
     write_json(args.out, {
         "benchmark": "load", "machine": machine_info(), "model": MODEL, "nodes": 2, "seconds_per_level": args.seconds,
-        "parameters": {"levels": args.levels, "seconds": args.seconds, "torch_threads": 1,
+        "parameters": {"levels": args.levels, "seconds": args.seconds, "torch_threads": 1, "rpc": args.rpc,
                        "max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms},
         "levels": levels, "idle_runs": idle_runs, "idle_summary": idle_summary, "targets": targets,
         "partitions": batching,
@@ -420,12 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                                 for r in rs]},
     })  # fmt: skip
     # The full run's plot goes with docs/benchmarks.md; a quick run's stays beside its (git-ignored) JSON.
-    _plot(
-        levels,
-        args.out.with_suffix(".png")
-        if args.quick
-        else Path(__file__).resolve().parents[1] / "docs" / "img" / "load.png",
-    )
+    default_plot = Path(__file__).resolve().parents[1] / "docs" / "img" / "load.png"
+    _plot(levels, args.plot or (args.out.with_suffix(".png") if args.quick else default_plot))
     return 0
 
 
@@ -504,9 +530,10 @@ def _compare_batching(
                                       pipeline=args.batch_placement == "pipeline",
                                       intra_op_threads=args.batch_intra_op_threads))  # fmt: skip
             processes = {**base, **{f"node{k}": n.process.pid for k, n in enumerate(nodes)}}
-            run_level(address, args.batch_devices, 1.0, x, input_name, processes, model=model)  # warm-up
+            run_level(address, args.batch_devices, 1.0, x, input_name, processes, model=model, rpc=args.rpc)  # warm-up
             warm = _partition_stats(nodes)
-            run = run_level(address, args.batch_devices, args.batch_seconds, x, input_name, processes, model=model)
+            run = run_level(address, args.batch_devices, args.batch_seconds, x, input_name, processes, model=model,
+                            rpc=args.rpc)  # fmt: skip
             after = _partition_stats(nodes)
             # Node counters are cumulative: the block's own batches are after minus warm-up.
             before = {(r["node"], r["partition"]): r for r in warm}

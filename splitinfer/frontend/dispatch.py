@@ -29,13 +29,16 @@ Per request:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from opentelemetry import trace
 
@@ -49,7 +52,7 @@ from splitinfer.postprocess.apply import apply_postprocess
 from splitinfer.registry import Registry
 from splitinfer.results.client import Results, stored_result
 from splitinfer.results.keys import input_digest, shown
-from splitinfer.transport.clients import RouteClient
+from splitinfer.transport.clients import AsyncRouteClient, RouteClient
 from splitinfer.v1 import frontend_pb2, model_server_pb2, result_store_pb2, route_pb2, tensor_pb2
 
 __all__ = ["MAX_DEVICE_STEPS", "MAX_KEPT_REQUESTS", "MAX_REPORTS", "Dispatcher", "Job", "Outcome"]
@@ -112,6 +115,7 @@ class Dispatcher:
         calibration: Calibration,
         plans: PlanBook | None = None,
         postprocess: Callable[[str, str], PostprocessSpec | None] | None = None,
+        aroutes: AsyncRouteClient | None = None,
     ) -> None:
         self._registry = registry
         #: The post-processing stage of (model, variant), run here after the chain returns (a detector's
@@ -121,14 +125,86 @@ class Dispatcher:
         self._results = results
         self._calibration = calibration
         self._plans = plans
+        #: Route calls from the event loop of a grpc.aio front door (:meth:`run_async`); None: every door
+        #: runs requests through :meth:`run` on a worker thread.
+        self._aroutes = aroutes
         self._flights: dict[tuple[str, str], _Flight] = {}
         #: (caller, device, request id) -> the servers' step timings of that request, for its report.
         self._server_steps: OrderedDict[tuple[str, str, str], list[MeasuredStep]] = OrderedDict()
         self._lock = threading.Lock()
 
     def run(self, job: Job) -> Outcome:
+        """Runs ``job`` in the calling thread (blocking: the route's calls, the store)."""
         if job.reports:  # earlier requests': learnt whether this one runs, is recalled or fails
             self.learn_reports(job.issued.caller, job.issued.device_id, job.reports)
+        digest = self._check(job)
+        key = (job.caller, job.request_id)
+        stored = stored_result(self._results, job.caller, job.request_id)
+        if stored is not None:
+            return _recall(stored, digest, job.request_id)
+        flight, leader = self._board(key, digest)
+        if not leader:
+            return self._follow(flight, digest, job)
+        try:
+            flight.outcome = self._run(job, digest)
+            return flight.outcome
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            self._land(key, flight)
+
+    async def run_async(self, job: Job) -> Outcome:
+        """:meth:`run` for a ``grpc.aio`` front door, on its event loop: the route's calls go out on the
+        loop's own channels (:class:`~splitinfer.transport.clients.AsyncRouteClient`), not from a worker
+        thread through a second, synchronous gRPC stack, and only blocking work (the store, a concurrent
+        try's wait, calibration from reports, post-processing) goes to the loop's executor. The checks are
+        :meth:`run`'s, in the same order. Without an async route client: :meth:`run` on the executor."""
+        if self._aroutes is None:
+            return await _offload(self.run, job)
+        if job.reports:
+            await _offload(self.learn_reports, job.issued.caller, job.issued.device_id, job.reports)
+        digest = self._check(job)
+        key = (job.caller, job.request_id)
+        if self._results is not None:
+            stored = await _offload(stored_result, self._results, job.caller, job.request_id)
+            if stored is not None:
+                return _recall(stored, digest, job.request_id)
+        flight, leader = self._board(key, digest)
+        if not leader:
+            return await _offload(self._follow, flight, digest, job)
+        try:
+            with self._span(job) as current:
+                flight.outcome = await self._run_async(job, digest)
+                current.set_attribute("splitinfer.server_ms", flight.outcome.server_ms)
+            return flight.outcome
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            self._land(key, flight)
+
+    async def _run_async(self, job: Job, digest: str) -> Outcome:
+        assert self._aroutes is not None
+        plan = job.issued.plan
+        route = self.route_for(job.issued)
+        start = time.perf_counter()
+        wires, timings = await self._aroutes.run(route, job.tensors, request_id=job.request_id, timeout_s=job.timeout_s)
+        server_ms = (time.perf_counter() - start) * 1e3
+        delivered = [wire.to_message() for wire in wires.values()]
+        self._learn(job, timings)
+        stage = self._postprocess(plan.model, plan.variant) if self._postprocess is not None else None
+        detections: list[result_store_pb2.Detection] = []
+        if stage is None:
+            outputs = delivered
+        else:  # decode and NMS are compute: off the loop
+            outputs, detections = await _offload(apply_postprocess, stage, delivered)
+        if self._results is None:
+            return Outcome(outputs, timings, server_ms)
+        return await _offload(self._store, job, digest, outputs, detections, server_ms, timings)
+
+    def _check(self, job: Job) -> str:
+        """The request's tensors against the plan's server part; the digest of its inputs."""
         plan = job.issued.plan
         if plan.route is None or not plan.route.steps:
             raise InvalidArgument("the plan has no server part to run (it runs wholly on the device)")
@@ -140,28 +216,21 @@ class Dispatcher:
                 f"the plan's server part reads {list(wanted)}; missing {[shown(n) for n in missing[:8]]}, "
                 f"not read {[shown(n) for n in extra[:8]]}"
             )
-        digest = _digest(plan.model, job.tensors.values())
-        key = (job.caller, job.request_id)
-        stored = stored_result(self._results, job.caller, job.request_id)
-        if stored is not None:
-            return _recall(stored, digest, job.request_id)
+        return _digest(plan.model, job.tensors.values())
+
+    def _board(self, key: tuple[str, str], digest: str) -> tuple[_Flight, bool]:
+        """The flight of ``key``: this try's own (it leads) or a running one's (it follows)."""
         with self._lock:
             flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight(digest)
-        if not leader:
-            return self._follow(flight, digest, job)
-        try:
-            flight.outcome = self._run(job, digest)
-            return flight.outcome
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            with self._lock:
-                del self._flights[key]
-            flight.done.set()
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = _Flight(digest)
+            return flight, True
+
+    def _land(self, key: tuple[str, str], flight: _Flight) -> None:
+        with self._lock:
+            del self._flights[key]
+        flight.done.set()
 
     def _follow(self, flight: _Flight, digest: str, job: Job) -> Outcome:
         """Another try of a request that is running: the same answer, once it has one."""
@@ -177,6 +246,12 @@ class Dispatcher:
         return Outcome(flight.outcome.outputs, flight.outcome.timings, flight.outcome.server_ms, recalled=True)
 
     def _run(self, job: Job, digest: str) -> Outcome:
+        with self._span(job) as current:
+            outcome = self._run_traced(job, digest)
+            current.set_attribute("splitinfer.server_ms", outcome.server_ms)
+            return outcome
+
+    def _span(self, job: Job) -> AbstractContextManager[trace.Span]:
         plan = job.issued.plan
         attributes = {
             "splitinfer.request_id": job.request_id, "splitinfer.model": plan.model,
@@ -185,11 +260,8 @@ class Dispatcher:
             "splitinfer.device_partitions": ",".join(plan.device_partitions),
             "splitinfer.requirements_missed": ",".join(plan.violated),
         }  # fmt: skip
-        with tracing.span("splitinfer.frontend.request", parent=tracing.extract(job.trace_metadata),
-                          attributes=attributes, kind=trace.SpanKind.SERVER) as current:  # fmt: skip
-            outcome = self._run_traced(job, digest)
-            current.set_attribute("splitinfer.server_ms", outcome.server_ms)
-            return outcome
+        return tracing.span("splitinfer.frontend.request", parent=tracing.extract(job.trace_metadata),
+                            attributes=attributes, kind=trace.SpanKind.SERVER)  # fmt: skip
 
     def _run_traced(self, job: Job, digest: str) -> Outcome:
         issued = job.issued
@@ -203,6 +275,19 @@ class Dispatcher:
         outputs, detections = apply_postprocess(stage, list(delivered.values()))
         if self._results is None:
             return Outcome(outputs, timings, server_ms)
+        return self._store(job, digest, outputs, detections, server_ms, timings)
+
+    def _store(
+        self,
+        job: Job,
+        digest: str,
+        outputs: list[tensor_pb2.Tensor],
+        detections: list[result_store_pb2.Detection],
+        server_ms: float,
+        timings: list[model_server_pb2.StepTiming],
+    ) -> Outcome:
+        assert self._results is not None
+        plan = job.issued.plan
         stored, kept = self._results.put(
             result_store_pb2.StoredResult(
                 request_id=job.request_id,
@@ -312,6 +397,14 @@ class Dispatcher:
                 self._calibration.observe_request(owner, steps, device_id=device_id)
             except SplitInferError as exc:  # calibration never fails a request that ran
                 log.warning("request %s: calibration refused its timings: %s", shown(what), exc)
+
+
+T = TypeVar("T")
+
+
+async def _offload(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on the running loop's default executor."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
 def _runs_on_device(plan: Plan, ref: route_pb2.PartitionRef) -> bool:

@@ -37,7 +37,7 @@ from splitinfer.results.service import ResultStoreServicer
 from splitinfer.security.tls import ClientSecurity, client_security_from_dir, server_security_from_dir
 from splitinfer.transport.aio_server import ServerLimits, StreamLimiter, new_aio_server
 from splitinfer.transport.channel import bind
-from splitinfer.transport.clients import RouteClient
+from splitinfer.transport.clients import AsyncRouteClient, RouteClient
 from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S
 from splitinfer.transport.reader import StreamTimeouts
 from splitinfer.transport.reflection import enable_reflection
@@ -136,6 +136,8 @@ class RunningFrontEnd:
     activity: ActivityWindow | None = None
     #: The KServe v2 REST door, when ``http_port`` asked for one.
     rest: RunningRest | None = None
+    #: The serving loop's channels to the nodes (closed on the loop when the server has stopped).
+    aroutes: AsyncRouteClient | None = None
 
     @property
     def http_port(self) -> int | None:
@@ -160,6 +162,10 @@ class RunningFrontEnd:
 
         threading.Thread(target=renew, name="frontend-lease", daemon=True).start()
 
+    async def _close_clients(self) -> None:
+        if self.aroutes is not None:
+            await self.aroutes.close()
+
     def stop(self, grace_s: float = 5.0) -> None:
         if self._stopping.is_set():
             return
@@ -168,7 +174,7 @@ class RunningFrontEnd:
             self.registration.close()  # nodes stop accepting this front-end as a sink
         if self.rest is not None:
             self.rest.stop(grace_s)
-        self.serving.stop(grace_s, before=self.health.enter_graceful_shutdown)
+        self.serving.stop(grace_s, before=self.health.enter_graceful_shutdown, after=self._close_clients)
         if self.store is not None:
             self.store.close()
         self.registry.close()
@@ -204,7 +210,10 @@ def start_frontend(
     metrics = FrontEndMetrics()
     # One request path for both front doors.
     stages = StageLookup(lambda model, variant: pool.division(pool.resolve(model, variant, "default")))
-    dispatcher = Dispatcher(registry, routes, results, planner.calibration, plans, postprocess=stages)
+    # The FrontEndService door calls the nodes from the serving loop (its own grpc.aio channels); the OIP
+    # door's requests run on the loop's worker threads through ``routes``.
+    aroutes = AsyncRouteClient(security=client)
+    dispatcher = Dispatcher(registry, routes, results, planner.calibration, plans, postprocess=stages, aroutes=aroutes)
     timeouts = StreamTimeouts(config.first_message_timeout_s, config.idle_timeout_s)
     limits = ServerLimits(
         max_streams=config.max_streams,
@@ -294,6 +303,7 @@ def start_frontend(
         limiter,
         metrics_port,
         activity=activity,
+        aroutes=aroutes,
     )
     if config.http_port >= 0:
         tls_dir = Path(config.tls_dir) if config.tls_dir else None

@@ -15,12 +15,12 @@ from pathlib import Path
 import grpc
 
 from splitinfer import tracing
-from splitinfer.codecs import DEFAULT_LIMITS, DecodeLimits
+from splitinfer.codecs import DEFAULT_LIMITS, ChunkAssembler, DecodeLimits, WireTensor
 from splitinfer.codecs.dtypes import from_torch
 from splitinfer.controller.activity import ActivityWindow
 from splitinfer.controller.controller import read_status
 from splitinfer.errors import InvalidArgument, NotFound, Unauthenticated
-from splitinfer.frontend.dispatch import Dispatcher, Job
+from splitinfer.frontend.dispatch import Dispatcher, Job, Outcome
 from splitinfer.frontend.metrics import FrontEndMetrics, instrument
 from splitinfer.frontend.planning import PlanningService
 from splitinfer.frontend.plans import IssuedPlan, PlanBook
@@ -32,7 +32,7 @@ from splitinfer.security.interceptor import identify
 from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S, clamp_timeout_s
 from splitinfer.transport.reader import Admission, StreamTimeouts, read_stream
 from splitinfer.transport.status import set_request_id
-from splitinfer.transport.stream import stream_messages
+from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2, tensor_pb2
 
 __all__ = ["FrontEndServicer", "caller_of"]
@@ -57,8 +57,9 @@ def caller_of(tokens: TokenTable | None, context: grpc.ServicerContext, device_i
 
 class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
     """For ``grpc.aio`` servers. A stream waiting for its header or idling between tensors costs a coroutine
-    and is closed at its timeout (``timeouts``); planning and the request itself run on the loop's default
-    executor (the serving loop's bounded pool)."""
+        and is closed at its timeout (``timeouts``); planning runs on the loop's default executor (the serving
+        loop's bounded pool); a request runs on the loop (:meth:`Dispatcher.run_async`), its
+    blocking parts on that executor."""
 
     def __init__(
         self,
@@ -91,7 +92,7 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         self.activity = activity or ActivityWindow()
         self._pool_root = pool_root
         self.metrics.watch_activity(self.activity)
-        instrument(self, self.metrics, DOOR, ("Plan", "Infer", "GetFrontEndStatus", "GetModelMetadata"))
+        instrument(self, self.metrics, DOOR, ("Plan", "Infer", "InferOnce", "GetFrontEndStatus", "GetModelMetadata"))
 
     async def Plan(
         self, request: frontend_pb2.PlanRequest, context: grpc.aio.ServicerContext
@@ -171,34 +172,35 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
                 )  # fmt: skip
         return response
 
-    async def Infer(
-        self, request_iterator: AsyncIterator[frontend_pb2.InferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[frontend_pb2.InferResponse]:
-        self.metrics.requests.labels(DOOR, "Infer").inc()
-        start = time.perf_counter()
-        resolved: list[tuple[str, str, IssuedPlan]] = []
+    def _admit(
+        self, header: frontend_pb2.InferHeader, context: grpc.aio.ServicerContext, max_total_bytes: int
+    ) -> tuple[str, str, IssuedPlan, Admission]:
+        """Before any tensor is buffered: the caller, its plan, and what that plan lets it send."""
+        request_id = check_id(header.request_id, "request_id")
+        set_request_id(request_id)
+        device_id = check_id(header.device.device_id, "device_id", required=False)
+        caller = caller_of(self._tokens, context, device_id)  # type: ignore[arg-type]
+        issued = self._plans.get(header.plan_id, caller, device_id)
+        self._record(header.device)
+        wanted = set(issued.entry_tensors)
 
-        def admit(header: frontend_pb2.InferHeader) -> Admission:
-            """Before any tensor is buffered: the caller, its plan, and what that plan lets it send."""
-            request_id = check_id(header.request_id, "request_id")
-            set_request_id(request_id)
-            device_id = check_id(header.device.device_id, "device_id", required=False)
-            caller = caller_of(self._tokens, context, device_id)  # type: ignore[arg-type]
-            issued = self._plans.get(header.plan_id, caller, device_id)
-            resolved.append((caller, device_id, issued))
-            self._record(header.device)
-            wanted = set(issued.entry_tensors)
+        def precheck(tensor: tensor_pb2.Tensor) -> None:
+            if tensor.name not in wanted:
+                raise InvalidArgument(f"tensor {shown(tensor.name)} is not read by the plan; it reads {sorted(wanted)}")
 
-            def precheck(tensor: tensor_pb2.Tensor) -> None:
-                if tensor.name not in wanted:
-                    raise InvalidArgument(
-                        f"tensor {shown(tensor.name)} is not read by the plan; it reads {sorted(wanted)}"
-                    )
+        return caller, device_id, issued, Admission(precheck=precheck, max_total_bytes=max_total_bytes)
 
-            return Admission(precheck=precheck, max_total_bytes=self._max_request_bytes)
-
-        header, wires = await read_stream(request_iterator, self._timeouts, self._limits, admit=admit, what="Infer")
-        caller, device_id, issued = resolved[0]
+    async def _serve(
+        self,
+        header: frontend_pb2.InferHeader,
+        wires: dict[str, WireTensor],
+        caller: str,
+        device_id: str,
+        issued: IssuedPlan,
+        context: grpc.aio.ServicerContext,
+        start: float,
+    ) -> tuple[Outcome, frontend_pb2.InferTrace]:
+        """Runs an admitted request (Infer's and InferOnce's): its outcome and its trace."""
         timeout_ms = header.timeout_ms or int(self._default_timeout_s * 1e3)
         job = Job(
             caller=caller,
@@ -213,15 +215,55 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
             trace_metadata=trace_metadata_of(context),
         )
         with self.metrics.run_seconds.time():
-            outcome = await in_executor(self._dispatcher.run, job)
+            outcome = await self._dispatcher.run_async(job)
         if outcome.recalled:
             self.metrics.recalled.inc()
             log.info("request %s answered from the store", shown(header.request_id))
         server_ms = outcome.server_ms if not outcome.recalled else (time.perf_counter() - start) * 1e3
-        trace = frontend_pb2.InferTrace(device_ms=header.device_ms, server_ms=server_ms, steps=outcome.timings)
+        return outcome, frontend_pb2.InferTrace(device_ms=header.device_ms, server_ms=server_ms, steps=outcome.timings)
+
+    async def Infer(
+        self, request_iterator: AsyncIterator[frontend_pb2.InferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[frontend_pb2.InferResponse]:
+        self.metrics.requests.labels(DOOR, "Infer").inc()
+        start = time.perf_counter()
+        resolved: list[tuple[str, str, IssuedPlan]] = []
+
+        def admit(header: frontend_pb2.InferHeader) -> Admission:
+            caller, device_id, issued, admission = self._admit(header, context, self._max_request_bytes)
+            resolved.append((caller, device_id, issued))
+            return admission
+
+        header, wires = await read_stream(request_iterator, self._timeouts, self._limits, admit=admit, what="Infer")
+        outcome, trace = await self._serve(header, wires, *resolved[0], context, start)
         for message in stream_messages(frontend_pb2.InferResponse, outcome.outputs):
             yield message
         yield frontend_pb2.InferResponse(trace=trace)
+
+    async def InferOnce(
+        self, request: frontend_pb2.InferOnceRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.InferOnceResponse:
+        """Infer in one message each way: the same admission (caller, server-owned plan, entry tensors checked
+        before any payload is taken, byte budget) and the same request path."""
+        self.metrics.requests.labels(DOOR, "InferOnce").inc()
+        start = time.perf_counter()
+        if not request.HasField("header"):
+            raise InvalidArgument("an InferOnce request needs a header")
+        budget = min(self._max_request_bytes, ONCE_MAX_BYTES)
+        caller, device_id, issued, admission = self._admit(request.header, context, budget)
+        assembler = ChunkAssembler(self._limits, precheck=admission.precheck, max_total_bytes=admission.max_total_bytes)
+        wires: dict[str, WireTensor] = {}
+        for tensor in request.tensors:
+            complete = assembler.add(tensor)
+            if complete is None:
+                raise InvalidArgument(
+                    f"InferOnce tensor {shown(tensor.name)} is incomplete (payload shorter than declared); "
+                    "stream large tensors with Infer"
+                )
+            wires[complete.name] = complete
+        assembler.finish()
+        outcome, trace = await self._serve(request.header, wires, caller, device_id, issued, context, start)
+        return frontend_pb2.InferOnceResponse(tensors=outcome.outputs, trace=trace)
 
 
 def trace_metadata_of(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:

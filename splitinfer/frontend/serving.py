@@ -46,9 +46,14 @@ class ServingLoop:
         """Runs ``coro`` on the loop from another thread and returns its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    def stop(self, grace_s: float = 5.0, before: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+    def stop(
+        self,
+        grace_s: float = 5.0,
+        before: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        after: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
         """Runs ``before`` (graceful health shutdown, say), stops the server letting calls finish for up to
-        ``grace_s``, then the loop and the pool."""
+        ``grace_s``, runs ``after`` (closing the loop's client channels, say), then stops the loop and the pool."""
         if self._stopped:
             return
         self._stopped = True
@@ -58,6 +63,8 @@ class ServingLoop:
                 await before()
             if self.server is not None:
                 await self.server.stop(grace_s)
+            if after is not None:
+                await after()
 
         try:
             self.run(shutdown(), timeout_s=grace_s + 10)

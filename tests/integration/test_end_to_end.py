@@ -226,6 +226,66 @@ def test_front_end_refuses_bad_infer_streams_with_clear_codes(system: dict) -> N
     assert not good.device_only_fallback
 
 
+def test_infer_once_answers_as_infer_does_and_refuses_the_same(system: dict) -> None:  # type: ignore[type-arg]
+    """InferOnce (one message each way) runs the request Infer runs, stores it under the caller's id, and
+    keeps every check of the stream: header, server-owned plan bound to its device, entry tensors, whole
+    payloads."""
+    from splitinfer.codecs import decode_tensor, encode_tensor
+    from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc
+
+    agent = _agent(system, device_id="phone-once")  # not yet calibrated: its plan uses the servers
+    plan = agent.plan("two_heads", plan_pb2.Requirements(min_accuracy=0.9))
+    agent.close()
+    tensor = encode_tensor(system["x"], "x")
+    device = plan_pb2.DeviceState(device_id="phone-once")
+    with grpc.insecure_channel(system["frontend"].address) as channel:
+        stub = frontend_pb2_grpc.FrontEndServiceStub(channel)
+
+        def once(header: frontend_pb2.InferHeader, *tensors: object) -> frontend_pb2.InferOnceResponse:
+            return stub.InferOnce(frontend_pb2.InferOnceRequest(header=header, tensors=tensors), timeout=30)
+
+        def code(header: frontend_pb2.InferHeader | None, *tensors: object) -> grpc.StatusCode:
+            try:
+                stub.InferOnce(frontend_pb2.InferOnceRequest(header=header, tensors=tensors), timeout=30)
+            except grpc.RpcError as exc:
+                return exc.code()  # type: ignore[attr-defined, no-any-return]
+            return grpc.StatusCode.OK
+
+        header = frontend_pb2.InferHeader(request_id="once-1", device=device, plan_id=plan.plan_id)
+        answer = once(header, tensor)
+        streamed_header = frontend_pb2.InferHeader(request_id="once-2", device=device, plan_id=plan.plan_id)
+        messages = [frontend_pb2.InferRequest(header=streamed_header), frontend_pb2.InferRequest(tensor=tensor)]
+        streamed = [r.tensor for r in stub.Infer(iter(messages), timeout=30) if r.WhichOneof("kind") == "tensor"]
+        assert sorted(t.name for t in answer.tensors) == sorted(t.name for t in streamed)
+        assert {t.name: t.payload for t in answer.tensors} == {t.name: t.payload for t in streamed}
+        assert answer.trace.server_ms > 0 and answer.trace.steps
+        classify, _ = _expected(system)
+        linear = next(t for t in answer.tensors if t.name == "linear")
+        assert torch.allclose(decode_tensor(linear), classify, atol=1e-4)
+        # A retry with the same id is the stored result; other inputs under it are refused.
+        assert {t.name: t.payload for t in once(header, tensor).tensors} == {t.name: t.payload for t in answer.tensors}
+        other = encode_tensor(system["x"] + 1, "x")
+        assert code(header, other) == grpc.StatusCode.FAILED_PRECONDITION
+        stored = result_store_pb2_grpc.ResultStoreServiceStub(channel).GetResult(
+            result_store_pb2.GetResultRequest(request_id="once-1", caller="phone-once"), timeout=10
+        )
+        assert {t.name for t in stored.result.outputs} == {t.name for t in answer.tensors}
+        # The stream's refusals, in one message.
+        assert code(None, tensor) == grpc.StatusCode.INVALID_ARGUMENT  # no header
+        truncated = frontend_pb2.InferRequest(tensor=tensor).tensor
+        truncated.payload = truncated.payload[:10]
+        fresh = frontend_pb2.InferHeader(request_id="once-3", device=device, plan_id=plan.plan_id)
+        assert code(fresh, truncated) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(fresh, encode_tensor(system["x"], "not_an_entry")) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(fresh, tensor, tensor) == grpc.StatusCode.INVALID_ARGUMENT  # the same tensor twice
+        unknown = frontend_pb2.InferHeader(request_id="once-4", device=device, plan_id="not-a-plan-of-this-front-end")
+        assert code(unknown, tensor) == grpc.StatusCode.FAILED_PRECONDITION
+        someone_else = frontend_pb2.InferHeader(
+            request_id="once-5", device=plan_pb2.DeviceState(device_id="another-phone"), plan_id=plan.plan_id
+        )
+        assert code(someone_else, tensor) == grpc.StatusCode.FAILED_PRECONDITION  # a plan is bound to its device
+
+
 def test_front_end_cut_off_means_device_only_fallback(system: dict) -> None:  # type: ignore[type-arg]
     agent = _agent(system)
     first = agent.infer("two_heads", {"x": system["x"]})  # plans, and prefetches the fallback variant

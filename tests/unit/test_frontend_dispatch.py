@@ -3,6 +3,7 @@ retries, routes only to registered servers, calibration only from measurements."
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from splitinfer.codecs import encode_tensor
+from splitinfer.codecs import WireTensor, encode_tensor
 from splitinfer.errors import FailedPrecondition, InvalidArgument
 from splitinfer.frontend.dispatch import Dispatcher, Job
 from splitinfer.frontend.plans import PlanBook
@@ -224,3 +225,75 @@ def test_request_reports_teach_the_overhead_of_their_own_plans_only(tmp_path: Pa
     device = calibration.device("alice", profile)
     assert device.local_overhead_ms == pytest.approx(3.0, abs=0.5)
     assert dict(device.partition_factors)["m@fp32/p0"] == pytest.approx(4.0, rel=0.05)  # 8 / base 2
+
+
+class FakeAsyncRoutes:
+    """Stands in for the AsyncRouteClient: what FakeRoutes does, awaited on the loop, answering WireTensors."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.runs: list[route_pb2.Route] = []
+
+    async def run(
+        self, route: route_pb2.Route, inputs: Mapping[str, tensor_pb2.Tensor], *, request_id: str, timeout_s: float
+    ) -> tuple[dict[str, WireTensor], list[model_server_pb2.StepTiming]]:
+        self.runs.append(route)
+        count = len(self.runs)
+        await asyncio.sleep(self.delay_s)
+        out = WireTensor.from_message(encode_tensor(torch.full((2,), float(count)), "out"))
+        timing = model_server_pb2.StepTiming(partition=route.steps[0].partition, node=route.steps[0].addresses[0])
+        timing.compute_ms = 4.0
+        return {"out": out}, [timing]
+
+
+def test_the_event_loop_path_keeps_every_check_of_the_threaded_one(tmp_path: Path) -> None:
+    """run_async (the FrontEndService door's path): registered hosts only and no sink, entry tensors checked,
+    stored under the caller's id, a retry recalled, other inputs refused, concurrent tries run once, and the
+    servers' timings calibrate."""
+    from splitinfer.planner import ServerProfile
+
+    registry = EmbeddedRegistry()
+    for address in (A, B):
+        registry.register(ServerRecord(address, partitions=("m@fp32/p1",)), ttl_s=600)
+    store = ResultStore(tmp_path / "results.db")
+    calibration, book, aroutes = Calibration(), PlanBook(), FakeAsyncRoutes()
+    dispatcher = Dispatcher(
+        registry,
+        FakeRoutes(),
+        LocalResults(store),
+        calibration,
+        book,
+        aroutes=aroutes,  # type: ignore[arg-type]
+    )
+
+    async def scenario() -> None:
+        first = await dispatcher.run_async(_job(book, _plan([STRANGER, A], [B]), "alice", "r1", 1.0))
+        assert list(aroutes.runs[0].steps[0].addresses) == [A] and aroutes.runs[0].sink == ""
+        assert first.outputs[0].name == "out" and not first.recalled
+        again = await dispatcher.run_async(_job(book, _plan([A]), "alice", "r1", 1.0))
+        assert again.recalled and again.outputs[0].payload == first.outputs[0].payload and len(aroutes.runs) == 1
+        with pytest.raises(FailedPrecondition, match="other inputs"):
+            await dispatcher.run_async(_job(book, _plan([A]), "alice", "r1", 2.0))
+        job = _job(book, _plan([A]), "alice", "r2", 1.0)
+        with pytest.raises(InvalidArgument, match="not read"):
+            extra = dict(job.tensors, y=encode_tensor(torch.zeros(1), "y"))
+            await dispatcher.run_async(Job(job.caller, job.request_id, job.issued, extra, job.timeout_s))
+        with pytest.raises(FailedPrecondition, match="new plan"):
+            await dispatcher.run_async(_job(book, _plan([STRANGER]), "alice", "r3", 1.0))
+        aroutes.delay_s = 0.2
+        answers = await asyncio.gather(
+            *(dispatcher.run_async(_job(book, _plan([A]), "alice", "same", 1.0)) for _ in range(6))
+        )
+        assert len({a.outputs[0].payload for a in answers}) == 1 and sum(not a.recalled for a in answers) == 1
+        aroutes.delay_s = 0.0
+        for i in range(4):
+            await dispatcher.run_async(_job(book, _plan([A]), "alice", f"c{i}", 1.0))
+
+    try:
+        asyncio.run(scenario())
+        assert len(aroutes.runs) == 6 and store.count() == 6  # r1, same, c0..c3
+        assert store.get("r1", "alice").model == "m" and store.count() == 6
+        server = calibration.server(ServerProfile(A, 1e9))
+        assert dict(server.partition_factors)["m@fp32/p1"] == pytest.approx(2.0, rel=0.05)  # measured 4 / base 2
+    finally:
+        store.close()

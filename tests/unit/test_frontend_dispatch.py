@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -257,14 +258,8 @@ def test_the_event_loop_path_keeps_every_check_of_the_threaded_one(tmp_path: Pat
         registry.register(ServerRecord(address, partitions=("m@fp32/p1",)), ttl_s=600)
     store = ResultStore(tmp_path / "results.db")
     calibration, book, aroutes = Calibration(), PlanBook(), FakeAsyncRoutes()
-    dispatcher = Dispatcher(
-        registry,
-        FakeRoutes(),
-        LocalResults(store),
-        calibration,
-        book,
-        aroutes=aroutes,  # type: ignore[arg-type]
-    )
+    routes: Any = FakeRoutes()
+    dispatcher = Dispatcher(registry, routes, LocalResults(store), calibration, book, aroutes=aroutes)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         first = await dispatcher.run_async(_job(book, _plan([STRANGER, A], [B]), "alice", "r1", 1.0))

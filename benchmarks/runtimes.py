@@ -13,10 +13,12 @@ fp32 model. Engines are interleaved (one sample of each per round) so that a noi
 cuts rule, division through the pool, device head in this process, two onnxruntime nodes, codec none): in
 interleaved rounds, local eager torch, the whole model on onnxruntime (our export, and
 ``torch.onnx.export(model, dynamo=True)`` of the eager model), each partition alone in this process (with
-and without the layout hints of :mod:`splitinfer.onnx.layout`), and the split path with the head's time and
-the nodes' own step timings (compute, decode, encode, queue); what is left is transport and node overhead.
-It counts the layout operations onnxruntime's optimiser leaves in each partition and says whether the
-0.70x target is reachable: the whole model on onnxruntime plus the measured transport against 0.70x local.
+and without the layout hints of :mod:`splitinfer.onnx.layout`), the split path with the head's time and
+the nodes' own step timings (compute, decode, encode, queue), a raw gRPC chain on the same onnxruntime
+artifacts (benchmarks/_raw_ort_chain.py), and the split's bytes alone with no compute (stand-in partitions
+that pass on a prefix of their input at the real output shapes) through the same nodes and through a raw
+chain (benchmarks/_raw_chain.py). It counts the layout operations onnxruntime's optimiser leaves in each
+partition, and bounds the target: the whole model on onnxruntime plus the transport alone, against 0.70x.
 
     python benchmarks/runtimes.py --pipeline --models resnet50 --rounds 30 --out /tmp/ort-breakdown.json
 """
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -54,7 +57,14 @@ from splitinfer.pool import ModelPool
 from splitinfer.pool.manifest import OnnxInfo
 from splitinfer.program import CompiledProgram, Program, export_program
 from splitinfer.routing import build_route
-from splitinfer.runtime import LoadedPartition, OrtOptions, PartitionKey, RuntimeOptions, load_partition
+from splitinfer.runtime import (
+    LoadedPartition,
+    OrtOptions,
+    PartitionKey,
+    RuntimeOptions,
+    load_partition,
+    save_partition_artifact,
+)
 from splitinfer.v1 import model_server_pb2
 from splitinfer.variants import make_variant
 
@@ -195,12 +205,14 @@ def _optimized_ops(model: bytes) -> dict[str, int]:
 
 
 class _RawOrtServer:
-    """benchmarks/_raw_ort_chain.py in its own process: raw bytes in, the partition on onnxruntime, out."""
+    """benchmarks/_raw_ort_chain.py in its own process: raw bytes in, the partition on onnxruntime, out;
+    with ``interpreter``, benchmarks/_raw_chain.py (the pipeline's raw floor) on the artifact's program."""
 
-    def __init__(self, work: Path, artifact: Path, next_address: str = "") -> None:
+    def __init__(self, work: Path, artifact: Path, next_address: str = "", interpreter: bool = False) -> None:
         port_file = work / f"raw-{artifact.name}.port"
-        command = [sys.executable, str(HERE / "_raw_ort_chain.py"), "--port-file", str(port_file)]
-        command += ["--artifact", str(artifact)] + (["--next", next_address] if next_address else [])
+        script, flag = ("_raw_chain.py", "--program") if interpreter else ("_raw_ort_chain.py", "--artifact")
+        command = [sys.executable, str(HERE / script), "--port-file", str(port_file)]
+        command += [flag, str(artifact)] + (["--next", next_address] if next_address else [])
         self.process = subprocess.Popen(command)
         deadline = time.monotonic() + 120
         while not port_file.exists() or not port_file.read_text():
@@ -212,6 +224,42 @@ class _RawOrtServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+
+class _Carry(torch.nn.Module):
+    """Compute-free stand-ins for a chain's partitions: each step passes on a prefix of its input, reshaped
+    to the real partition's output shape (one slice and one copy), so that the bytes crossing every hop are
+    the real split's and what the chain costs is transport and request paths only."""
+
+    def __init__(self, shapes: list[tuple[int, ...]]) -> None:
+        super().__init__()
+        self.shapes = shapes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for shape in self.shapes:
+            x = x.reshape(-1)[: int(np.prod(shape))].reshape(shape).clone()
+        return x
+
+
+def _carry_chain(division: Any, work: Path) -> tuple[Any, dict[str, tuple[PartitionKey, Path, str]], torch.Tensor]:
+    """The division's node partitions (all but the head) as compute-free stand-ins of the same sizes."""
+    parts = division.partitions[1:]
+    if any(len(p.inputs) != 1 or len(p.outputs) != 1 for p in division.partitions):
+        raise ValueError("the transport-only chain needs one tensor between partitions")
+    first = parts[0].inputs[0]
+    x = torch.zeros(first.shape, dtype=first.dtype)
+    model = _Carry([tuple(p.outputs[0].shape) for p in parts])
+    program = export_program(model, (x,))
+    graph = ModelGraph.build(program, (x,))
+    clones = [i + 1 for i, node in enumerate(graph.nodes) if "clone" in node.op][:-1]
+    carry = partition_at(graph, "carry", clones)
+    dirs = {}
+    for spec in carry.partitions:
+        key = PartitionKey("carry", "fp32", spec.name)
+        dirs[spec.name] = (key, work / f"carry-{spec.name}", save_partition_artifact(
+            carry.partition_program(spec.name), key, work / f"carry-{spec.name}"
+        ))  # fmt: skip
+    return carry, dirs, x
 
 
 def _ort_part(key: PartitionKey, program: Program, model: bytes, names: dict[str, str]) -> LoadedPartition:
@@ -276,6 +324,13 @@ def pipeline_breakdown(name: str, rounds: int, resolution: int, work: Path) -> d
     options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
     raw_channel = grpc.insecure_channel(raw_servers[0].address, options=options)
     raw_call = raw_channel.unary_unary("/raw.Chain/Call")
+    # Transport only: the same bytes through the same nodes and through a raw chain, no compute.
+    carry, carry_dirs, carry_x = _carry_chain(division, work)
+    for part in reversed(carry.partitions):
+        next_address = raw_servers[-1].address if len(raw_servers) > len(division.partitions) - 1 else ""
+        raw_servers.append(_RawOrtServer(work, carry_dirs[part.name][1], next_address, interpreter=True))
+    carry_channel = grpc.insecure_channel(raw_servers[-1].address, options=options)
+    carry_raw_call = carry_channel.unary_unary("/raw.Chain/Call")
     steps: dict[str, list[float]] = {}
     try:
         for node, part in zip(nodes, division.partitions[1:], strict=True):
@@ -287,6 +342,16 @@ def pipeline_breakdown(name: str, rounds: int, resolution: int, work: Path) -> d
             division.partitions[1:],
             {p.name: [n.address] for n, p in zip(nodes, division.partitions[1:], strict=True)},
         )
+        for node, part in zip(nodes, carry.partitions, strict=True):
+            with NodeClient(node.address) as c:
+                c.load_partition(str(carry_dirs[part.name][1]), carry_dirs[part.name][0], carry_dirs[part.name][2])
+        carry_route = build_route(
+            "carry",
+            "fp32",
+            carry.partitions,
+            {p.name: [n.address] for n, p in zip(nodes, carry.partitions, strict=True)},
+        )
+        carry_in = carry.partitions[0].inputs[0].name
         client = NodeClient(nodes[0].address)
 
         def local() -> None:
@@ -321,11 +386,20 @@ def pipeline_breakdown(name: str, rounds: int, resolution: int, work: Path) -> d
             assert raw_call(features.contiguous().numpy().tobytes())
 
         engines["raw gRPC chain on ORT"] = raw
+
+        def carry_split() -> None:
+            header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=carry_route)
+            outputs, _ = client.process_wire(header, [encode_wire(carry_x, carry_in)], timeout_s=60)
+            assert outputs
+
+        engines["transport only: splitinfer nodes"] = carry_split
+        engines["transport only: raw gRPC chain"] = lambda: carry_raw_call(carry_x.numpy().tobytes())
         samples = _interleaved(engines, rounds)
         steps = {k: v[-rounds:] for k, v in steps.items()}  # the warm-up's steps out
         client.close()
     finally:
         raw_channel.close()
+        carry_channel.close()
         for server in raw_servers:
             server.stop()
         for node in nodes:
@@ -346,17 +420,15 @@ def pipeline_breakdown(name: str, rounds: int, resolution: int, work: Path) -> d
         for i, total in enumerate(samples["split ORT end to end"])
     ]
     overhead = median(per_round)
-    # The raw chain reports no step times: its transport is its total less the head and the partitions alone
-    # (the same artifacts, run in the same rounds in this process); splitinfer's the same way, beside it.
-    alone = sum(medians[f"{p.name} ORT alone"] for p in division.partitions[1:])
-    raw_transport = medians["raw gRPC chain on ORT"] - medians["raw head p0"] - alone
-    split_transport_alone = split_ms - medians["split head p0"] - alone
     target = PIPELINE_ORT_TARGETS.get(name, 0.70)
-    whole_ms = medians["whole ORT (our export)"]
-    best = whole_ms + overhead
-    raw_ms = medians["raw gRPC chain on ORT"]
-    raw_best = whole_ms + raw_transport
     budget = target * local_ms
+    whole_ms = medians["whole ORT (our export)"]
+    raw_ms = medians["raw gRPC chain on ORT"]
+    carry_ours = medians["transport only: splitinfer nodes"]
+    carry_raw = medians["transport only: raw gRPC chain"]
+    # Bounds: the whole model on onnxruntime (no partition edges at all) plus the transport of the split's
+    # bytes alone, through splitinfer's nodes and through the raw chain.
+    best, raw_best = whole_ms + carry_ours, whole_ms + carry_raw
 
     def reach(ms: float) -> str:
         return f"{ms:.1f} ms = {ms / local_ms:.3f}x ({'within' if ms <= budget else 'beyond'} the target)"
@@ -364,32 +436,28 @@ def pipeline_breakdown(name: str, rounds: int, resolution: int, work: Path) -> d
     verdict = (
         f"{name}: split on ORT {split_ms:.1f} ms = {split_ms / local_ms:.3f}x local torch ({local_ms:.1f} ms); "
         f"target {target}x = {budget:.1f} ms ({'met' if split_ms <= budget else 'NOT met'}). In the split: ORT "
-        f"compute {compute:.1f} ms (head + nodes' own step times), transport and node request paths "
-        f"{overhead:.1f} ms. Whole model on ORT alone {whole_ms:.1f} ms = {whole_ms / local_ms:.3f}x. Raw gRPC "
-        f"chain on the same ORT partitions {raw_ms:.1f} ms = {raw_ms / local_ms:.3f}x, its transport "
-        f"{raw_transport:.1f} ms against splitinfer's {split_transport_alone:.1f} ms (both: total less head less "
-        f"the partitions alone). Bounds: whole-model ORT + raw transport {reach(raw_best)}; whole-model ORT + "
-        f"splitinfer's transport {reach(best)}."
+        f"compute {compute:.1f} ms (head + nodes' own step times), the rest {overhead:.1f} ms. Whole model on "
+        f"ORT {whole_ms:.1f} ms = {whole_ms / local_ms:.3f}x; raw gRPC chain on the same ORT partitions "
+        f"{raw_ms:.1f} ms = {raw_ms / local_ms:.3f}x. The split's bytes alone (no compute): {carry_ours:.1f} ms "
+        f"through splitinfer's nodes, {carry_raw:.1f} ms through the raw chain. Bounds: whole-model ORT + raw "
+        f"transport {reach(raw_best)}; whole-model ORT + splitinfer's transport {reach(best)}."
     )
     return {
         "model": f"{name}@{resolution}",
         "cuts": [str(c) for c in division.partitions],
         "median_ms": medians,
         "p95_ms": p95s,
-        "transport_and_node_overhead_ms": overhead,
         "split_compute_ms": compute,
-        "best_split_ms": best,
+        "split_rest_ms": overhead,
+        "transport_only_splitinfer_ms": carry_ours,
+        "transport_only_raw_ms": carry_raw,
         "split_ratio": split_ms / local_ms,
         "whole_ort_ratio": whole_ms / local_ms,
-        "best_split_ratio": best / local_ms,
-        "raw_ort_chain_ratio": medians["raw gRPC chain on ORT"] / local_ms,
-        "raw_transport_ms": raw_transport,
-        "raw_best_split_ms": raw_best,
-        "raw_best_split_ratio": raw_best / local_ms,
-        "split_transport_vs_alone_ms": split_transport_alone,
+        "raw_ort_chain_ratio": raw_ms / local_ms,
+        "bound_whole_ort_plus_splitinfer_transport_ratio": best / local_ms,
+        "bound_whole_ort_plus_raw_transport_ratio": raw_best / local_ms,
         "target_ratio": target,
-        "target_reachable": best <= target * local_ms,
-        "target_met": split_ms <= target * local_ms,
+        "target_met": split_ms <= budget,
         "optimized_ops": ops,
         "verdict": verdict,
     }
@@ -409,7 +477,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             local_ms = row["median_ms"]["local eager torch"]
             for what, value in row["median_ms"].items():
                 table.add_row(what, f"{value:.2f}", f"{row['p95_ms'][what]:.2f}", f"{value / local_ms:.3f}")
-            table.add_row("transport + node request paths", f"{row['transport_and_node_overhead_ms']:.2f}", "", "")
+            table.add_row("split less its ORT compute", f"{row['split_rest_ms']:.2f}", "", "")
             console.print(table)
             for part, counts in row["optimized_ops"].items():
                 console.print(f"  optimised graph {part}: {json.dumps(counts)}")

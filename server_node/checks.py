@@ -126,8 +126,8 @@ class MemoryBudget:
         self._lock = threading.Lock()
         self.used_bytes = 0
 
-    @contextmanager
-    def reserve(self, nbytes: int) -> Iterator[None]:
+    def take(self, nbytes: int) -> None:
+        """Reserves ``nbytes``; ResourceExhausted when the budget cannot hold them. Pair with :meth:`give`."""
         with self._lock:
             if self.used_bytes + nbytes > self.limit_bytes:
                 raise ResourceExhausted(
@@ -135,8 +135,15 @@ class MemoryBudget:
                     f"{self.limit_bytes} bytes reserved, this request needs {nbytes}); retry later"
                 )
             self.used_bytes += nbytes
+
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self.used_bytes -= nbytes
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        self.take(nbytes)
         try:
             yield
         finally:
-            with self._lock:
-                self.used_bytes -= nbytes
+            self.give(nbytes)

@@ -132,7 +132,7 @@ class ComputePool:
         self, partition: LoadedPartition, inputs: Mapping[str, torch.Tensor], submitted: float, deadline: Deadline
     ) -> tuple[dict[str, torch.Tensor], RunTiming]:
         started = time.perf_counter()
-        deadline.check(f"while {partition.key} waited for a compute thread")
+        deadline.check("while %s waited for a compute thread", partition.key)
         try:
             with torch.no_grad():
                 outputs = partition.run(inputs)
@@ -163,7 +163,7 @@ class ComputePool:
                 raise DeadlineExceeded(f"request deadline passed while {partition.key} waited or ran") from None
         finally:
             self._count(key, -1)
-        deadline.check(f"after computing {partition.key}")
+        deadline.check("after computing %s", partition.key)
         return outputs, timing
 
     def run_here(
@@ -176,7 +176,7 @@ class ComputePool:
         if self._hook is not None or partition.batches or self.queue_length():
             return None
         ran = self._call(partition, inputs, time.perf_counter(), deadline)
-        deadline.check(f"after computing {partition.key}")
+        deadline.check("after computing %s", partition.key)
         return ran
 
     async def _run_batched(
@@ -188,7 +188,7 @@ class ComputePool:
         self._count(key, 1)
         started = time.perf_counter()
         try:
-            remaining = deadline.check(f"before {partition.key} joined a batch")
+            remaining = deadline.check("before %s joined a batch", partition.key)
             future = partition.submit(inputs, remaining)
             try:
                 outputs = await _result_within(future, remaining)
@@ -200,7 +200,7 @@ class ComputePool:
                 ) from exc
         finally:
             self._count(key, -1)
-        deadline.check(f"after computing {partition.key}")
+        deadline.check("after computing %s", partition.key)
         return outputs, RunTiming(0.0, (time.perf_counter() - started) * 1e3)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:

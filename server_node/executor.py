@@ -14,6 +14,8 @@ The deadline is checked before decoding, after compute (by the pool) and before 
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -75,6 +77,7 @@ def _tiny(partition: LoadedPartition) -> bool:
     return partition.completed >= INLINE_MIN_RUNS and partition.mean_compute_ms < INLINE_COMPUTE_MS
 
 
+_NO_CODEC = CodecSpec()
 _PLAIN_LOSSY = (tensor_pb2.LOSSY_CODEC_UNSPECIFIED, tensor_pb2.LOSSY_CODEC_NONE)
 _PLAIN_LOSSLESS = (tensor_pb2.LOSSLESS_CODEC_UNSPECIFIED, tensor_pb2.LOSSLESS_CODEC_NONE)
 
@@ -133,6 +136,9 @@ class RequestExecutor:
         self._limits = limits
         self._join_timeout_s = join_timeout_s
         self.joins = JoinTable()
+        self._default_routes: weakref.WeakKeyDictionary[LoadedPartition, tuple[route_pb2.TensorRoute, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def is_local(self, step: route_pb2.RouteStep) -> bool:
         """Whether this node runs ``step`` when it has its inputs."""
@@ -203,9 +209,7 @@ class RequestExecutor:
                     joined = await self._join(header.request_id, index, needed, state, deadline)
                     if joined is None:
                         continue  # another call completed the join and runs this step
-                routes = list(step.outputs) or [
-                    route_pb2.TensorRoute(tensor_name=spec.name, deliver=True) for spec in partition.outputs
-                ]
+                routes = step.outputs or self._deliver_all(partition)
                 local: list[int] = []
                 to_encode: list[route_pb2.TensorRoute] = []
                 for out in routes:
@@ -214,7 +218,7 @@ class RequestExecutor:
                     remote.update((c, None) for c in out.consumer_steps if c not in here)
                     if out.deliver or len(here) < len(out.consumer_steps):
                         to_encode.append(out)
-                timing = await self._run_step(step, to_encode, state, deadline)
+                timing = await self._run_step(step, partition, to_encode, state, deadline)
                 timings.append(timing)
                 yield timing
                 for out in routes:
@@ -277,45 +281,52 @@ class RequestExecutor:
             return await self._pool.offload(encode_wire, value, name, codec)
         return encode_wire(value, name, codec)
 
+    def _deliver_all(self, partition: LoadedPartition) -> tuple[route_pb2.TensorRoute, ...]:
+        """The routes of a step that names no outputs: deliver every output (built once per partition)."""
+        routes = self._default_routes.get(partition)
+        if routes is None:
+            routes = tuple(route_pb2.TensorRoute(tensor_name=spec.name, deliver=True) for spec in partition.outputs)
+            self._default_routes[partition] = routes
+        return routes
+
     async def _run_step(
         self,
         step: route_pb2.RouteStep,
+        partition: LoadedPartition,
         to_encode: list[route_pb2.TensorRoute],
         state: _State,
         deadline: Deadline,
     ) -> model_server_pb2.StepTiming:
         """Runs one partition and encodes the outputs that leave this node; returns its timing."""
-        key = key_of(step.partition)
-        partition = self._host.get(key)
         names = [s.name for s in partition.inputs]
         missing = [n for n in names if not state.has(n)]
         if missing:
-            raise InvalidArgument(f"partition {key} needs inputs {missing}, which this request did not carry")
-        deadline.check(f"before decoding the inputs of {key}")
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+            raise InvalidArgument(f"partition {partition.key} needs inputs {missing}, which this request did not carry")
+        deadline.check("before decoding the inputs of %s", partition.key)
+        start = time.perf_counter()
+        decoded = state.decoded
         for name in names:
-            if name not in state.decoded:
-                state.decoded[name] = await self._decode(state.encoded[name])
-        feeds = {name: state.decoded[name] for name in names}
-        decode_ms = (loop.time() - start) * 1e3
+            if name not in decoded:
+                decoded[name] = await self._decode(state.encoded[name])
+        feeds = {name: decoded[name] for name in names}
+        decode_ms = (time.perf_counter() - start) * 1e3
         ran = self._pool.run_here(partition, feeds, deadline) if _tiny(partition) else None
         outputs, run = ran if ran is not None else await self._pool.run(partition, feeds, deadline)
-        state.decoded.update(outputs)
-        start = loop.time()
+        decoded.update(outputs)
+        start = time.perf_counter()
         for out in to_encode:
-            if out.tensor_name not in outputs:
-                raise InvalidArgument(f"route for {key} names output {out.tensor_name!r}, which it does not produce")
-            state.encoded[out.tensor_name] = await self._encode(
-                outputs[out.tensor_name], out.tensor_name, CodecSpec.from_proto(out.encoding)
-            )
+            name = out.tensor_name
+            if name not in outputs:
+                raise InvalidArgument(f"route for {partition.key} names output {name!r}, which it does not produce")
+            codec = CodecSpec.from_proto(out.encoding) if out.HasField("encoding") else _NO_CODEC
+            state.encoded[name] = await self._encode(outputs[name], name, codec)
         return model_server_pb2.StepTiming(
             node=self._address,
             partition=step.partition,
             queue_ms=run.queue_ms,
             compute_ms=run.compute_ms,
             decode_ms=decode_ms,
-            encode_ms=(loop.time() - start) * 1e3,
+            encode_ms=(time.perf_counter() - start) * 1e3,
         )
 
 

@@ -119,8 +119,8 @@ class PartitionHost:
             loaded = [s.partition for s in self._slots.values() if s.partition is not None]
         return [(p, self._queue_length(str(p.key))) for p in loaded]
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
+    def enter(self) -> None:
+        """Counts a request in flight; ResourceExhausted at ``max_in_flight``. Pair with :meth:`leave`."""
         with self._lock:
             if self.in_flight >= self._max_in_flight:
                 self.refused += 1
@@ -128,8 +128,15 @@ class PartitionHost:
                     f"node is at its limit of {self._max_in_flight} requests in flight; retry later"
                 )
             self.in_flight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        self.enter()
         try:
             yield
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            self.leave()

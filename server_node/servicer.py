@@ -59,6 +59,9 @@ from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, te
 __all__ = ["ModelServerServicer", "add_to_server"]
 
 log = logging.getLogger("splitinfer.server")
+#: Bound on the cached byte-counter children (direction x codec: a handful in practice; a peer cycling
+#: through codec levels cannot grow the cache without bound).
+_MAX_LABEL_CHILDREN = 256
 
 
 class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
@@ -78,6 +81,11 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
     ) -> None:
         self._on_change = on_change
         self.metrics = metrics or NodeMetrics()
+        # Metric children kept, not looked up per request (``labels()`` costs microseconds per call).
+        self._requests_process = self.metrics.requests.labels("Process")
+        self._requests_once = self.metrics.requests.labels("ProcessOnce")
+        self._bytes_metrics: dict[tuple[str, int, int, int], Any] = {}
+        self._step_metrics: dict[tuple[str, str, str], tuple[str, Any, Any]] = {}
         self._config = config
         self._host = host
         self.address = address
@@ -105,27 +113,37 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         self.metrics.errors.labels(code.name).inc()
 
     def _admit(
-        self, header: model_server_pb2.RequestHeader, context: grpc.aio.ServicerContext, stack: ExitStack
-    ) -> tuple[Admission, Deadline]:
+        self, header: model_server_pb2.RequestHeader, context: grpc.aio.ServicerContext
+    ) -> tuple[Admission, Deadline, int]:
         """Everything checked on the header alone, before any payload: see the module docstring. Admission
-        (``max_in_flight``) counts from here: a stream that never sends its header holds no slot."""
+        (``max_in_flight``) counts from here: a stream that never sends its header holds no slot. On success
+        the request holds a slot and the returned bytes of the memory budget: :meth:`_release` them."""
         deadline = Deadline.from_header(header.timeout_ms, context.time_remaining(), self._config.max_timeout_s)
         set_request_id(header.request_id)
-        stack.enter_context(self._host.admit())
-        validate_route(header, self._route_limits, self.executor.may_enter)
-        self._trust.check(header.route, context.peer() or "")
-        partition = self._host.get(key_of(header.route.steps[header.entry_step].partition))
-        entry = self._entries.get(partition)
-        if entry is None:  # once per loaded partition: its precheck, byte budget and decoded input bytes
-            precheck, budget = entry_precheck(partition, self._config.max_request_bytes)
-            entry = self._entries[partition] = (precheck, budget, sum(s.nbytes for s in partition.inputs))
-        precheck, budget, decoded = entry
+        self._host.enter()
         try:
-            stack.enter_context(self.budget.reserve(budget + decoded))
-        except Exception:
-            self._host.refused += 1
+            validate_route(header, self._route_limits, self.executor.may_enter)
+            self._trust.check(header.route, context.peer() or "")
+            partition = self._host.get(key_of(header.route.steps[header.entry_step].partition))
+            entry = self._entries.get(partition)
+            if entry is None:  # once per loaded partition: its precheck, byte budget and decoded input bytes
+                precheck, budget = entry_precheck(partition, self._config.max_request_bytes)
+                entry = self._entries[partition] = (precheck, budget, sum(s.nbytes for s in partition.inputs))
+            precheck, budget, decoded = entry
+            try:
+                self.budget.take(budget + decoded)
+            except Exception:
+                self._host.refused += 1
+                raise
+        except BaseException:
+            self._host.leave()
             raise
-        return Admission(precheck, budget), deadline
+        return Admission(precheck, budget), deadline, budget + decoded
+
+    def _release(self, reserved_bytes: int) -> None:
+        """Gives back what :meth:`_admit` took."""
+        self.budget.give(reserved_bytes)
+        self._host.leave()
 
     @map_errors()
     async def Process(
@@ -133,12 +151,13 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
     ) -> AsyncIterator[bytes]:
         """Requests arrive as :class:`~splitinfer.transport.frames.StreamFrame` s, responses leave as
         serialized ProcessResponses (:func:`add_to_server` registers the frame (de)serializers)."""
-        self.metrics.requests.labels("Process").inc()
+        self._requests_process.inc()
         with ExitStack() as stack:
             admitted: list[Deadline] = []
 
             def admit(header: model_server_pb2.RequestHeader) -> Admission:
-                admission, deadline = self._admit(header, context, stack)
+                admission, deadline, reserved = self._admit(header, context)
+                stack.callback(self._release, reserved)
                 admitted.append(deadline)
                 return admission
 
@@ -162,12 +181,12 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
     async def ProcessOnce(self, request: OnceFrame, context: grpc.aio.ServicerContext) -> bytes:
         """The request arrives as an :class:`~splitinfer.transport.frames.OnceFrame`, the response leaves as
         a serialized ProcessOnceResponse."""
-        self.metrics.requests.labels("ProcessOnce").inc()
-        with ExitStack() as stack:
-            header = request.header
-            if header is None:
-                raise InvalidArgument("ProcessOnce needs a header")
-            admission, deadline = self._admit(header, context, stack)
+        self._requests_once.inc()
+        header = request.header
+        if header is None:
+            raise InvalidArgument("ProcessOnce needs a header")
+        admission, deadline, reserved = self._admit(header, context)
+        try:
             assembler = ChunkAssembler(
                 self._limits, precheck=admission.precheck, max_total_bytes=admission.max_total_bytes
             )
@@ -189,10 +208,18 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                     self._count_bytes("out", item)
                     delivered.append(item)
             return once_response(delivered, done)
+        finally:
+            self._release(reserved)
 
     def _count_bytes(self, direction: str, tensor: WireTensor) -> None:
-        codec = str(CodecSpec.from_proto(tensor.head.encoding))
-        self.metrics.bytes.labels(direction, codec).inc(tensor.nbytes)
+        encoding = tensor.head.encoding
+        key = (direction, encoding.lossy, encoding.lossless, encoding.level)
+        child = self._bytes_metrics.get(key)
+        if child is None:  # once per direction and codec (a codec is three small enums)
+            if len(self._bytes_metrics) >= _MAX_LABEL_CHILDREN:
+                self._bytes_metrics.clear()
+            child = self._bytes_metrics[key] = self.metrics.bytes.labels(direction, str(CodecSpec.from_proto(encoding)))
+        child.inc(tensor.nbytes)
 
     async def _execute(
         self,
@@ -201,29 +228,47 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         deadline: Deadline,
         metadata: Any = None,
     ) -> AsyncIterator[WireTensor | model_server_pb2.StepTiming]:
-        """The executor's output for one request, with its timings recorded in the metrics and in a trace
-        span (a child of the caller's, from the W3C trace context in ``metadata``), one child span per step."""
+        """The executor's output for one request, with its timings recorded in the metrics and, when traced
+        (:func:`splitinfer.tracing.traced`), in a trace span (a child of the caller's, from the W3C trace
+        context in ``metadata``), one child span per step."""
         deadline.check("after reading the request")
         self.metrics.in_flight.inc()
-        attributes = {"splitinfer.request_id": header.request_id, "splitinfer.node": self.address,
-                      "splitinfer.entry_step": header.entry_step}  # fmt: skip
         try:
+            if not tracing.traced(metadata):  # no span bookkeeping on the hot path when nobody traces
+                async for item in self.executor.execute(header, received, deadline):
+                    if isinstance(item, model_server_pb2.StepTiming) and item.node == self.address:
+                        self._observe(item, traced=False)
+                    yield item
+                return
+            attributes = {"splitinfer.request_id": header.request_id, "splitinfer.node": self.address,
+                          "splitinfer.entry_step": header.entry_step}  # fmt: skip
             with tracing.span("splitinfer.node.process", parent=tracing.extract(metadata), attributes=attributes,
                               kind=trace.SpanKind.SERVER):  # fmt: skip
                 async for item in self.executor.execute(header, received, deadline):
                     if isinstance(item, model_server_pb2.StepTiming) and item.node == self.address:
-                        name = str(key_of(item.partition))
-                        self.metrics.compute_seconds.labels(name).observe(item.compute_ms / 1e3)
-                        self.metrics.queue_seconds.labels(name).observe(item.queue_ms / 1e3)
-                        tracing.record_step(
-                            f"splitinfer.step {name}",
-                            {"queue": item.queue_ms, "decode": item.decode_ms, "compute": item.compute_ms,
-                             "encode": item.encode_ms},
-                            {"splitinfer.partition": name, "splitinfer.node": self.address},
-                        )  # fmt: skip
+                        self._observe(item, traced=True)
                     yield item
         finally:
             self.metrics.in_flight.dec()
+
+    def _observe(self, item: model_server_pb2.StepTiming, *, traced: bool) -> None:
+        """One step's timing in the metrics (and as a span when ``traced``)."""
+        ref = item.partition
+        children = self._step_metrics.get((ref.model, ref.variant, ref.partition))
+        if children is None:  # once per partition: labels() per call costs more than the observation
+            name = str(key_of(ref))
+            children = (name, self.metrics.compute_seconds.labels(name), self.metrics.queue_seconds.labels(name))
+            self._step_metrics[(ref.model, ref.variant, ref.partition)] = children
+        name, compute, queue = children
+        compute.observe(item.compute_ms / 1e3)
+        queue.observe(item.queue_ms / 1e3)
+        if traced:
+            tracing.record_step(
+                f"splitinfer.step {name}",
+                {"queue": item.queue_ms, "decode": item.decode_ms, "compute": item.compute_ms,
+                 "encode": item.encode_ms},
+                {"splitinfer.partition": name, "splitinfer.node": self.address},
+            )  # fmt: skip
 
     @map_errors()
     async def GetStatus(

@@ -66,10 +66,13 @@ class Deadline:
     def expired(self) -> bool:
         return self.remaining_s() <= 0
 
-    def check(self, stage: str = "") -> float:
-        """Seconds left; DeadlineExceeded naming ``stage`` once the deadline has passed."""
-        left = self.remaining_s()
+    def check(self, stage: str = "", *args: object) -> float:
+        """Seconds left; DeadlineExceeded naming ``stage`` once the deadline has passed (``stage % args`` when
+        ``args`` are given: formatted only then, as this runs several times per request)."""
+        left = self.at - self.clock()
         if left <= 0:
+            if args:
+                stage = stage % args
             where = f" {stage}" if stage else ""
             raise DeadlineExceeded(f"request deadline passed{where}")
         return left

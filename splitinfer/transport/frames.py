@@ -115,20 +115,31 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
 
 def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(field number, wire type, start of the field's key, start and end of its value) for each field; a
-    varint's value is ``_varint(buf, value_start, end)``."""
+    varint's value is ``_varint(buf, value_start, end)``. (One-byte keys and lengths, nearly all of them,
+    are read inline: this runs for every field of every data-plane message.)"""
     pos = start
     while pos < end:
         key_start = pos
-        key, pos = _varint(buf, pos, end)
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
         field, wire = key >> 3, key & 7
         if field == 0:
             raise DecodeError("malformed message: field number 0")
         value_start = pos
-        if wire == _VARINT:
-            _, pos = _varint(buf, pos, end)
-        elif wire == _LEN:
-            size, value_start = _varint(buf, pos, end)
+        if wire == _LEN:
+            if pos >= end:
+                raise DecodeError("truncated message: a varint runs past its end")
+            size = buf[pos]
+            if size < 0x80:
+                value_start = pos + 1
+            else:
+                size, value_start = _varint(buf, pos, end)
             pos = value_start + size
+        elif wire == _VARINT:
+            _, pos = _varint(buf, pos, end)
         elif wire == _I64:
             pos += 8
         elif wire == _I32:

@@ -67,3 +67,18 @@ def test_the_standard_environment_chooses_the_exporter(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert tracing._exporter_kind() == kind
+
+
+def test_traced_says_when_a_request_needs_its_spans() -> None:
+    assert tracing.traced(None)  # this process has a provider (configured above)
+    # Without one, only a caller's trace context (which must travel on) asks for span bookkeeping.
+    import subprocess
+    import sys
+
+    code = (
+        "from splitinfer import tracing;"
+        "print(tracing.traced(None), tracing.traced([('authorization', 'x')]),"
+        " tracing.traced([('traceparent', '00-' + '1' * 32 + '-' + '2' * 16 + '-01')]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["False", "False", "True"]

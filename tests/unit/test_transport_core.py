@@ -61,6 +61,8 @@ def test_deadline_checks_and_passes_on() -> None:
     with pytest.raises(DeadlineExceeded, match="after compute"):
         deadline.check("after compute")
     assert deadline.timeout_ms() == 1  # never 0: that would mean "no deadline" to the next hop
+    with pytest.raises(DeadlineExceeded, match="after computing model@v/p1"):
+        deadline.check("after computing %s", "model@v/p1")  # formatted only when it fails
 
 
 def test_attempt_budgets() -> None:

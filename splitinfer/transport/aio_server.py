@@ -17,8 +17,9 @@ A waiting or idle call costs a coroutine, not a thread. Limits:
   data plane is full.
 
 Interceptors, in order: authentication and role check (with ``security``, :class:`AioAuthInterceptor`),
-the stream caps (:class:`StreamLimiter`), and malformed-request mapping to INVALID_ARGUMENT
-(:class:`AioMalformedGuard`). ``StreamLimiter.active`` and ``.refused`` feed status and metrics.
+then the stream caps (:class:`StreamLimiter`) together with malformed-request mapping to INVALID_ARGUMENT
+(what :class:`AioMalformedGuard` does, in the limiter's one wrapping). ``StreamLimiter.active`` and
+``.refused`` feed status and metrics.
 """
 
 from __future__ import annotations
@@ -112,13 +113,30 @@ class _Wrapped:
         return wrapped
 
 
-class StreamLimiter(grpc.aio.ServerInterceptor):
-    """Caps data-plane calls in progress, in total and per peer; see the module docstring."""
+def _refuse_malformed(method: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
+    """The check of :class:`AioMalformedGuard`: INVALID_ARGUMENT for a request that did not parse."""
 
-    def __init__(self, limits: ServerLimits, on_refused: Callable[[], None] | None = None) -> None:
+    async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request: {request.error}")
+
+    return check
+
+
+class StreamLimiter(grpc.aio.ServerInterceptor):
+    """Caps data-plane calls in progress, in total and per peer; see the module docstring.
+
+    With ``guard``, it also does what :class:`AioMalformedGuard` does, in the same wrapping: one interceptor
+    and one handler layer per call instead of two (each costs an interceptor coroutine and a wrapper
+    coroutine on every call; ``new_aio_server`` uses it this way)."""
+
+    def __init__(
+        self, limits: ServerLimits, on_refused: Callable[[], None] | None = None, *, guard: bool = False
+    ) -> None:
         self._wrapped = _Wrapped()
         self._limits = limits
         self._on_refused = on_refused
+        self._guard = guard
         self._lock = threading.Lock()
         self._per_peer: dict[str, int] = {}
         #: Data-plane calls in progress.
@@ -154,8 +172,19 @@ class StreamLimiter(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or self._exempt(details.method):
-            return handler
+        if handler is None:
+            return None
+        method = details.method
+
+        def guarding() -> dict[str, Any]:
+            if not self._guard:
+                return {}
+            return {"check": _refuse_malformed(method), "request_deserializer": _tolerant(handler.request_deserializer)}
+
+        if self._exempt(method):
+            if not self._guard:
+                return handler
+            return self._wrapped.get(method, handler, lambda: rewrap_aio(handler, **guarding()))
 
         release = self._release
 
@@ -168,7 +197,7 @@ class StreamLimiter(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{refused}; retry later")
             return lambda: release(peer)
 
-        return self._wrapped.get(details.method, handler, lambda: rewrap_aio(handler, enter=slot))
+        return self._wrapped.get(method, handler, lambda: rewrap_aio(handler, enter=slot, **guarding()))
 
 
 class AioMalformedGuard(grpc.aio.ServerInterceptor):
@@ -183,15 +212,12 @@ class AioMalformedGuard(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
-
-        async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
-            if isinstance(request, _Malformed):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request: {request.error}")
-
         return self._wrapped.get(
             method,
             handler,
-            lambda: rewrap_aio(handler, check=check, request_deserializer=_tolerant(handler.request_deserializer)),
+            lambda: rewrap_aio(
+                handler, check=_refuse_malformed(method), request_deserializer=_tolerant(handler.request_deserializer)
+            ),
         )
 
 
@@ -247,9 +273,9 @@ def new_aio_server(
     event loop that will run it. Extra ``interceptors`` run after authentication and the caps;
     ``on_refused()`` is called for every call the caps refuse (for metrics)."""
     limits = limits or ServerLimits()
-    limiter = StreamLimiter(limits, on_refused)
+    limiter = StreamLimiter(limits, on_refused, guard=True)  # the caps and AioMalformedGuard's check in one
     chain: list[grpc.aio.ServerInterceptor] = [AioAuthInterceptor(security)] if security is not None else []
-    chain += [limiter, AioMalformedGuard(), *interceptors]
+    chain += [limiter, *interceptors]
     server = grpc.aio.server(
         options=[*channel_options(limits.max_message_bytes), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,

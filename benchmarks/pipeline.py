@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, median, time_call, write_json
 
 from edge_agent.client import NodeClient
+from server_node.allocator import apply_malloc_policy
+from server_node.config import NodeConfig
 from server_node.process import spawn_node
 from splitinfer.codecs import DEFAULT_CHUNK_BYTES, encode_wire
 from splitinfer.divider import partition_at
@@ -62,12 +64,22 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _malloc_args() -> list[str]:
+    """The nodes' allocator policy (NodeConfig defaults, which the spawned nodes apply) for the raw servers:
+    baselines and nodes run with the same malloc settings."""
+    defaults = NodeConfig()
+    return [
+        "--malloc-mmap-threshold-bytes", str(defaults.malloc_mmap_threshold_bytes),
+        "--malloc-trim-threshold-bytes", str(defaults.malloc_trim_threshold_bytes),
+    ]  # fmt: skip
+
+
 class RawServer:
     def __init__(
         self, work: Path, name: str, program: Path | None = None, next_address: str = "", aio: bool = False
     ) -> None:
         port_file = work / f"{name}.port"
-        command = [sys.executable, str(HERE / "_raw_chain.py"), "--port-file", str(port_file)]
+        command = [sys.executable, str(HERE / "_raw_chain.py"), "--port-file", str(port_file), *_malloc_args()]
         if program:
             command += ["--program", str(program)]
         if aio:
@@ -323,6 +335,10 @@ def main() -> int:
     parser.add_argument("--no-end-to-end", action="store_true", help="per-hop measurements only")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    # This process is the client of every path compared (raw and splitinfer alike): the same allocator
+    # settings as the servers, so that no path's client pays page faults the others do not.
+    defaults = NodeConfig()
+    apply_malloc_policy(defaults.malloc_mmap_threshold_bytes, defaults.malloc_trim_threshold_bytes)
     resolution, repeats = (64, 3) if args.quick else (224, args.repeats)
     sizes = [4 << 10, 64 << 10] if args.quick else [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
     default_sweep = [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20]

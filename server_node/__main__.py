@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from server_node.allocator import apply_malloc_policy
 from server_node.compute import ComputeHook
 from server_node.config import NodeConfig
 from server_node.server import start_node
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None, compute_hook: ComputeHook | None = None)
         return 2
     if config.tls_dir:  # other nodes, sinks and pools are called with the cluster certificate
         configure_client(client_security_from_dir(Path(config.tls_dir), "cluster"))
+    # Process-wide, so here and not in start_node (tests and tools run nodes inside other processes).
+    apply_malloc_policy(config.malloc_mmap_threshold_bytes, config.malloc_trim_threshold_bytes)
     node = start_node(config, compute_hook=compute_hook)
     try:
         for source in args.load:

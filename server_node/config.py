@@ -94,6 +94,13 @@ class NodeConfig:
     cache_dir: str = ""
     #: Seconds of the start-up compute microbenchmark (0 skips it and reports 0 FLOP/s).
     benchmark_s: float = 0.2
+    #: glibc malloc: allocations at least this large are served by mmap (fresh pages, faulted in and zeroed
+    #: on every request) instead of the heap; 0 keeps glibc's default (128 KiB, dynamic). Applied by the
+    #: splitinfer-server daemon at start (server_node.allocator); the benchmarks' raw baselines use the same.
+    malloc_mmap_threshold_bytes: int = 256 << 20
+    #: glibc malloc: free heap memory above this is returned to the kernel; 0 keeps glibc's default (128 KiB,
+    #: dynamic). Up to this much freed memory stays in the node's RSS after a burst of large requests.
+    malloc_trim_threshold_bytes: int = 1 << 30
     #: Directory with ca.pem, server.pem/key and cluster.pem/key (``make certs``): serve mutual TLS and
     #: check every caller's role. Empty: plaintext, no authentication (development only).
     tls_dir: str = ""
@@ -111,7 +118,8 @@ class NodeConfig:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         for name in (
             "compute_slots", "torch_threads", "max_request_bytes", "benchmark_s", "shutdown_grace_s",
-            "intra_op_threads", "inter_op_threads", "max_queue_delay_ms",
+            "intra_op_threads", "inter_op_threads", "max_queue_delay_ms", "malloc_mmap_threshold_bytes",
+            "malloc_trim_threshold_bytes",
         ):  # fmt: skip
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -132,6 +140,9 @@ class NodeConfig:
         unknown = [p for p in providers if p not in ("cpu", "cuda", "tensorrt")]
         if not providers or unknown:
             problems.append(f"execution_providers must list cpu, cuda or tensorrt, got {self.execution_providers!r}")
+        for name in ("malloc_mmap_threshold_bytes", "malloc_trim_threshold_bytes"):
+            if getattr(self, name) >= 1 << 31:
+                problems.append(f"{name} must be below 2 GiB (mallopt takes an int), got {getattr(self, name)}")
         if self.max_batch_size < 1:
             problems.append(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if problems:

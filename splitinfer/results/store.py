@@ -49,6 +49,8 @@ MAX_PAGE_BYTES = 3 << 20
 #: Longest page token accepted (the tokens this store issues are far shorter).
 MAX_TOKEN_CHARS = 1024
 _MAX_INT64 = (1 << 63) - 1
+#: Retention recounts the stored rows every this many puts (another process may write the same file).
+RECOUNT_EVERY = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,11 @@ class ResultStore:
         self._migrate()
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        #: Rows stored, kept here so that retention does not count the table on every put (COUNT(*) scans
+        #: an index: 1.2 ms per put at 100k rows); recounted every ``RECOUNT_EVERY`` puts, for writers in
+        #: other processes.
+        self._rows = self._count_rows()
+        self._puts = 0
         #: The boxes of detection results, one record per box (splitinfer.results.detections).
         self.detections = DetectionStore(path)
 
@@ -150,19 +157,27 @@ class ResultStore:
             )
         return False, kept
 
+    def _count_rows(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
     def _apply_retention(self) -> bool:
-        """Deletes results past retention; True when any was deleted (their detections go with them)."""
+        """After an insert (under the lock): deletes results past retention; True when any was deleted
+        (their detections go with them)."""
+        self._puts += 1
+        self._rows = self._count_rows() if self._puts % RECOUNT_EVERY == 0 else self._rows + 1
         deleted = 0
         if self.max_age_s > 0:
             cutoff = int((time.time() - self.max_age_s) * 1000)
             deleted += self._db.execute("DELETE FROM results WHERE created_unix_ms < ?", (cutoff,)).rowcount
-        (count,) = self._db.execute("SELECT COUNT(*) FROM results").fetchone()
-        if count > self.max_rows:
-            deleted += self._db.execute(
+            self._rows -= deleted
+        if self._rows > self.max_rows:
+            pruned = self._db.execute(
                 "DELETE FROM results WHERE rowid IN (SELECT rowid FROM results "
                 "ORDER BY created_unix_ms ASC, caller ASC, request_id ASC LIMIT ?)",
-                (count - self.max_rows,),
+                (self._rows - self.max_rows,),
             ).rowcount
+            deleted += pruned
+            self._rows -= pruned
         return deleted > 0
 
     def get(self, request_id: str, caller: str | None = None) -> result_store_pb2.StoredResult:
@@ -229,7 +244,7 @@ class ResultStore:
 
     def count(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+            return self._count_rows()
 
 
 def _encode_token(last: result_store_pb2.StoredResult) -> str:

@@ -72,6 +72,36 @@ def test_retention_keeps_the_newest(tmp_path: Path) -> None:
     assert aged.count() == 1 and aged.get("r0002")
 
 
+def test_retention_counts_without_scanning_and_sees_other_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention keeps its row count in memory (no COUNT(*) per put), starts from the file's rows when
+    opened, and recounts every RECOUNT_EVERY puts so rows another process wrote are pruned too."""
+    from splitinfer.results import store as store_module
+
+    monkeypatch.setattr(store_module, "RECOUNT_EVERY", 4)
+    path = tmp_path / "results.db"
+    first = ResultStore(path, max_rows=100)
+    for i in range(8):
+        first.put(_result(i))
+    first.close()
+    reopened = ResultStore(path, max_rows=10)  # knows the 8 rows already there
+    other = ResultStore(path, max_rows=1000)  # another writer of the same file
+    for i in range(8, 14):
+        other.put(_result(i))
+    reopened.put(_result(14))  # its count says 9: nothing pruned yet
+    assert reopened.count() == 15
+    for i in range(15, 18):
+        reopened.put(_result(i))  # the 4th put recounts: 18 rows, the oldest 8 go
+    assert reopened.count() == 10
+    with pytest.raises(NotFound):
+        reopened.get("r0007")
+    assert reopened.get("r0008") and reopened.get("r0017")
+    for i in range(18, 30):
+        reopened.put(_result(i))
+    assert reopened.count() == 10 and reopened.get("r0020")
+
+
 def test_results_belong_to_their_caller(tmp_path: Path) -> None:
     store = ResultStore(tmp_path / "results.db")
     mine = _result(1, device="d1")

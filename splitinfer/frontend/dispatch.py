@@ -167,7 +167,10 @@ class Dispatcher:
         digest = self._check(job)
         key = (job.caller, job.request_id)
         if self._results is not None:
-            stored = await _offload(stored_result, self._results, job.caller, job.request_id)
+            if self._results.reads_in_process:  # a local read: cheaper here than the hop to a worker
+                stored = stored_result(self._results, job.caller, job.request_id)
+            else:
+                stored = await _offload(stored_result, self._results, job.caller, job.request_id)
             if stored is not None:
                 return _recall(stored, digest, job.request_id)
         flight, leader = self._board(key, digest)

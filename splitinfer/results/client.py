@@ -17,6 +17,10 @@ __all__ = ["LocalResults", "RemoteResults", "Results", "stored_result"]
 
 
 class Results(Protocol):
+    #: ``get`` answers from this process without waiting on I/O or a lock a put holds (an event loop may
+    #: call it itself); False: call it from a worker thread.
+    reads_in_process: bool
+
     def put(self, result: result_store_pb2.StoredResult) -> tuple[bool, result_store_pb2.StoredResult]:
         """Stores ``result`` unless its (caller, request id) is taken; whether it was stored, and the result
         stored under that key. FailedPrecondition when the stored one answered other inputs."""
@@ -36,6 +40,8 @@ def stored_result(results: Results | None, caller: str, request_id: str) -> resu
 
 
 class LocalResults:
+    reads_in_process = True  # the store's reads never wait for its writer (WAL, a reader per thread)
+
     def __init__(self, store: ResultStore) -> None:
         self.store = store
 
@@ -47,6 +53,8 @@ class LocalResults:
 
 
 class RemoteResults:
+    reads_in_process = False  # a blocking call to the ResultStoreService
+
     def __init__(self, address: str, timeout_s: float = 10.0, security: ClientSecurity | None = None) -> None:
         self.address = address
         self._timeout_s = timeout_s

@@ -82,6 +82,11 @@ class ResultStore:
         #: other processes.
         self._rows = self._count_rows()
         self._puts = 0
+        #: :meth:`get` reads through a connection of its thread's own, without the writer's lock: in WAL
+        #: mode a read never waits for a put's commit (fsync), so an event loop may look results up itself.
+        self._readers = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         #: The boxes of detection results, one record per box (splitinfer.results.detections).
         self.detections = DetectionStore(path)
 
@@ -104,6 +109,10 @@ class ResultStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._readers_lock:
+            for reader in self._reader_connections:
+                reader.close()
+            self._reader_connections.clear()
         self.detections.close()
 
     def put(self, result: result_store_pb2.StoredResult) -> bool:
@@ -157,6 +166,17 @@ class ResultStore:
             )
         return False, kept
 
+    def _reader(self) -> sqlite3.Connection:
+        reader: sqlite3.Connection | None = getattr(self._readers, "connection", None)
+        if reader is None:
+            # Used by this thread only; closed by close() from any thread.
+            reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA query_only=ON")
+            self._readers.connection = reader
+            with self._readers_lock:
+                self._reader_connections.append(reader)
+        return reader
+
     def _count_rows(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
@@ -182,17 +202,18 @@ class ResultStore:
 
     def get(self, request_id: str, caller: str | None = None) -> result_store_pb2.StoredResult:
         """The result of ``caller``'s request ``request_id``; with ``caller`` None, the newest result stored
-        under that id by any caller (operators, tests)."""
-        with self._lock:
-            if caller is None:
-                row = self._db.execute(
-                    "SELECT body FROM results WHERE request_id = ? ORDER BY created_unix_ms DESC LIMIT 1",
-                    (request_id,),
-                ).fetchone()
-            else:
-                row = self._db.execute(
-                    "SELECT body FROM results WHERE caller = ? AND request_id = ?", (caller, request_id)
-                ).fetchone()
+        under that id by any caller (operators, tests). Never waits for a put in progress (it sees the
+        results committed before it)."""
+        reader = self._reader()
+        if caller is None:
+            row = reader.execute(
+                "SELECT body FROM results WHERE request_id = ? ORDER BY created_unix_ms DESC LIMIT 1",
+                (request_id,),
+            ).fetchone()
+        else:
+            row = reader.execute(
+                "SELECT body FROM results WHERE caller = ? AND request_id = ?", (caller, request_id)
+            ).fetchone()
         if row is None:
             raise NotFound(f"no result stored for request {shown(request_id)}")
         return result_store_pb2.StoredResult.FromString(row[0])

@@ -201,3 +201,21 @@ def test_a_database_from_before_callers_is_migrated(tmp_path: Path) -> None:
     store = ResultStore(path)
     assert store.get("r0001", "d7").device_id == "d7"  # now its device's result
     assert store.put(_result(2)) and store.count() == 2
+
+
+def test_a_read_never_waits_for_the_writer(tmp_path: Path) -> None:
+    """get reads through its thread's own connection: a put holding the writer's lock (committing, fsync)
+    does not hold up a lookup, which sees every committed result (an event loop calls it itself)."""
+    import threading
+
+    store = ResultStore(tmp_path / "results.db")
+    store.put(_result(1))
+    looked_up: list[str] = []
+    with store._lock:  # a put in progress
+        reader = threading.Thread(target=lambda: looked_up.append(store.get("r0001").request_id))
+        reader.start()
+        reader.join(timeout=5)
+        assert looked_up == ["r0001"]
+    store.put(_result(2))
+    assert store.get("r0002").request_id == "r0002"  # this thread's reader sees the new commit
+    store.close()

@@ -1,7 +1,7 @@
 """Calls to other nodes and to sinks, on ``grpc.aio``: replica choice and retries by the one policy
 (:mod:`splitinfer.transport.retry`), payloads relayed from the buffers they arrived in.
 
-A forwarded call whose tensors add up to at most ``ONCE_MAX_BYTES`` goes as one ``ProcessOnce``; larger ones
+A forwarded call whose tensors add up to at most ``HOP_ONCE_MAX_BYTES`` goes as one ``ProcessOnce``; larger ones
 stream through ``Process``, each tensor cut into chunks straight from its buffer. Every attempt carries its
 budget as its gRPC timeout and in its header, so a hung replica is abandoned for the next one and its late
 answer discarded. When the request is cancelled (its caller went away, or a sibling branch failed), the

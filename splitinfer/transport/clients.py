@@ -29,7 +29,7 @@ from splitinfer.transport.channel import MAX_MESSAGE_BYTES, open_aio_channel, op
 from splitinfer.transport.deadline import Deadline
 from splitinfer.transport.retry import RetryPolicy, call_replicas, call_replicas_sync
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import ONCE_MAX_BYTES
+from splitinfer.transport.stream import HOP_ONCE_MAX_BYTES
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["AsyncRouteClient", "NodeClient", "RouteClient", "partition_ref", "process_call"]
@@ -47,7 +47,7 @@ class NodeClient:
         address: str,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
-        once_max_bytes: int = ONCE_MAX_BYTES,
+        once_max_bytes: int = HOP_ONCE_MAX_BYTES,
         security: ClientSecurity | None = None,
     ) -> None:
         self.address = address
@@ -266,7 +266,7 @@ async def process_call(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     limits: DecodeLimits = DEFAULT_LIMITS,
-    once_max_bytes: int = ONCE_MAX_BYTES,
+    once_max_bytes: int = HOP_ONCE_MAX_BYTES,
     metadata: Sequence[tuple[str, str]] = (),
 ) -> list[WireTensor | model_server_pb2.StepTiming]:
     """One call of a node's ProcessOnce (tensors up to ``once_max_bytes`` together) or Process (chunked from

@@ -9,7 +9,12 @@
    against a raw gRPC echo of the same bytes, sampled alternately after a warm-up: medians, p95,
    throughput; targets >= 0.8x the raw throughput from 1 MiB, <= 1.3x the raw latency at 4 KiB.
 3. Chunk sizes: the per-hop sizes from 1 MiB timed again with chunks of 256 KiB to 4 MiB (client and
-   node alike), to choose DEFAULT_CHUNK_BYTES by measurement.
+   node alike), to choose DEFAULT_CHUNK_BYTES by measurement (only tensors above HOP_ONCE_MAX_BYTES, 16 MiB,
+   are chunked: smaller ones go as one ProcessOnce).
+
+Every process runs with the nodes' malloc policy (NodeConfig.malloc_*_threshold_bytes, applied by the
+nodes' daemon, by _raw_chain.py from its flags, and by this client process): baselines and splitinfer
+share one allocator setting.
 
     python benchmarks/pipeline.py --out benchmarks/results/pipeline.json
 """

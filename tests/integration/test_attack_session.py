@@ -1,0 +1,373 @@
+"""An attack on this session's data-plane changes (issues #13, #15), as a hostile or careless client would.
+
+The front-end now runs requests on its event loop (``Dispatcher.run_async``) with a unary ``InferOnce``; the
+nodes take and give admission slots and memory budget by hand (``PartitionHost.enter/leave``,
+``MemoryBudget.take/give``) and hop up to ``HOP_ONCE_MAX_BYTES`` (16 MiB) as one ``ProcessOnce``. Real servers
+on port 0 (in-process nodes and front-ends, so a test can read their in-flight counts and budgets; a hung
+replica is a node whose event loop is blocked, as a SIGSTOP would leave it).
+
+Tests marked ``xfail(strict=True)`` are bugs found by this attack (see each reason); the others are
+properties that hold and must keep holding.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import torch
+from torch import nn
+
+from server_node.config import NodeConfig
+from server_node.server import RunningNode, start_node
+from splitinfer.codecs import decode_tensor, encode_tensor
+from splitinfer.divider import partition_at
+from splitinfer.errors import ResourceExhausted, SplitInferError
+from splitinfer.frontend.server import FrontEndConfig, RunningFrontEnd, start_frontend
+from splitinfer.graph import ModelGraph
+from splitinfer.program import export_program
+from splitinfer.routing import build_route
+from splitinfer.transport.clients import NodeClient
+from splitinfer.transport.stream import ONCE_MAX_BYTES
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, tensor_pb2
+from tests.integration._system import MODEL, SmallSystem, small_system
+from tests.integration.test_data_plane import _save
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Longest status message a refusal may carry (the developers' guide: bounded messages).
+MAX_DETAILS = 1024
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallSystem]:
+    with small_system(tmp_path_factory.mktemp("attack"), variants=("fp32",)) as running:
+        yield running
+
+
+def _device(name: str) -> plan_pb2.DeviceState:
+    return plan_pb2.DeviceState(device_id=name, compute_flops=0, uplink_mbps=1000, rtt_ms=1)
+
+
+class Door:
+    """InferOnce against one front-end as device ``device``, answering (code, details, seconds)."""
+
+    def __init__(self, frontend: RunningFrontEnd, device: str) -> None:
+        self.device = device
+        self.channel = grpc.insecure_channel(frontend.address)
+        self.stub = frontend_pb2_grpc.FrontEndServiceStub(self.channel)
+        self.plan = self.stub.Plan(frontend_pb2.PlanRequest(model=MODEL, device=_device(device)), timeout=30).plan
+        assert list(self.plan.entry_tensors), "the plan must use the servers"
+
+    def header(self, request_id: str, timeout_ms: int = 10_000, **fields: object) -> frontend_pb2.InferHeader:
+        values: dict[str, object] = {"device": _device(self.device), "plan_id": self.plan.plan_id, **fields}
+        return frontend_pb2.InferHeader(request_id=request_id, timeout_ms=timeout_ms, **values)  # type: ignore[arg-type]
+
+    def once(
+        self, header: frontend_pb2.InferHeader | None, tensors: list[tensor_pb2.Tensor], client_timeout_s: float = 20
+    ) -> tuple[grpc.StatusCode, str, float]:
+        start = time.monotonic()
+        try:
+            self.stub.InferOnce(frontend_pb2.InferOnceRequest(header=header, tensors=tensors), timeout=client_timeout_s)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details() or "", time.monotonic() - start
+        return grpc.StatusCode.OK, "", time.monotonic() - start
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _hang(nodes: list[RunningNode], seconds: float) -> None:
+    """Every node stops answering for ``seconds`` (its event loop is blocked, as a SIGSTOPped process)."""
+    for node in nodes:
+        node.loop.call_soon_threadsafe(time.sleep, seconds)
+
+
+def _settled(nodes: list[RunningNode], timeout_s: float = 5.0) -> tuple[list[int], list[int]]:
+    """The nodes' admission slots and budget bytes in use, once they stop moving (or at ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        slots = [n.host.in_flight for n in nodes]
+        used = [n.servicer.budget.used_bytes for n in nodes]
+        if (not any(slots) and not any(used)) or time.monotonic() > deadline:
+            return slots, used
+        time.sleep(0.05)
+
+
+def _raw(like: tensor_pb2.Tensor, name: str, payload_bytes: int, shape: list[int] | None = None) -> tensor_pb2.Tensor:
+    """A tensor like ``like`` with an honest payload size of ``payload_bytes`` and the given shape."""
+    tensor = tensor_pb2.Tensor()
+    tensor.CopyFrom(like)
+    tensor.name = name
+    tensor.payload = b"\0" * payload_bytes
+    tensor.payload_size_bytes = payload_bytes
+    del tensor.shape[:]
+    tensor.shape.extend(shape if shape is not None else [payload_bytes // 4])
+    return tensor
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Properties that hold
+
+
+def test_infer_once_hostile_inputs_get_the_right_code_a_bounded_message_and_leak_nothing(system: SmallSystem) -> None:
+    door = Door(system.frontend, "attacker-inputs")
+    good = encode_tensor(system.example, system.input_name)
+    try:
+        cases: dict[str, tuple[frontend_pb2.InferHeader | None, list[tensor_pb2.Tensor], grpc.StatusCode]] = {
+            "payload at the 2 MiB bound, wrong shape": (
+                door.header("a-1"), [_raw(good, system.input_name, ONCE_MAX_BYTES)], grpc.StatusCode.INVALID_ARGUMENT),
+            # Over the bound: INVALID_ARGUMENT naming the budget, as docs/reliability.md has max_request_bytes.
+            "payload one element over 2 MiB": (
+                door.header("a-2"), [_raw(good, system.input_name, ONCE_MAX_BYTES + 4)],
+                grpc.StatusCode.INVALID_ARGUMENT),
+            "payload far over 2 MiB": (
+                door.header("a-3"), [_raw(good, system.input_name, 3 * ONCE_MAX_BYTES)],
+                grpc.StatusCode.INVALID_ARGUMENT),
+            "payload shorter than declared": (
+                door.header("a-4"), [_raw(good, system.input_name, 64)], grpc.StatusCode.INVALID_ARGUMENT),
+            "negative dimension": (
+                door.header("a-5"), [_raw(good, system.input_name, 16, [-4])], grpc.StatusCode.INVALID_ARGUMENT),
+            "shape larger than the model's": (
+                door.header("a-6"), [_raw(good, system.input_name, 4 * 3 * 64 * 64, [1, 3, 64, 64])],
+                grpc.StatusCode.INVALID_ARGUMENT),
+            "right size, wrong shape": (
+                door.header("a-7"), [_raw(good, system.input_name, len(good.payload), [len(good.payload) // 4])],
+                grpc.StatusCode.INVALID_ARGUMENT),
+            "duplicate tensor names": (door.header("a-8"), [good, good], grpc.StatusCode.INVALID_ARGUMENT),
+            "a tensor the plan does not read": (
+                door.header("a-9"), [good, _raw(good, "not_read", 16)], grpc.StatusCode.INVALID_ARGUMENT),
+            "no tensors": (door.header("a-10"), [], grpc.StatusCode.INVALID_ARGUMENT),
+            "no header": (None, [good], grpc.StatusCode.INVALID_ARGUMENT),
+            "made-up plan id": (door.header("a-11", plan_id="made-up"), [good], grpc.StatusCode.FAILED_PRECONDITION),
+            "another device's plan": (
+                door.header("a-12", device=_device("someone-else")), [good], grpc.StatusCode.FAILED_PRECONDITION),
+            "request id over 128 bytes": (door.header("x" * 4000), [good], grpc.StatusCode.INVALID_ARGUMENT),
+            "no request id": (door.header(""), [good], grpc.StatusCode.INVALID_ARGUMENT),
+            "1 ms for the server part": (door.header("a-13", timeout_ms=1), [good], grpc.StatusCode.DEADLINE_EXCEEDED),
+        }  # fmt: skip
+        for what, (header, tensors, expected) in cases.items():
+            code, details, _ = door.once(header, tensors)
+            assert code == expected, f"{what}: {code} {details!r}"
+            assert len(details) <= MAX_DETAILS, f"{what}: a {len(details)}-character message"
+            if "over 2 MiB" in what:
+                assert f"budget of {ONCE_MAX_BYTES}" in details, details
+        # Absurd but legal timeouts are clamped, not refused; the front-end survived all of the above.
+        for request_id, timeout_ms in (("t-huge", 2**64 - 1), ("t-none", 0)):
+            code, details, _ = door.once(door.header(request_id, timeout_ms=timeout_ms), [good])
+            assert code == grpc.StatusCode.OK, f"timeout_ms={timeout_ms}: {code} {details!r}"
+        assert _settled(system.nodes) == ([0] * len(system.nodes), [0] * len(system.nodes))
+    finally:
+        door.close()
+
+
+def test_infer_once_then_infer_with_the_same_id_is_one_stored_request(system: SmallSystem) -> None:
+    assert system.frontend.store is not None
+    door = Door(system.frontend, "attacker-doors")
+    good = encode_tensor(system.example, system.input_name)
+    other = encode_tensor(system.example + 1, system.input_name)
+    try:
+        before = system.frontend.store.count()
+        assert door.once(door.header("both-doors"), [good])[0] == grpc.StatusCode.OK
+        header = door.header("both-doors")
+        messages = [frontend_pb2.InferRequest(header=header), frontend_pb2.InferRequest(tensor=good)]
+        streamed = [r for r in door.stub.Infer(iter(messages), timeout=20) if r.WhichOneof("kind") == "tensor"]
+        assert streamed
+        assert system.frontend.store.count() == before + 1  # answered from the store, not stored twice
+        with pytest.raises(grpc.RpcError) as refused:
+            other_messages = [frontend_pb2.InferRequest(header=header), frontend_pb2.InferRequest(tensor=other)]
+            list(door.stub.Infer(iter(other_messages), timeout=20))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert door.once(door.header("both-doors"), [other])[0] == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        door.close()
+
+
+def test_calls_cancelled_mid_flight_give_back_every_slot_and_byte(system: SmallSystem) -> None:
+    """A client that gives up (its deadline) while the replicas hang: the nodes' admission slots and memory
+    budget come back to zero, and the same id runs afterwards (nothing half-stored under it)."""
+    door = Door(system.frontend, "attacker-cancel")
+    good = encode_tensor(system.example, system.input_name)
+    try:
+        assert door.once(door.header("warm"), [good])[0] == grpc.StatusCode.OK
+        _hang(system.nodes, 1.5)
+        with ThreadPoolExecutor(8) as pool:
+            tries = [pool.submit(door.once, door.header(f"gives-up-{i}"), [good], 0.3) for i in range(8)]
+            codes = {t.result()[0] for t in tries}
+        assert codes <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+        time.sleep(1.5)  # the nodes wake up and see the cancelled calls
+        assert _settled(system.nodes) == ([0] * len(system.nodes), [0] * len(system.nodes))
+        for i in range(8):
+            code, details, _ = door.once(door.header(f"gives-up-{i}"), [good])
+            assert code == grpc.StatusCode.OK, details
+    finally:
+        door.close()
+
+
+@pytest.fixture(scope="module")
+def strict_node() -> Iterator[RunningNode]:
+    """A node with one admission slot and a small memory budget, hosting the small system's partitions."""
+    node = start_node(
+        NodeConfig(torch_threads=1, benchmark_s=0, max_in_flight=1, max_streams=8, max_streams_per_peer=8)
+    )
+    yield node
+    node.stop(0.5)
+
+
+def test_every_refusal_between_enter_and_leave_gives_the_slot_back(strict_node: RunningNode, tmp_path: Path) -> None:
+    """A node with ONE admission slot: after each kind of request that fails once the slot is taken (unknown
+    partition, a tensor the step does not read, truncated payload, wrong shape, a deadline passed), the
+    next good request is still admitted, so no path between ``enter`` and ``leave`` keeps the slot."""
+    node = strict_node
+    division = _grow_division(tmp_path, whole=True)
+    assert len(division["division"].partitions) == 1
+    key, path, sha = division["saved"]["p0"]
+    with NodeClient(node.address) as client:
+        client.load_partition(str(path), key, sha)
+    route = build_route("grow", "fp32", division["division"].partitions[:1], {"p0": [node.address]})
+    x = encode_tensor(division["x"], "x")
+
+    def header(**fields: object) -> model_server_pb2.RequestHeader:
+        values: dict[str, object] = {"route": route, **fields}
+        return model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, **values)  # type: ignore[arg-type]
+
+    unknown = build_route("nothing", "fp32", division["division"].partitions[:1], {"p0": [node.address]})
+    truncated = tensor_pb2.Tensor()
+    truncated.CopyFrom(x)
+    truncated.payload = truncated.payload[:10]
+    bad = {  # what fails, the header, the tensors, the client's timeout (it sets the header's timeout_ms)
+        "unknown partition": (header(route=unknown), [x], 10.0),
+        "a tensor the step does not read": (header(), [x, _raw(x, "not_read", 16)], 10.0),
+        "truncated payload": (header(), [truncated], 10.0),
+        "wrong shape": (header(), [_raw(x, "x", len(x.payload), [len(x.payload) // 4])], 10.0),
+        "entry step out of the route": (header(entry_step=7), [x], 10.0),
+        "a 1 ms deadline": (header(), [x], 0.001),
+    }
+    with NodeClient(node.address) as client:
+        for what, (request, tensors, timeout_s) in bad.items():
+            for _ in range(3):
+                try:
+                    client.process(request, tensors, timeout_s=timeout_s)
+                except ResourceExhausted as exc:
+                    pytest.fail(f"after {what}: the slot leaked: {exc}")
+                except SplitInferError:
+                    pass
+                else:
+                    pytest.fail(f"{what} was accepted")
+            outputs, _ = client.process(header(), [x], timeout_s=10)
+            assert "mean" in outputs, f"after {what}"
+    assert (node.host.in_flight, node.servicer.budget.used_bytes) == (0, 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bugs found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Dispatcher.run_async parks every concurrent try of one request id on an executor thread "
+    "(_offload(self._follow) -> threading.Event.wait(timeout_s)); the leader then needs that same pool to store "
+    "its result (_offload(self._store)), so a handful of same-id retries (grpc_workers of them, 32 by default) "
+    "starve the pool: the leader waits until the followers time out and they answer FAILED_PRECONDITION",
+)
+def test_concurrent_tries_of_one_id_never_starve_the_front_end(system: SmallSystem, tmp_path: Path) -> None:
+    frontend = start_frontend(
+        FrontEndConfig(pool_dir=str(system.pool.root), results_db=str(tmp_path / "results.db"), grpc_workers=2),
+        registry=system.registry,
+    )
+    door = Door(frontend, "attacker-flood")
+    good = encode_tensor(system.example, system.input_name)
+    try:
+        assert door.once(door.header("warm"), [good])[0] == grpc.StatusCode.OK
+        _hang(system.nodes, 0.5)  # the first try is still running when the others arrive
+        with ThreadPoolExecutor(6) as pool:
+            tries = [pool.submit(door.once, door.header("flooded-id", timeout_ms=3000), [good]) for _ in range(6)]
+            answers = [t.result() for t in tries]
+        assert [a[0] for a in answers] == [grpc.StatusCode.OK] * 6, answers
+    finally:
+        door.close()
+        frontend.stop(0.5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Dispatcher._follow re-raises the leading try's error (flight.error) in every concurrent try: when "
+    "the first try (0.5 s) runs out, a retry with 10 s left either answers the first try's DEADLINE_EXCEEDED "
+    "or, when the first try was cancelled by its client, re-raises its asyncio.CancelledError inside the "
+    "retry's handler, so grpc.aio sends the retry no status at all and it hangs until its own deadline; "
+    "either way the retry never runs",
+)
+def test_a_retry_outlives_the_first_try_that_gave_up(system: SmallSystem) -> None:
+    door = Door(system.frontend, "attacker-retry")
+    good = encode_tensor(system.example, system.input_name)
+    try:
+        assert door.once(door.header("warm"), [good])[0] == grpc.StatusCode.OK
+        _hang(system.nodes, 1.5)
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(door.once, door.header("given-up", timeout_ms=10_000), [good], 0.5)
+            time.sleep(0.15)
+            retry = pool.submit(door.once, door.header("given-up", timeout_ms=10_000), [good], 10)
+            assert first.result()[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+            code, details, _ = retry.result()
+        assert code == grpc.StatusCode.OK, (code, details, _)
+    finally:
+        door.close()
+
+
+class Grow(nn.Module):
+    """p0 turns a 12 KiB input into a 6.75 MiB activation; p1 reduces it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(nn.functional.interpolate(x, scale_factor=24, mode="nearest"))
+        return torch.tanh(y).mean(dim=(2, 3))
+
+
+def _grow_division(root: Path, *, whole: bool = False) -> dict[str, Any]:
+    """Grow cut after its relu (p0, p1), or ``whole`` (one partition p0)."""
+    model, x = Grow().eval(), torch.randn(1, 3, 32, 32)
+    graph = ModelGraph.build(export_program(model, (x,)), (x,))
+    names = [n.name for n in graph.nodes]
+    division = partition_at(graph, "grow", [] if whole else [names.index("relu") + 1])
+    if not whole:
+        assert [s.name for s in division.partitions[1].inputs] == ["relu"]
+    return {"model": model, "x": x, "division": division, "saved": _save(division, root / "grow")}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ResourceExhausted,
+    reason="server_node/forwarder.py sends any hop up to HOP_ONCE_MAX_BYTES (16 MiB) as one ProcessOnce whatever "
+    "the node's max_message_bytes: NodeConfig accepts max_message_bytes down to chunk_bytes + 1, and two nodes "
+    "both set to 4 MiB fail a 6.75 MiB hop with RESOURCE_EXHAUSTED ('CLIENT: Sent message larger than max') "
+    "where the chunked Process would carry it",
+)
+def test_a_hop_larger_than_the_nodes_message_limit_is_streamed(tmp_path: Path) -> None:
+    grow = _grow_division(tmp_path)
+    nodes = [start_node(NodeConfig(torch_threads=1, benchmark_s=0, max_message_bytes=4 << 20)) for _ in range(2)]
+    try:
+        for node, part in zip(nodes, ("p0", "p1"), strict=True):
+            key, path, sha = grow["saved"][part]
+            with NodeClient(node.address) as client:
+                client.load_partition(str(path), key, sha)
+        division = grow["division"]
+        route = build_route("grow", "fp32", division.partitions, {"p0": [nodes[0].address], "p1": [nodes[1].address]})
+        header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route, timeout_ms=20_000)
+        try:
+            with NodeClient(nodes[0].address, max_message_bytes=4 << 20) as client:
+                outputs, _ = client.process(header, [encode_tensor(grow["x"], "x")], timeout_s=20)
+        finally:
+            assert _settled(nodes) == ([0, 0], [0, 0])  # even the failing hop gives everything back
+        with torch.no_grad():
+            expected = grow["model"](grow["x"])
+        assert torch.allclose(decode_tensor(outputs["mean"]), expected, atol=1e-5)
+    finally:
+        for node in nodes:
+            node.stop(0.5)

@@ -300,10 +300,10 @@ def test_concurrent_tries_of_one_id_never_starve_the_front_end(system: SmallSyst
     strict=True,
     raises=AssertionError,
     reason="Dispatcher._follow re-raises the leading try's error (flight.error) in every concurrent try: when "
-    "the first try (0.5 s) runs out, a retry with 10 s left either answers the first try's DEADLINE_EXCEEDED "
-    "or, when the first try was cancelled by its client, re-raises its asyncio.CancelledError inside the "
-    "retry's handler, so grpc.aio sends the retry no status at all and it hangs until its own deadline; "
-    "either way the retry never runs",
+    "the first try (0.5 s) runs out, a retry with 4 s left (the replicas wake after 1.5 s) either answers the "
+    "first try's DEADLINE_EXCEEDED or, when the first try was cancelled by its client, re-raises its "
+    "asyncio.CancelledError inside the retry's handler, so grpc.aio sends the retry no status at all and it "
+    "hangs until its own deadline; either way the retry never runs",
 )
 def test_a_retry_outlives_the_first_try_that_gave_up(system: SmallSystem) -> None:
     door = Door(system.frontend, "attacker-retry")
@@ -314,7 +314,7 @@ def test_a_retry_outlives_the_first_try_that_gave_up(system: SmallSystem) -> Non
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(door.once, door.header("given-up", timeout_ms=10_000), [good], 0.5)
             time.sleep(0.15)
-            retry = pool.submit(door.once, door.header("given-up", timeout_ms=10_000), [good], 10)
+            retry = pool.submit(door.once, door.header("given-up", timeout_ms=10_000), [good], 4)
             assert first.result()[0] == grpc.StatusCode.DEADLINE_EXCEEDED
             code, details, _ = retry.result()
         assert code == grpc.StatusCode.OK, (code, details, _)
@@ -368,6 +368,58 @@ def test_a_hop_larger_than_the_nodes_message_limit_is_streamed(tmp_path: Path) -
         with torch.no_grad():
             expected = grow["model"](grow["x"])
         assert torch.allclose(decode_tensor(outputs["mean"]), expected, atol=1e-5)
+    finally:
+        for node in nodes:
+            node.stop(0.5)
+
+
+def test_a_hung_replica_behind_the_unary_hop_is_left_and_gives_everything_back(tmp_path: Path) -> None:
+    """p0 hops 6.75 MiB (one ProcessOnce, under HOP_ONCE_MAX_BYTES) to p1 on two replicas, one of them hung:
+    every request is answered within its deadline, each once, and once the hung replica wakes every node's
+    admission slots and budget are back to zero (the late calls it finds are cancelled)."""
+    grow = _grow_division(tmp_path)
+    nodes = [start_node(NodeConfig(torch_threads=1, benchmark_s=0)) for _ in range(3)]
+    try:
+        for node, part in zip(nodes, ("p0", "p1", "p1"), strict=True):
+            key, path, sha = grow["saved"][part]
+            with NodeClient(node.address) as client:
+                client.load_partition(str(path), key, sha)
+        division = grow["division"]
+        route = build_route("grow", "fp32", division.partitions, {"p0": [nodes[0].address], "p1": [nodes[1].address]})
+        p1_step = next(step for step in route.steps if step.partition.partition == "p1")
+        p1_step.fallback_addresses.append(nodes[2].address)  # the hung replica first, the awake one next
+        left: list[str] = []
+        balancer = nodes[0].servicer.forwarder.balancer
+        failed = balancer.failed
+
+        def spied(address: str) -> None:
+            left.append(address)
+            failed(address)
+
+        balancer.failed = spied  # type: ignore[method-assign]
+        x = encode_tensor(grow["x"], "x")
+        with torch.no_grad():
+            expected = grow["model"](grow["x"])
+        with NodeClient(nodes[0].address) as client:
+            client.process(model_server_pb2.RequestHeader(request_id="warm", route=route), [x], timeout_s=20)
+            _hang(nodes[1:2], 3.5)  # longer than an attempt's budget: half of the 5 s left
+            with ThreadPoolExecutor(4) as pool:
+                tries = [
+                    pool.submit(
+                        client.process,
+                        model_server_pb2.RequestHeader(request_id=f"hung-{i}", route=route),
+                        [x],
+                        5.0,
+                    )
+                    for i in range(4)
+                ]
+                answers = [t.result() for t in tries]
+        for outputs, timings in answers:
+            assert torch.allclose(decode_tensor(outputs["mean"]), expected, atol=1e-5)
+            p1 = [t for t in timings if t.partition.partition == "p1"]
+            assert len(p1) == 1 and p1[0].node == nodes[2].address, timings  # once, on the replica awake
+        assert _settled(nodes, timeout_s=8.0) == ([0, 0, 0], [0, 0, 0])
+        assert nodes[1].address in left and nodes[2].address not in left  # the hung replica was tried and left
     finally:
         for node in nodes:
             node.stop(0.5)

@@ -12,6 +12,7 @@ properties that hold and must keep holding.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,16 +27,17 @@ from torch import nn
 
 from server_node.config import NodeConfig
 from server_node.server import RunningNode, start_node
-from splitinfer.codecs import decode_tensor, encode_tensor
+from splitinfer.codecs import WireTensor, decode_tensor, encode_tensor
 from splitinfer.divider import partition_at
 from splitinfer.errors import ResourceExhausted, SplitInferError
 from splitinfer.frontend.server import FrontEndConfig, RunningFrontEnd, start_frontend
 from splitinfer.graph import ModelGraph
 from splitinfer.program import export_program
 from splitinfer.routing import build_route
+from splitinfer.transport import frames
 from splitinfer.transport.clients import NodeClient
 from splitinfer.transport.stream import ONCE_MAX_BYTES
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, tensor_pb2
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2, tensor_pb2
 from tests.integration._system import MODEL, SmallSystem, small_system
 from tests.integration.test_data_plane import _save
 
@@ -211,26 +213,41 @@ def test_calls_cancelled_mid_flight_give_back_every_slot_and_byte(system: SmallS
 
 
 @pytest.fixture(scope="module")
-def strict_node() -> Iterator[RunningNode]:
-    """A node with one admission slot and a small memory budget, hosting the small system's partitions."""
+def strict_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningNode, dict[str, Any]]]:
+    """A node with ONE admission slot hosting the whole Grow model as one partition; its division."""
     node = start_node(
         NodeConfig(torch_threads=1, benchmark_s=0, max_in_flight=1, max_streams=8, max_streams_per_peer=8)
     )
-    yield node
-    node.stop(0.5)
+    try:
+        division = _grow_division(tmp_path_factory.mktemp("strict"), whole=True)
+        assert len(division["division"].partitions) == 1
+        key, path, sha = division["saved"]["p0"]
+        with NodeClient(node.address) as client:
+            client.load_partition(str(path), key, sha)
+        yield node, division
+    finally:
+        node.stop(0.5)
 
 
-def test_every_refusal_between_enter_and_leave_gives_the_slot_back(strict_node: RunningNode, tmp_path: Path) -> None:
+def _whole_route(node: RunningNode, division: dict[str, Any]) -> route_pb2.Route:
+    return build_route("grow", "fp32", division["division"].partitions, {"p0": [node.address]})
+
+
+def _good_request_admitted(node: RunningNode, division: dict[str, Any]) -> None:
+    header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=_whole_route(node, division))
+    with NodeClient(node.address) as client:
+        outputs, _ = client.process(header, [encode_tensor(division["x"], "x")], timeout_s=10)
+    assert "mean" in outputs
+
+
+def test_every_refusal_between_enter_and_leave_gives_the_slot_back(
+    strict_node: tuple[RunningNode, dict[str, Any]],
+) -> None:
     """A node with ONE admission slot: after each kind of request that fails once the slot is taken (unknown
     partition, a tensor the step does not read, truncated payload, wrong shape, a deadline passed), the
     next good request is still admitted, so no path between ``enter`` and ``leave`` keeps the slot."""
-    node = strict_node
-    division = _grow_division(tmp_path, whole=True)
-    assert len(division["division"].partitions) == 1
-    key, path, sha = division["saved"]["p0"]
-    with NodeClient(node.address) as client:
-        client.load_partition(str(path), key, sha)
-    route = build_route("grow", "fp32", division["division"].partitions[:1], {"p0": [node.address]})
+    node, division = strict_node
+    route = _whole_route(node, division)
     x = encode_tensor(division["x"], "x")
 
     def header(**fields: object) -> model_server_pb2.RequestHeader:
@@ -263,6 +280,44 @@ def test_every_refusal_between_enter_and_leave_gives_the_slot_back(strict_node: 
             outputs, _ = client.process(header(), [x], timeout_s=10)
             assert "mean" in outputs, f"after {what}"
     assert (node.host.in_flight, node.servicer.budget.used_bytes) == (0, 0)
+
+
+def test_process_streams_abandoned_mid_tensor_give_the_slot_back(
+    strict_node: tuple[RunningNode, dict[str, Any]],
+) -> None:
+    """Process streams (chunked, 1 KiB chunks) that send their header and part of a tensor, then are
+    cancelled by their client, or half-close with the tensor incomplete: the node's one slot and its budget
+    come back each time (INVALID_ARGUMENT for the incomplete one), and a good request is admitted after."""
+    node, division = strict_node
+    header = model_server_pb2.RequestHeader(request_id="abandoned", route=_whole_route(node, division))
+    wire = WireTensor.from_message(encode_tensor(division["x"], "x"))
+    chunks = list(frames.stream_frames([wire], request=True, chunk_bytes=1024))
+    assert len(chunks) > 4
+    with grpc.insecure_channel(node.address) as channel:
+        process = channel.stream_stream(frames.PROCESS_METHOD, request_serializer=None, response_deserializer=None)
+        for _ in range(3):
+            release = threading.Event()
+
+            def stalled(release: threading.Event = release) -> Iterator[bytes]:
+                yield frames.header_frame(header)
+                yield from chunks[:3]
+                release.wait(10)
+
+            call = process(stalled(), timeout=10)
+            deadline = time.monotonic() + 5
+            while node.host.in_flight == 0:  # admitted: it holds the slot
+                assert time.monotonic() < deadline, "the stream was never admitted"
+                time.sleep(0.01)
+            call.cancel()
+            release.set()
+            assert _settled([node]) == ([0], [0]), "a cancelled stream kept its slot or budget"
+            _good_request_admitted(node, division)
+
+            with pytest.raises(grpc.RpcError) as incomplete:
+                list(process(iter([frames.header_frame(header), *chunks[:3]]), timeout=10))
+            assert incomplete.value.code() == grpc.StatusCode.INVALID_ARGUMENT, incomplete.value.details()
+            assert _settled([node]) == ([0], [0]), "an incomplete stream kept its slot or budget"
+            _good_request_admitted(node, division)
 
 
 # --------------------------------------------------------------------------------------------------------------

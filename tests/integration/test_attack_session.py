@@ -478,3 +478,31 @@ def test_a_hung_replica_behind_the_unary_hop_is_left_and_gives_everything_back(t
     finally:
         for node in nodes:
             node.stop(0.5)
+
+
+def test_a_unary_hop_over_the_next_nodes_byte_budget_is_refused_and_leaks_nothing(tmp_path: Path) -> None:
+    """The 6.75 MiB unary hop into a node whose memory budget (max_in_flight_bytes, 8 MiB) cannot hold it with
+    its decoded copy: RESOURCE_EXHAUSTED reaches the caller through the forwarder, with a bounded message, and
+    neither node keeps a slot or a byte; a small request to the same node still runs."""
+    grow = _grow_division(tmp_path)
+    whole = _grow_division(tmp_path / "whole", whole=True)
+    first = start_node(NodeConfig(torch_threads=1, benchmark_s=0))
+    tight = start_node(NodeConfig(torch_threads=1, benchmark_s=0, max_in_flight_bytes=8 << 20))
+    nodes = [first, tight]
+    try:
+        for node, saved in ((first, grow["saved"]["p0"]), (tight, grow["saved"]["p1"]), (tight, whole["saved"]["p0"])):
+            key, path, sha = saved
+            with NodeClient(node.address) as client:
+                client.load_partition(str(path), key, sha)
+        route = build_route("grow", "fp32", grow["division"].partitions, {"p0": [first.address], "p1": [tight.address]})
+        with NodeClient(first.address) as client:
+            for i in range(3):
+                header = model_server_pb2.RequestHeader(request_id=f"over-budget-{i}", route=route)
+                with pytest.raises(ResourceExhausted) as refused:
+                    client.process(header, [encode_tensor(grow["x"], "x")], timeout_s=10)
+                assert len(str(refused.value)) <= MAX_DETAILS and "budget" in str(refused.value), str(refused.value)
+        assert _settled(nodes) == ([0, 0], [0, 0])
+        _good_request_admitted(tight, whole)
+    finally:
+        for node in nodes:
+            node.stop(0.5)

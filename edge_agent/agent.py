@@ -47,7 +47,7 @@ from splitinfer.runtime.compute import measure_flops
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import stream_messages
+from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2
 
 __all__ = ["AgentResult", "DevicePlan", "EdgeAgent"]
@@ -491,15 +491,22 @@ class EdgeAgent:
         delivered = []
         trace = frontend_pb2.InferTrace()
         try:
-            for response in self._frontend.Infer(requests(), timeout=self.config.request_timeout_s):
-                kind = response.WhichOneof("kind")
-                if kind == "trace":
-                    trace = response.trace
-                elif kind is not None:
-                    complete = assembler.add(getattr(response, kind))
-                    if complete is not None:
-                        delivered.append(complete)
-            assembler.finish()
+            if bytes_sent <= ONCE_MAX_BYTES:  # one message each way: a stream costs more per call in grpcio
+                answer = self._frontend.InferOnce(
+                    frontend_pb2.InferOnceRequest(header=header, tensors=messages),
+                    timeout=self.config.request_timeout_s,
+                )
+                trace, delivered = answer.trace, list(answer.tensors)
+            else:
+                for response in self._frontend.Infer(requests(), timeout=self.config.request_timeout_s):
+                    kind = response.WhichOneof("kind")
+                    if kind == "trace":
+                        trace = response.trace
+                    elif kind is not None:
+                        complete = assembler.add(getattr(response, kind))
+                        if complete is not None:
+                            delivered.append(complete)
+                assembler.finish()
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"front-end {self.config.frontend}") from None
         remote_s = time.perf_counter() - remote_start

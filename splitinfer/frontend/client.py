@@ -16,7 +16,7 @@ from splitinfer.codecs import CodecSpec, TensorAssembler, decode_tensor, encode_
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import stream_messages
+from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2, tensor_pb2
 
 __all__ = ["FrontEndClient"]
@@ -61,7 +61,8 @@ class FrontEndClient:
     ) -> tuple[dict[str, torch.Tensor], frontend_pb2.InferTrace]:
         """Runs the server part of ``plan`` (from :meth:`plan`: the front-end keeps it, this names its id) on
         ``inputs`` (plain tensors, the plan's entry tensors), each encoded with the plan's codec for it;
-        returns the outputs and the trace. An expired plan raises FailedPrecondition: plan again."""
+        returns the outputs and the trace. An expired plan raises FailedPrecondition: plan again. Inputs of up to
+        2 MiB together go in one InferOnce call, larger ones stream through Infer."""
         header = frontend_pb2.InferHeader(
             request_id=request_id or uuid.uuid4().hex,
             device=device,
@@ -70,6 +71,13 @@ class FrontEndClient:
         )
         codecs = {c.tensor_name: c.encoding for c in plan.crossings}
         tensors = [_encode(t, name, codecs.get(name)) for name, t in inputs.items()]
+        if sum(len(t.payload) for t in tensors) <= ONCE_MAX_BYTES:  # one message each way
+            request = frontend_pb2.InferOnceRequest(header=header, tensors=tensors)
+            try:
+                answer = self._stub.InferOnce(request, timeout=timeout_s)
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc, f"front-end {self.address}") from None
+            return {t.name: decode_tensor(t) for t in answer.tensors}, answer.trace
         requests = [frontend_pb2.InferRequest(header=header), *stream_messages(frontend_pb2.InferRequest, tensors)]
         assembler, outputs, trace = TensorAssembler(), {}, frontend_pb2.InferTrace()
         try:

@@ -159,7 +159,7 @@ def test_plan_ids_of_another_device_or_expired_are_refused(system: SmallSystem, 
             time.sleep(0.7)
             with pytest.raises(FailedPrecondition, match="expired"):
                 client.infer(plan, _device("owner"), x)
-        assert short.metrics.failure_count("FAILED_PRECONDITION", door="frontend", rpc="Infer") == 1
+        assert short.metrics.failure_count("FAILED_PRECONDITION", door="frontend", rpc="InferOnce") == 1
     finally:
         short.stop(0.5)
 

@@ -35,6 +35,7 @@ from splitinfer.graph import ModelGraph
 from splitinfer.program import export_program
 from splitinfer.routing import build_route
 from splitinfer.transport import frames
+from splitinfer.transport.aio_server import StreamLimiter
 from splitinfer.transport.clients import NodeClient
 from splitinfer.transport.stream import ONCE_MAX_BYTES
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2, tensor_pb2
@@ -102,6 +103,14 @@ def _settled(nodes: list[RunningNode], timeout_s: float = 5.0) -> tuple[list[int
         time.sleep(0.05)
 
 
+def _open_calls(limiters: list[StreamLimiter], timeout_s: float = 5.0) -> list[int]:
+    """Data-plane calls the servers' stream limiters still count, once they reach zero (or at ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while any(limiter.active for limiter in limiters) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [limiter.active for limiter in limiters]
+
+
 def _raw(like: tensor_pb2.Tensor, name: str, payload_bytes: int, shape: list[int] | None = None) -> tensor_pb2.Tensor:
     """A tensor like ``like`` with an honest payload size of ``payload_bytes`` and the given shape."""
     tensor = tensor_pb2.Tensor()
@@ -164,7 +173,18 @@ def test_infer_once_hostile_inputs_get_the_right_code_a_bounded_message_and_leak
         for request_id, timeout_ms in (("t-huge", 2**64 - 1), ("t-none", 0)):
             code, details, _ = door.once(door.header(request_id, timeout_ms=timeout_ms), [good])
             assert code == grpc.StatusCode.OK, f"timeout_ms={timeout_ms}: {code} {details!r}"
+        # Bytes that are no InferOnceRequest at all: the guard refuses them.
+        raw = door.channel.unary_unary(
+            "/splitinfer.v1.FrontEndService/InferOnce", request_serializer=None, response_deserializer=None
+        )
+        for garbage in (b"\xff" * 64, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)) * 16):
+            with pytest.raises(grpc.RpcError) as malformed:
+                raw(garbage, timeout=10)
+            assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, malformed.value.details()
+        assert door.once(door.header("after-garbage"), [good])[0] == grpc.StatusCode.OK
         assert _settled(system.nodes) == ([0] * len(system.nodes), [0] * len(system.nodes))
+        limiters = [system.frontend.limiter, *(n.limiter for n in system.nodes)]
+        assert _open_calls(limiters) == [0] * len(limiters)  # no refusal kept a stream-cap slot
     finally:
         door.close()
 
@@ -205,6 +225,8 @@ def test_calls_cancelled_mid_flight_give_back_every_slot_and_byte(system: SmallS
         assert codes <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
         time.sleep(1.5)  # the nodes wake up and see the cancelled calls
         assert _settled(system.nodes) == ([0] * len(system.nodes), [0] * len(system.nodes))
+        limiters = [system.frontend.limiter, *(n.limiter for n in system.nodes)]
+        assert _open_calls(limiters) == [0] * len(limiters)
         for i in range(8):
             code, details, _ = door.once(door.header(f"gives-up-{i}"), [good])
             assert code == grpc.StatusCode.OK, details
@@ -266,6 +288,12 @@ def test_every_refusal_between_enter_and_leave_gives_the_slot_back(
         "entry step out of the route": (header(entry_step=7), [x], 10.0),
         "a 1 ms deadline": (header(), [x], 0.001),
     }
+    with grpc.insecure_channel(node.address) as channel:
+        once = channel.unary_unary(frames.PROCESS_ONCE_METHOD, request_serializer=None, response_deserializer=None)
+        for garbage in (b"\xff" * 64, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)) * 16):
+            with pytest.raises(grpc.RpcError) as malformed:
+                once(garbage, timeout=10)
+            assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, malformed.value.details()
     with NodeClient(node.address) as client:
         for what, (request, tensors, timeout_s) in bad.items():
             for _ in range(3):
@@ -280,6 +308,7 @@ def test_every_refusal_between_enter_and_leave_gives_the_slot_back(
             outputs, _ = client.process(header(), [x], timeout_s=10)
             assert "mean" in outputs, f"after {what}"
     assert (node.host.in_flight, node.servicer.budget.used_bytes) == (0, 0)
+    assert _open_calls([node.limiter]) == [0]
 
 
 def test_process_streams_abandoned_mid_tensor_give_the_slot_back(
@@ -311,12 +340,14 @@ def test_process_streams_abandoned_mid_tensor_give_the_slot_back(
             call.cancel()
             release.set()
             assert _settled([node]) == ([0], [0]), "a cancelled stream kept its slot or budget"
+            assert _open_calls([node.limiter]) == [0], "a cancelled stream kept its stream-cap slot"
             _good_request_admitted(node, division)
 
             with pytest.raises(grpc.RpcError) as incomplete:
                 list(process(iter([frames.header_frame(header), *chunks[:3]]), timeout=10))
             assert incomplete.value.code() == grpc.StatusCode.INVALID_ARGUMENT, incomplete.value.details()
             assert _settled([node]) == ([0], [0]), "an incomplete stream kept its slot or budget"
+            assert _open_calls([node.limiter]) == [0]
             _good_request_admitted(node, division)
 
 
@@ -474,6 +505,7 @@ def test_a_hung_replica_behind_the_unary_hop_is_left_and_gives_everything_back(t
             p1 = [t for t in timings if t.partition.partition == "p1"]
             assert len(p1) == 1 and p1[0].node == nodes[2].address, timings  # once, on the replica awake
         assert _settled(nodes, timeout_s=8.0) == ([0, 0, 0], [0, 0, 0])
+        assert _open_calls([n.limiter for n in nodes]) == [0, 0, 0]
         assert nodes[1].address in left and nodes[2].address not in left  # the hung replica was tried and left
     finally:
         for node in nodes:

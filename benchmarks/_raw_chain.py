@@ -60,9 +60,15 @@ def main() -> None:
             parser.error("--aio serves an echo or a --program, not a chain")
         asyncio.run(_serve_aio(args.port_file, run))
         return
+    serve_chain(args.port_file, run, args.next)
+
+
+def serve_chain(port_file: Path, run: Callable[[bytes], bytes] | None, next_address: str | None) -> None:
+    """A synchronous server (four threads) that runs ``run`` on each request's bytes (none: echoes them),
+    then forwards the result to ``next_address`` and relays the answer, or returns it; until SIGTERM."""
     call_next = None
-    if args.next:
-        channel = grpc.insecure_channel(args.next, options=OPTIONS)
+    if next_address:
+        channel = grpc.insecure_channel(next_address, options=OPTIONS)
         call_next = channel.unary_unary(METHOD)
 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -74,7 +80,7 @@ def main() -> None:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    args.port_file.write_text(str(port))
+    port_file.write_text(str(port))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()

@@ -10,19 +10,13 @@ answer, or returns it. benchmarks/_raw_chain.py is the same floor with the inter
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import numpy as np
 import torch
+from _raw_chain import serve_chain  # benchmarks/ is on the path of a script run from there
 
 from splitinfer.runtime import load_partition
-
-METHOD = "/raw.Chain/Call"
-OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 
 
 def main() -> None:
@@ -37,27 +31,13 @@ def main() -> None:
         raise SystemExit(f"{args.artifact} runs on the interpreter: {part.fallback_reason}")
     spec = part.inputs[0]
     out_name = part.outputs[0].name
-    call_next = None
-    if args.next:
-        channel = grpc.insecure_channel(args.next, options=OPTIONS)
-        call_next = channel.unary_unary(METHOD)
 
-    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+    def run(request: bytes) -> bytes:
         x = torch.empty(spec.shape, dtype=spec.dtype)  # aligned, as the fastest decoder would do
         x.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(request, dtype=np.uint8)
-        data = part.run({spec.name: x})[out_name].contiguous().numpy().tobytes()
-        return call_next(data) if call_next else data
+        return part.run({spec.name: x})[out_name].contiguous().numpy().tobytes()
 
-    handler = grpc.method_handlers_generic_handler("raw.Chain", {"Call": grpc.unary_unary_rpc_method_handler(handle)})
-    server = grpc.server(futures.ThreadPoolExecutor(4), options=OPTIONS)
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    args.port_file.write_text(str(port))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    server.stop(1)
+    serve_chain(args.port_file, run, args.next)
 
 
 if __name__ == "__main__":

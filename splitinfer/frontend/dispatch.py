@@ -35,8 +35,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -145,14 +145,9 @@ class Dispatcher:
         flight, leader = self._board(key, digest)
         if not leader:
             return self._follow(flight, digest, job)
-        try:
+        with self._leading(key, flight):
             flight.outcome = self._run(job, digest)
-            return flight.outcome
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            self._land(key, flight)
+        return flight.outcome
 
     async def run_async(self, job: Job) -> Outcome:
         """:meth:`run` for a ``grpc.aio`` front door, on its event loop: the route's calls go out on the
@@ -176,16 +171,10 @@ class Dispatcher:
         flight, leader = self._board(key, digest)
         if not leader:
             return await _offload(self._follow, flight, digest, job)
-        try:
-            with self._span(job) as current:
-                flight.outcome = await self._run_async(job, digest)
-                current.set_attribute("splitinfer.server_ms", flight.outcome.server_ms)
-            return flight.outcome
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            self._land(key, flight)
+        with self._leading(key, flight), self._span(job) as current:
+            flight.outcome = await self._run_async(job, digest)
+            current.set_attribute("splitinfer.server_ms", flight.outcome.server_ms)
+        return flight.outcome
 
     async def _run_async(self, job: Job, digest: str) -> Outcome:
         assert self._aroutes is not None
@@ -230,10 +219,19 @@ class Dispatcher:
             flight = self._flights[key] = _Flight(digest)
             return flight, True
 
-    def _land(self, key: tuple[str, str], flight: _Flight) -> None:
-        with self._lock:
-            del self._flights[key]
-        flight.done.set()
+    @contextmanager
+    def _leading(self, key: tuple[str, str], flight: _Flight) -> Iterator[None]:
+        """The leading try's run of ``flight``: its error is the followers' too, and the flight lands (leaves
+        the board, wakes the followers) however the run ends."""
+        try:
+            yield
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
 
     def _follow(self, flight: _Flight, digest: str, job: Job) -> Outcome:
         """Another try of a request that is running: the same answer, once it has one."""

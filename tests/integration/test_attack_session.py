@@ -93,10 +93,12 @@ def _hang(nodes: list[RunningNode], seconds: float) -> None:
 
 
 def _settled(nodes: list[RunningNode], timeout_s: float = 5.0) -> tuple[list[int], list[int]]:
-    """The nodes' admission slots and budget bytes in use, once they stop moving (or at ``timeout_s``)."""
+    """The nodes' requests in flight and budget bytes in use, once they stop moving (or at ``timeout_s``).
+    A request counts in flight while either its admission slot (``PartitionHost.in_flight``, what GetStatus
+    reports) or the ``splitinfer_in_flight`` gauge counts it (either below zero counts too)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        slots = [n.host.in_flight for n in nodes]
+        slots = [abs(n.host.in_flight) + abs(int(n.servicer.metrics.in_flight._value.get())) for n in nodes]
         used = [n.servicer.budget.used_bytes for n in nodes]
         if (not any(slots) and not any(used)) or time.monotonic() > deadline:
             return slots, used

@@ -30,6 +30,7 @@ Per request:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
@@ -43,7 +44,15 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 from splitinfer import tracing
-from splitinfer.errors import FailedPrecondition, InvalidArgument, SplitInferError
+from splitinfer.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    SplitInferError,
+    Unavailable,
+)
 from splitinfer.frontend.plans import REPLAN, IssuedPlan, PlanBook
 from splitinfer.planner.calibration import Calibration, MeasuredStep
 from splitinfer.planner.plan import ON_DEVICE, Plan
@@ -104,6 +113,16 @@ class _Flight:
         self.done = threading.Event()
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
+        #: Called (from the leader's thread) when the flight lands: how tries on an event loop wait for it
+        #: without holding a thread. Guarded by the dispatcher's lock, like ``done`` being set.
+        self.wakers: list[Callable[[], None]] = []
+
+    def gave_up(self) -> bool:
+        """Whether the leading try ended without an answer of the request's own (its caller cancelled, its
+        deadline passed, the servers were unavailable): a waiting try then runs the request itself."""
+        return self.outcome is None and isinstance(
+            self.error, asyncio.CancelledError | DeadlineExceeded | Unavailable | ResourceExhausted | TimeoutError
+        )
 
 
 class Dispatcher:
@@ -139,12 +158,20 @@ class Dispatcher:
             self.learn_reports(job.issued.caller, job.issued.device_id, job.reports)
         digest = self._check(job)
         key = (job.caller, job.request_id)
-        stored = stored_result(self._results, job.caller, job.request_id)
-        if stored is not None:
-            return _recall(stored, digest, job.request_id)
-        flight, leader = self._board(key, digest)
-        if not leader:
-            return self._follow(flight, digest, job)
+        until = time.monotonic() + job.timeout_s
+        while True:  # again only when a running try this one waited for gave up
+            stored = stored_result(self._results, job.caller, job.request_id)
+            if stored is not None:
+                return _recall(stored, digest, job.request_id)
+            flight, leader = self._board(key, digest)
+            if leader:
+                break
+            if flight.digest != digest:
+                raise _reused(job.request_id)
+            if not flight.done.wait(max(0.0, until - time.monotonic())):
+                raise _still_running(job.request_id)
+            if not flight.gave_up():
+                return _followed(flight)
         with self._leading(key, flight):
             flight.outcome = self._run(job, digest)
         return flight.outcome
@@ -152,8 +179,9 @@ class Dispatcher:
     async def run_async(self, job: Job) -> Outcome:
         """:meth:`run` for a ``grpc.aio`` front door, on its event loop: the route's calls go out on the
         loop's own channels (:class:`~splitinfer.transport.clients.AsyncRouteClient`), not from a worker
-        thread through a second, synchronous gRPC stack, and only blocking work (the store, a concurrent
-        try's wait, calibration from reports, post-processing) goes to the loop's executor. The checks are
+        thread through a second, synchronous gRPC stack, and only blocking work (the store, calibration from
+        reports, post-processing) goes to the loop's executor; a concurrent try of a running request waits on
+        the loop, holding no thread, and runs the request itself if the running try gives up. The checks are
         :meth:`run`'s, in the same order. Without an async route client: :meth:`run` on the executor."""
         if self._aroutes is None:
             return await _offload(self.run, job)
@@ -161,16 +189,23 @@ class Dispatcher:
             await _offload(self.learn_reports, job.issued.caller, job.issued.device_id, job.reports)
         digest = self._check(job)
         key = (job.caller, job.request_id)
-        if self._results is not None:
-            if self._results.reads_in_process:  # a local read: cheaper here than the hop to a worker
-                stored = stored_result(self._results, job.caller, job.request_id)
-            else:
-                stored = await _offload(stored_result, self._results, job.caller, job.request_id)
-            if stored is not None:
-                return _recall(stored, digest, job.request_id)
-        flight, leader = self._board(key, digest)
-        if not leader:
-            return await _offload(self._follow, flight, digest, job)
+        until = time.monotonic() + job.timeout_s
+        while True:  # again only when a running try this one waited for gave up
+            if self._results is not None:
+                if self._results.reads_in_process:  # a local read: cheaper here than the hop to a worker
+                    stored = stored_result(self._results, job.caller, job.request_id)
+                else:
+                    stored = await _offload(stored_result, self._results, job.caller, job.request_id)
+                if stored is not None:
+                    return _recall(stored, digest, job.request_id)
+            flight, leader = self._board(key, digest)
+            if leader:
+                break
+            if flight.digest != digest:
+                raise _reused(job.request_id)
+            await self._landing(flight, job.request_id, until - time.monotonic())
+            if not flight.gave_up():
+                return _followed(flight)
         with self._leading(key, flight), self._span(job) as current:
             flight.outcome = await self._run_async(job, digest)
             current.set_attribute("splitinfer.server_ms", flight.outcome.server_ms)
@@ -231,20 +266,36 @@ class Dispatcher:
         finally:
             with self._lock:
                 del self._flights[key]
-            flight.done.set()
+                flight.done.set()
+                wakers, flight.wakers = flight.wakers, []
+            for wake in wakers:
+                wake()
 
-    def _follow(self, flight: _Flight, digest: str, job: Job) -> Outcome:
-        """Another try of a request that is running: the same answer, once it has one."""
-        if flight.digest != digest:
-            raise _reused(job.request_id)
-        if not flight.done.wait(job.timeout_s):
-            raise FailedPrecondition(
-                f"request {shown(job.request_id)} is still running from an earlier try; retry later with the same id"
-            )
-        if flight.error is not None:
-            raise flight.error
-        assert flight.outcome is not None
-        return Outcome(flight.outcome.outputs, flight.outcome.timings, flight.outcome.server_ms, recalled=True)
+    async def _landing(self, flight: _Flight, request_id: str, timeout_s: float) -> None:
+        """Waits on the event loop, holding no thread, until ``flight`` lands; FailedPrecondition when it is
+        still running after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        landed: asyncio.Future[None] = loop.create_future()
+
+        def resolve() -> None:
+            if not landed.done():
+                landed.set_result(None)
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(resolve)
+
+        with self._lock:
+            if flight.done.is_set():
+                return
+            flight.wakers.append(wake)
+        try:
+            await asyncio.wait_for(landed, max(0.0, timeout_s))
+        except TimeoutError:
+            raise _still_running(request_id) from None
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                flight.wakers.remove(wake)
 
     def _run(self, job: Job, digest: str) -> Outcome:
         with self._span(job) as current:
@@ -401,6 +452,24 @@ class Dispatcher:
 
 
 T = TypeVar("T")
+
+
+def _followed(flight: _Flight) -> Outcome:
+    """What a try that waited for a landed flight answers: the leader's outcome, or the leader's error when
+    it was the request's own (a try of the same inputs would fail the same way)."""
+    if flight.outcome is None:
+        error = flight.error
+        if isinstance(error, SplitInferError):
+            raise type(error)(str(error))  # a fresh exception: this try's own traceback and status
+        raise Internal(f"the running try of this request failed ({type(error).__name__})")
+    o = flight.outcome
+    return Outcome(o.outputs, o.timings, o.server_ms, recalled=True)
+
+
+def _still_running(request_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"request {shown(request_id)} is still running from an earlier try; retry later with the same id"
+    )
 
 
 async def _offload(function: Callable[..., T], *args: Any) -> T:

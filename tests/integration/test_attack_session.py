@@ -360,14 +360,6 @@ def test_process_streams_abandoned_mid_tensor_give_the_slot_back(
 # Bugs found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Dispatcher.run_async parks every concurrent try of one request id on an executor thread "
-    "(_offload(self._follow) -> threading.Event.wait(timeout_s)); the leader then needs that same pool to store "
-    "its result (_offload(self._store)), so a handful of same-id retries (grpc_workers of them, 32 by default) "
-    "starve the pool: the leader waits until the followers time out and they answer FAILED_PRECONDITION",
-)
 def test_concurrent_tries_of_one_id_never_starve_the_front_end(system: SmallSystem, tmp_path: Path) -> None:
     frontend = start_frontend(
         FrontEndConfig(pool_dir=str(system.pool.root), results_db=str(tmp_path / "results.db"), grpc_workers=2),
@@ -387,15 +379,6 @@ def test_concurrent_tries_of_one_id_never_starve_the_front_end(system: SmallSyst
         frontend.stop(0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Dispatcher._follow re-raises the leading try's error (flight.error) in every concurrent try: when "
-    "the first try (0.5 s) runs out, a retry with 4 s left (the replicas wake after 1.5 s) either answers the "
-    "first try's DEADLINE_EXCEEDED or, when the first try was cancelled by its client, re-raises its "
-    "asyncio.CancelledError inside the retry's handler, so grpc.aio sends the retry no status at all and it "
-    "hangs until its own deadline; either way the retry never runs",
-)
 def test_a_retry_outlives_the_first_try_that_gave_up(system: SmallSystem) -> None:
     door = Door(system.frontend, "attacker-retry")
     good = encode_tensor(system.example, system.input_name)

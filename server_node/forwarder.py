@@ -1,8 +1,9 @@
 """Calls to other nodes and to sinks, on ``grpc.aio``: replica choice and retries by the one policy
 (:mod:`splitinfer.transport.retry`), payloads relayed from the buffers they arrived in.
 
-A forwarded call whose tensors add up to at most ``HOP_ONCE_MAX_BYTES`` goes as one ``ProcessOnce``; larger ones
-stream through ``Process``, each tensor cut into chunks straight from its buffer. Every attempt carries its
+A forwarded call whose tensors add up to at most ``hop_once_max_bytes`` (16 MiB, less on a node with a smaller
+``max_message_bytes``) goes as one ``ProcessOnce``; larger ones stream through ``Process``, each tensor cut
+into chunks straight from its buffer. Every attempt carries its
 budget as its gRPC timeout and in its header, so a hung replica is abandoned for the next one and its late
 answer discarded. When the request is cancelled (its caller went away, or a sibling branch failed), the
 task awaiting the call is cancelled, which cancels the call downstream.
@@ -24,7 +25,7 @@ from splitinfer.transport.clients import process_call
 from splitinfer.transport.deadline import Deadline
 from splitinfer.transport.retry import RetryPolicy, call_replicas
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import stream_wire
+from splitinfer.transport.stream import hop_once_max_bytes, stream_wire
 from splitinfer.v1 import (
     model_server_pb2,
     result_sink_pb2,
@@ -81,6 +82,7 @@ class GrpcForwarder:
                     timeout_s,
                     chunk_bytes=self._chunk_bytes,
                     limits=self._limits,
+                    once_max_bytes=hop_once_max_bytes(self._max_message_bytes),
                     metadata=tracing.inject(),  # the next hop's span is a child of this node's
                 )
             except grpc.aio.AioRpcError as exc:

@@ -29,7 +29,7 @@ from splitinfer.transport.channel import MAX_MESSAGE_BYTES, open_aio_channel, op
 from splitinfer.transport.deadline import Deadline
 from splitinfer.transport.retry import RetryPolicy, call_replicas, call_replicas_sync
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import HOP_ONCE_MAX_BYTES
+from splitinfer.transport.stream import HOP_ONCE_MAX_BYTES, hop_once_max_bytes
 from splitinfer.v1 import model_server_pb2, model_server_pb2_grpc, route_pb2, tensor_pb2
 
 __all__ = ["AsyncRouteClient", "NodeClient", "RouteClient", "partition_ref", "process_call"]
@@ -51,7 +51,7 @@ class NodeClient:
         security: ClientSecurity | None = None,
     ) -> None:
         self.address = address
-        self._once_max_bytes = once_max_bytes
+        self._once_max_bytes = min(once_max_bytes, hop_once_max_bytes(max_message_bytes))
         self._chunk_bytes = chunk_bytes
         self._channel = open_channel(address, max_message_bytes, security)
         self._stub = model_server_pb2_grpc.ModelServerServiceStub(self._channel)
@@ -349,7 +349,7 @@ class AsyncRouteClient:
             try:
                 return await process_call(
                     self._channel(address), header, tensors, timeout_s, chunk_bytes=self._chunk_bytes,
-                    metadata=tracing.inject(),
+                    once_max_bytes=hop_once_max_bytes(self._max_message_bytes), metadata=tracing.inject(),
                 )  # fmt: skip
             except grpc.aio.AioRpcError as exc:
                 raise error_from_rpc(exc, f"node {address}") from None

@@ -8,7 +8,7 @@ from typing import Any
 from splitinfer.codecs import DEFAULT_CHUNK_BYTES, WireTensor
 from splitinfer.v1 import tensor_pb2
 
-__all__ = ["HOP_ONCE_MAX_BYTES", "ONCE_MAX_BYTES", "stream_messages", "stream_wire"]
+__all__ = ["HOP_ONCE_MAX_BYTES", "ONCE_MAX_BYTES", "hop_once_max_bytes", "stream_messages", "stream_wire"]
 
 #: Requests whose input payloads add up to at most this go in one unary ProcessOnce call; larger ones stream.
 #: A streaming call costs about 2 ms more than a unary one in grpcio, which a chain pays at every hop. (The
@@ -19,6 +19,15 @@ ONCE_MAX_BYTES = 2 << 20
 #: vs 61.9 ms; every chunk is one more grpc.aio message each way, and the caller assembles streamed answers
 #: with one more copy. Well below the nodes' max_message_bytes (64 MiB), which still bounds one message.
 HOP_ONCE_MAX_BYTES = 16 << 20
+#: Room for the header (request id, route, timings) and framing beside the payloads of one unary message.
+ONCE_HEADROOM_BYTES = 64 << 10
+
+
+def hop_once_max_bytes(max_message_bytes: int) -> int:
+    """The payload bytes a hop sends as one ProcessOnce on a channel whose messages are bounded by
+    ``max_message_bytes``: HOP_ONCE_MAX_BYTES, or less so that header and payloads fit one message (a node
+    configured with a smaller message limit streams larger hops in chunks instead of failing them)."""
+    return max(0, min(HOP_ONCE_MAX_BYTES, max_message_bytes - ONCE_HEADROOM_BYTES))
 
 
 def stream_messages(

@@ -415,14 +415,6 @@ def _grow_division(root: Path, *, whole: bool = False) -> dict[str, Any]:
     return {"model": model, "x": x, "division": division, "saved": _save(division, root / "grow")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ResourceExhausted,
-    reason="server_node/forwarder.py sends any hop up to HOP_ONCE_MAX_BYTES (16 MiB) as one ProcessOnce whatever "
-    "the node's max_message_bytes: NodeConfig accepts max_message_bytes down to chunk_bytes + 1, and two nodes "
-    "both set to 4 MiB fail a 6.75 MiB hop with RESOURCE_EXHAUSTED ('CLIENT: Sent message larger than max') "
-    "where the chunked Process would carry it",
-)
 def test_a_hop_larger_than_the_nodes_message_limit_is_streamed(tmp_path: Path) -> None:
     grow = _grow_division(tmp_path)
     nodes = [start_node(NodeConfig(torch_threads=1, benchmark_s=0, max_message_bytes=4 << 20)) for _ in range(2)]

@@ -47,8 +47,8 @@ from splitinfer.runtime.compute import measure_flops
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2
+from splitinfer.transport.stream import ONCE_ANSWER_TOO_LARGE, ONCE_MAX_BYTES, stream_messages
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2, tensor_pb2
 
 __all__ = ["AgentResult", "DevicePlan", "EdgeAgent"]
 
@@ -369,6 +369,21 @@ class EdgeAgent:
             self._reports.append(report)
             del self._reports[: -self.MAX_REPORTS]
 
+    def _infer_once(
+        self, header: frontend_pb2.InferHeader, messages: list[tensor_pb2.Tensor]
+    ) -> frontend_pb2.InferOnceResponse | None:
+        """The request in one InferOnce call; None when its answer was too large for one message (the
+        front-end stored it: the Infer stream under the same request id delivers it)."""
+        try:
+            answer: frontend_pb2.InferOnceResponse = self._frontend.InferOnce(
+                frontend_pb2.InferOnceRequest(header=header, tensors=messages), timeout=self.config.request_timeout_s
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and ONCE_ANSWER_TOO_LARGE in (exc.details() or ""):
+                return None
+            raise
+        return answer
+
     def _take_reports(self) -> list[frontend_pb2.RequestReport]:
         with self._lock:
             reports, self._reports = self._reports, []
@@ -491,11 +506,10 @@ class EdgeAgent:
         delivered = []
         trace = frontend_pb2.InferTrace()
         try:
+            answer = None
             if bytes_sent <= ONCE_MAX_BYTES:  # one message each way: a stream costs more per call in grpcio
-                answer = self._frontend.InferOnce(
-                    frontend_pb2.InferOnceRequest(header=header, tensors=messages),
-                    timeout=self.config.request_timeout_s,
-                )
+                answer = self._infer_once(header, messages)
+            if answer is not None:
                 trace, delivered = answer.trace, list(answer.tensors)
             else:
                 for response in self._frontend.Infer(requests(), timeout=self.config.request_timeout_s):

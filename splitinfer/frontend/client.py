@@ -16,7 +16,7 @@ from splitinfer.codecs import CodecSpec, TensorAssembler, decode_tensor, encode_
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
-from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
+from splitinfer.transport.stream import ONCE_ANSWER_TOO_LARGE, ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2, tensor_pb2
 
 __all__ = ["FrontEndClient"]
@@ -75,9 +75,11 @@ class FrontEndClient:
             request = frontend_pb2.InferOnceRequest(header=header, tensors=tensors)
             try:
                 answer = self._stub.InferOnce(request, timeout=timeout_s)
+                return {t.name: decode_tensor(t) for t in answer.tensors}, answer.trace
             except grpc.RpcError as exc:
-                raise error_from_rpc(exc, f"front-end {self.address}") from None
-            return {t.name: decode_tensor(t) for t in answer.tensors}, answer.trace
+                too_large = ONCE_ANSWER_TOO_LARGE in (exc.details() or "")  # stored: the stream below delivers it
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or not too_large:
+                    raise error_from_rpc(exc, f"front-end {self.address}") from None
         requests = [frontend_pb2.InferRequest(header=header), *stream_messages(frontend_pb2.InferRequest, tensors)]
         assembler, outputs, trace = TensorAssembler(), {}, frontend_pb2.InferTrace()
         try:

@@ -19,7 +19,7 @@ from splitinfer.codecs import DEFAULT_LIMITS, ChunkAssembler, DecodeLimits, Wire
 from splitinfer.codecs.dtypes import from_torch
 from splitinfer.controller.activity import ActivityWindow
 from splitinfer.controller.controller import read_status
-from splitinfer.errors import InvalidArgument, NotFound, Unauthenticated
+from splitinfer.errors import InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
 from splitinfer.frontend.dispatch import Dispatcher, Job, Outcome
 from splitinfer.frontend.metrics import FrontEndMetrics, instrument
 from splitinfer.frontend.planning import PlanningService
@@ -32,7 +32,7 @@ from splitinfer.security.interceptor import identify
 from splitinfer.transport.deadline import DEFAULT_MAX_TIMEOUT_S, clamp_timeout_s
 from splitinfer.transport.reader import Admission, StreamTimeouts, read_stream
 from splitinfer.transport.status import set_request_id
-from splitinfer.transport.stream import ONCE_MAX_BYTES, stream_messages
+from splitinfer.transport.stream import ONCE_ANSWER_TOO_LARGE, ONCE_MAX_BYTES, stream_messages
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, plan_pb2, tensor_pb2
 
 __all__ = ["FrontEndServicer", "caller_of"]
@@ -244,7 +244,8 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
         self, request: frontend_pb2.InferOnceRequest, context: grpc.aio.ServicerContext
     ) -> frontend_pb2.InferOnceResponse:
         """Infer in one message each way: the same admission (caller, server-owned plan, entry tensors checked
-        before any payload is taken, byte budget) and the same request path."""
+        before any payload is taken, byte budget) and the same request path. An answer over ONCE_MAX_BYTES is
+        stored and refused with RESOURCE_EXHAUSTED: Infer under the same request id streams it."""
         self.metrics.requests.labels(DOOR, "InferOnce").inc()
         start = time.perf_counter()
         if not request.HasField("header"):
@@ -263,6 +264,12 @@ class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
             wires[complete.name] = complete
         assembler.finish()
         outcome, trace = await self._serve(request.header, wires, caller, device_id, issued, context, start)
+        answer_bytes = sum(len(t.payload) for t in outcome.outputs)
+        if answer_bytes > ONCE_MAX_BYTES:  # over what a default gRPC client receives in one message (4 MiB)
+            raise ResourceExhausted(
+                f"the answer of request {shown(request.header.request_id)} is {answer_bytes} bytes, over the "
+                f"{ONCE_MAX_BYTES} of one InferOnce message; it is stored: {ONCE_ANSWER_TOO_LARGE}"
+            )
         return frontend_pb2.InferOnceResponse(tensors=outcome.outputs, trace=trace)
 
 

@@ -8,12 +8,22 @@ from typing import Any
 from splitinfer.codecs import DEFAULT_CHUNK_BYTES, WireTensor
 from splitinfer.v1 import tensor_pb2
 
-__all__ = ["HOP_ONCE_MAX_BYTES", "ONCE_MAX_BYTES", "hop_once_max_bytes", "stream_messages", "stream_wire"]
+__all__ = [
+    "HOP_ONCE_MAX_BYTES",
+    "ONCE_ANSWER_TOO_LARGE",
+    "ONCE_MAX_BYTES",
+    "hop_once_max_bytes",
+    "stream_messages",
+    "stream_wire",
+]
 
 #: Requests whose input payloads add up to at most this go in one unary ProcessOnce call; larger ones stream.
 #: A streaming call costs about 2 ms more than a unary one in grpcio, which a chain pays at every hop. (The
 #: front-end's InferOnce takes at most this much.)
 ONCE_MAX_BYTES = 2 << 20
+#: In the RESOURCE_EXHAUSTED message of an InferOnce whose answer is over ONCE_MAX_BYTES: the result is stored,
+#: and the Infer stream under the same request id delivers it (what splitinfer's clients then do).
+ONCE_ANSWER_TOO_LARGE = "fetch it with Infer under the same request id"
 #: The same between a client or a node and the next node (NodeClient, AsyncRouteClient, the forwarder). Measured
 #: here with a copy partition, unary against chunked Process (1 MiB chunks): 4 MiB 15.3 vs 22.3 ms, 16 MiB 55.8
 #: vs 61.9 ms; every chunk is one more grpc.aio message each way, and the caller assembles streamed answers

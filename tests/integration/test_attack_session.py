@@ -6,8 +6,10 @@ nodes take and give admission slots and memory budget by hand (``PartitionHost.e
 on port 0 (in-process nodes and front-ends, so a test can read their in-flight counts and budgets; a hung
 replica is a node whose event loop is blocked, as a SIGSTOP would leave it).
 
-Tests marked ``xfail(strict=True)`` are bugs found by this attack (see each reason); the others are
-properties that hold and must keep holding.
+The tests after "Found by this attack" were strict xfails naming four bugs (same-id tries starving the
+front-end's workers, a retry inheriting a given-up first try's failure, hops over a node's message limit,
+InferOnce answers too large for one message); they pass since the fixes. The others are properties that
+held from the start and must keep holding.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import nn
 
 from server_node.config import NodeConfig
 from server_node.server import RunningNode, start_node
-from splitinfer.codecs import WireTensor, decode_tensor, encode_tensor
+from splitinfer.codecs import TensorAssembler, WireTensor, decode_tensor, encode_tensor
 from splitinfer.divider import partition_at
 from splitinfer.errors import ResourceExhausted, SplitInferError
 from splitinfer.frontend.server import FrontEndConfig, RunningFrontEnd, start_frontend
@@ -40,7 +42,7 @@ from splitinfer.runtime import PartitionKey
 from splitinfer.transport import frames
 from splitinfer.transport.aio_server import StreamLimiter
 from splitinfer.transport.clients import NodeClient
-from splitinfer.transport.stream import ONCE_MAX_BYTES
+from splitinfer.transport.stream import ONCE_ANSWER_TOO_LARGE, ONCE_MAX_BYTES
 from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2, tensor_pb2
 from tests.integration._system import MODEL, SmallSystem, small_system
 from tests.integration.test_data_plane import _save
@@ -357,7 +359,7 @@ def test_process_streams_abandoned_mid_tensor_give_the_slot_back(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Bugs found
+# Found by this attack, fixed since: each was a strict xfail first
 
 
 def test_concurrent_tries_of_one_id_never_starve_the_front_end(system: SmallSystem, tmp_path: Path) -> None:
@@ -527,16 +529,10 @@ class Big(nn.Module):
         return torch.relu(nn.functional.interpolate(x, scale_factor=24, mode="nearest"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="FrontEndServicer.InferOnce (splitinfer/frontend/service.py) returns every output in one "
-    "InferOnceResponse whatever its size (only the inputs are bounded, by ONCE_MAX_BYTES): a model with a "
-    "6.75 MiB output runs and is stored, then the answer is over the 4 MiB a gRPC client receives by default "
-    "(RESOURCE_EXHAUSTED 'Received message larger than max'), and every retry with the same id fails the same "
-    "way; over the front-end's 64 MiB max_message_bytes it fails on the server side for every client",
-)
-def test_infer_once_never_runs_a_request_whose_answer_cannot_be_delivered(tmp_path: Path) -> None:
+def test_infer_once_never_loses_an_answer_too_large_for_one_message(tmp_path: Path) -> None:
+    """A 6.75 MiB answer is over what one InferOnce message carries (ONCE_MAX_BYTES; a default gRPC client
+    receives 4 MiB): the request runs once and is stored, InferOnce says so (RESOURCE_EXHAUSTED naming Infer),
+    and Infer under the same request id streams the stored answer."""
     model, x = Big().eval(), torch.randn(1, 3, 32, 32)
     graph = ModelGraph.build(export_program(model, (x,)), (x,))
     pool = ModelPool(tmp_path / "pool")
@@ -568,15 +564,27 @@ def test_infer_once_never_runs_a_request_whose_answer_cannot_be_delivered(tmp_pa
             assert list(plan.entry_tensors) == ["x"]
             header = frontend_pb2.InferHeader(request_id="big-1", device=device, plan_id=plan.plan_id)
             before = frontend.store.count()
-            try:
-                answer = stub.InferOnce(
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.InferOnce(
                     frontend_pb2.InferOnceRequest(header=header, tensors=[encode_tensor(x, "x")]), timeout=30
                 )
-            except grpc.RpcError as exc:  # refused: then before running it, saying to use Infer
-                assert frontend.store.count() == before, f"it ran, then could not answer: {exc.details()}"
-                assert "Infer" in (exc.details() or "")
-            else:
-                assert answer.tensors
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert ONCE_ANSWER_TOO_LARGE in (refused.value.details() or "")
+            assert len(refused.value.details() or "") <= 1024
+            assert frontend.store.count() == before + 1  # ran once, stored
+            messages = [
+                frontend_pb2.InferRequest(header=header),
+                frontend_pb2.InferRequest(tensor=encode_tensor(x, "x")),
+            ]
+            assembler, outputs = TensorAssembler(), {}
+            for response in stub.Infer(iter(messages), timeout=30):
+                kind = response.WhichOneof("kind")
+                if kind in ("tensor", "chunk") and (done := assembler.add(getattr(response, kind))) is not None:
+                    outputs[done.name] = decode_tensor(done)
+            assert frontend.store.count() == before + 1  # answered from the store, not run again
+            with torch.no_grad():
+                expected = model(x)
+            assert len(outputs) == 1 and torch.allclose(next(iter(outputs.values())), expected, atol=1e-5)
     finally:
         if frontend is not None:
             frontend.stop(0.5)

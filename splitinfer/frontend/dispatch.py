@@ -159,21 +159,14 @@ class Dispatcher:
         digest = self._check(job)
         key = (job.caller, job.request_id)
         until = time.monotonic() + job.timeout_s
-        while True:  # again only when a running try this one waited for gave up
-            stored = stored_result(self._results, job.caller, job.request_id)
-            if stored is not None:
-                return _recall(stored, digest, job.request_id)
-            flight, leader = self._board(key, digest)
-            if leader:
-                break
-            if flight.digest != digest:
-                raise _reused(job.request_id)
+        while (flight := self._board(key, digest, job.request_id)) is not None:
             if not flight.done.wait(max(0.0, until - time.monotonic())):
                 raise _still_running(job.request_id)
-            if not flight.gave_up():
-                return _followed(flight)
-        with self._leading(key, flight):
-            flight.outcome = self._run(job, digest)
+            if (outcome := _followed(flight)) is not None:
+                return outcome
+        with self._leading(key) as flight:
+            stored = stored_result(self._results, job.caller, job.request_id)
+            flight.outcome = _recall(stored, digest, job.request_id) if stored is not None else self._run(job, digest)
         return flight.outcome
 
     async def run_async(self, job: Job) -> Outcome:
@@ -190,25 +183,21 @@ class Dispatcher:
         digest = self._check(job)
         key = (job.caller, job.request_id)
         until = time.monotonic() + job.timeout_s
-        while True:  # again only when a running try this one waited for gave up
-            if self._results is not None:
-                if self._results.reads_in_process:  # a local read: cheaper here than the hop to a worker
-                    stored = stored_result(self._results, job.caller, job.request_id)
-                else:
-                    stored = await _offload(stored_result, self._results, job.caller, job.request_id)
-                if stored is not None:
-                    return _recall(stored, digest, job.request_id)
-            flight, leader = self._board(key, digest)
-            if leader:
-                break
-            if flight.digest != digest:
-                raise _reused(job.request_id)
+        while (flight := self._board(key, digest, job.request_id)) is not None:
             await self._landing(flight, job.request_id, until - time.monotonic())
-            if not flight.gave_up():
-                return _followed(flight)
-        with self._leading(key, flight), self._span(job) as current:
-            flight.outcome = await self._run_async(job, digest)
-            current.set_attribute("splitinfer.server_ms", flight.outcome.server_ms)
+            if (outcome := _followed(flight)) is not None:
+                return outcome
+        with self._leading(key) as flight:
+            if self._results is None or self._results.reads_in_process:  # a local read: no hop to a worker
+                stored = stored_result(self._results, job.caller, job.request_id)
+            else:
+                stored = await _offload(stored_result, self._results, job.caller, job.request_id)
+            if stored is not None:
+                flight.outcome = _recall(stored, digest, job.request_id)
+            else:
+                with self._span(job) as current:
+                    flight.outcome = await self._run_async(job, digest)
+                    current.set_attribute("splitinfer.server_ms", flight.outcome.server_ms)
         return flight.outcome
 
     async def _run_async(self, job: Job, digest: str) -> Outcome:
@@ -245,21 +234,29 @@ class Dispatcher:
             )
         return _digest(plan.model, job.tensors.values())
 
-    def _board(self, key: tuple[str, str], digest: str) -> tuple[_Flight, bool]:
-        """The flight of ``key``: this try's own (it leads) or a running one's (it follows)."""
+    def _board(self, key: tuple[str, str], digest: str, request_id: str) -> _Flight | None:
+        """The running try of ``key`` this try must wait for, or None when there is none: this try leads
+        (it then boards with :meth:`_leading`, atomically with this answer). FailedPrecondition when the
+        running try has other inputs."""
         with self._lock:
             flight = self._flights.get(key)
-            if flight is not None:
-                return flight, False
-            flight = self._flights[key] = _Flight(digest)
-            return flight, True
+            if flight is None:
+                self._flights[key] = _Flight(digest)
+                return None
+        if flight.digest != digest:
+            raise _reused(request_id)
+        return flight
 
     @contextmanager
-    def _leading(self, key: tuple[str, str], flight: _Flight) -> Iterator[None]:
-        """The leading try's run of ``flight``: its error is the followers' too, and the flight lands (leaves
+    def _leading(self, key: tuple[str, str]) -> Iterator[_Flight]:
+        """The leading try's flight (boarded by :meth:`_board`). It looks the request up in the store and
+        runs it only when not stored (so a try that boards just after another landed answers that one's
+        result instead of running it again); its error is the followers' too, and the flight lands (leaves
         the board, wakes the followers) however the run ends."""
+        with self._lock:
+            flight = self._flights[key]
         try:
-            yield
+            yield flight
         except BaseException as exc:
             flight.error = exc
             raise
@@ -454,9 +451,12 @@ class Dispatcher:
 T = TypeVar("T")
 
 
-def _followed(flight: _Flight) -> Outcome:
+def _followed(flight: _Flight) -> Outcome | None:
     """What a try that waited for a landed flight answers: the leader's outcome, or the leader's error when
-    it was the request's own (a try of the same inputs would fail the same way)."""
+    it was the request's own (a try of the same inputs would fail the same way); None when the leader gave
+    up (:meth:`_Flight.gave_up`): this try then runs the request itself."""
+    if flight.gave_up():
+        return None
     if flight.outcome is None:
         error = flight.error
         if isinstance(error, SplitInferError):

@@ -16,7 +16,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -233,20 +233,18 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
         context in ``metadata``), one child span per step."""
         deadline.check("after reading the request")
         self.metrics.in_flight.inc()
-        try:
-            if not tracing.traced(metadata):  # no span bookkeeping on the hot path when nobody traces
-                async for item in self.executor.execute(header, received, deadline):
-                    if isinstance(item, model_server_pb2.StepTiming) and item.node == self.address:
-                        self._observe(item, traced=False)
-                    yield item
-                return
+        traced = tracing.traced(metadata)  # no span bookkeeping on the hot path when nobody traces
+        span: AbstractContextManager[Any] = nullcontext()
+        if traced:
             attributes = {"splitinfer.request_id": header.request_id, "splitinfer.node": self.address,
                           "splitinfer.entry_step": header.entry_step}  # fmt: skip
-            with tracing.span("splitinfer.node.process", parent=tracing.extract(metadata), attributes=attributes,
-                              kind=trace.SpanKind.SERVER):  # fmt: skip
+            span = tracing.span("splitinfer.node.process", parent=tracing.extract(metadata), attributes=attributes,
+                                kind=trace.SpanKind.SERVER)  # fmt: skip
+        try:
+            with span:
                 async for item in self.executor.execute(header, received, deadline):
                     if isinstance(item, model_server_pb2.StepTiming) and item.node == self.address:
-                        self._observe(item, traced=True)
+                        self._observe(item, traced=traced)
                     yield item
         finally:
             self.metrics.in_flight.dec()

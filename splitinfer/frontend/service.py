@@ -57,9 +57,9 @@ def caller_of(tokens: TokenTable | None, context: grpc.ServicerContext, device_i
 
 class FrontEndServicer(frontend_pb2_grpc.FrontEndServiceServicer):
     """For ``grpc.aio`` servers. A stream waiting for its header or idling between tensors costs a coroutine
-        and is closed at its timeout (``timeouts``); planning runs on the loop's default executor (the serving
-        loop's bounded pool); a request runs on the loop (:meth:`Dispatcher.run_async`), its
-    blocking parts on that executor."""
+    and is closed at its timeout (``timeouts``); planning runs on the loop's default executor (the serving
+    loop's bounded pool); a request runs on the loop (:meth:`Dispatcher.run_async`), its blocking parts on
+    that executor."""
 
     def __init__(
         self,

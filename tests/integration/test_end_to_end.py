@@ -16,7 +16,7 @@ import grpc
 import pytest
 import torch
 
-from edge_agent.agent import EdgeAgent
+from edge_agent.agent import DevicePlan, EdgeAgent
 from edge_agent.config import AgentConfig
 from server_node.process import NodeProcess, spawn_node
 from splitinfer.divider import partition_at
@@ -78,6 +78,25 @@ def _agent(system: dict, compute_flops: float = 5e7, **overrides: object) -> Edg
         "plan_ttl_s": 0.0, **overrides,
     })  # fmt: skip
     return EdgeAgent(config, compute_flops=compute_flops)  # a slow device: the servers are worth it
+
+
+def _server_plan(system: dict, device_id: str) -> DevicePlan:  # type: ignore[type-arg]
+    """A plan that sends the model's input to the servers, for a device far too slow to run any of the model
+    itself (however slow a loaded machine makes the servers look). Planned again for up to 10 s: under load
+    (a fresh-clone CI run, and once in a combined local run) the planner sometimes kept the whole model on
+    such a device; the cause is not pinned down, and the assertion names the plan's reason if it persists."""
+    agent = _agent(system, compute_flops=1e4, device_id=device_id)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            plan = agent.plan("two_heads", plan_pb2.Requirements(min_accuracy=0.9), fresh=True)
+            if list(plan.entry_tensors) == ["x"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        agent.close()
+    assert list(plan.entry_tensors) == ["x"], (plan.plan.reason, plan.plan.placements)
+    return plan
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 0.02) -> bool:
@@ -193,12 +212,7 @@ def test_front_end_refuses_bad_infer_streams_with_clear_codes(system: dict) -> N
     from splitinfer.codecs import encode_tensor
     from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc
 
-    # A device far too slow to run any of the model itself: the plan sends the model's input to the servers
-    # however slow a loaded machine makes them look (the checks below send "x").
-    agent = _agent(system, compute_flops=1e4, device_id="phone-bad-input")
-    plan = agent.plan("two_heads", plan_pb2.Requirements(min_accuracy=0.9))
-    agent.close()
-    assert list(plan.entry_tensors) == ["x"], plan
+    plan = _server_plan(system, "phone-bad-input")  # the checks below send "x"
     tensor = encode_tensor(system["x"], "x")
 
     def infer(messages: list) -> grpc.StatusCode:  # type: ignore[type-arg]
@@ -236,12 +250,7 @@ def test_infer_once_answers_as_infer_does_and_refuses_the_same(system: dict) -> 
     from splitinfer.codecs import decode_tensor, encode_tensor
     from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc
 
-    # A device far too slow to run any of the model itself: the plan sends the model's input to the servers
-    # however slow a loaded machine makes them look (the checks below send "x").
-    agent = _agent(system, compute_flops=1e4, device_id="phone-once")
-    plan = agent.plan("two_heads", plan_pb2.Requirements(min_accuracy=0.9))
-    agent.close()
-    assert list(plan.entry_tensors) == ["x"], plan
+    plan = _server_plan(system, "phone-once")  # the checks below send "x"
     tensor = encode_tensor(system["x"], "x")
     device = plan_pb2.DeviceState(device_id="phone-once")
     with grpc.insecure_channel(system["frontend"].address) as channel:

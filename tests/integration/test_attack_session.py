@@ -43,9 +43,10 @@ from splitinfer.transport import frames
 from splitinfer.transport.aio_server import StreamLimiter
 from splitinfer.transport.clients import NodeClient
 from splitinfer.transport.stream import ONCE_ANSWER_TOO_LARGE, ONCE_MAX_BYTES
-from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, plan_pb2, route_pb2, tensor_pb2
+from splitinfer.v1 import frontend_pb2, frontend_pb2_grpc, model_server_pb2, route_pb2, tensor_pb2
 from tests.integration._system import MODEL, SmallSystem, small_system
 from tests.integration.test_data_plane import _save
+from tests.integration.test_trust_boundary import _device
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,10 +58,6 @@ MAX_DETAILS = 1024
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallSystem]:
     with small_system(tmp_path_factory.mktemp("attack"), variants=("fp32",)) as running:
         yield running
-
-
-def _device(name: str) -> plan_pb2.DeviceState:
-    return plan_pb2.DeviceState(device_id=name, compute_flops=0, uplink_mbps=1000, rtt_ms=1)
 
 
 class Door:

@@ -148,6 +148,43 @@ class RequestExecutor:
         """Whether a caller may send ``step`` here (as a replica or a fallback)."""
         return self.is_local(step) or self._address in step.fallback_addresses
 
+    def alone(
+        self, header: model_server_pb2.RequestHeader, received: dict[str, WireTensor]
+    ) -> tuple[route_pb2.RouteStep, LoadedPartition] | None:
+        """The entry step and its partition when the request is that one step alone: no sink, none of its
+        outputs feeds another step, and every input the partition reads came with the request (so no join).
+        :meth:`run_alone` runs such a request; anything else (None) goes through :meth:`execute`. The route
+        must have been validated (``server_node.checks.validate_route``)."""
+        route = header.route
+        if route.sink:
+            return None
+        step = route.steps[header.entry_step]
+        for out in step.outputs:
+            if out.consumer_steps:
+                return None
+        partition = self._host.get(key_of(step.partition))
+        for spec in partition.inputs:
+            if spec.name not in received:
+                return None
+        return step, partition
+
+    async def run_alone(
+        self,
+        step: route_pb2.RouteStep,
+        partition: LoadedPartition,
+        received: dict[str, WireTensor],
+        deadline: Deadline,
+    ) -> tuple[list[WireTensor], model_server_pb2.StepTiming]:
+        """What :meth:`execute` yields for a request that :meth:`alone` accepted (the outputs delivered, in
+        route order, and the step's timing), without its generator, state and forwarding machinery: the
+        same :meth:`_run_step` with the same checks, for the common single-step ProcessOnce."""
+        routes = step.outputs or self._deliver_all(partition)
+        to_encode = [out for out in routes if out.deliver]
+        state = _State(dict(received))
+        timing = await self._run_step(step, partition, to_encode, state, deadline)
+        encoded = state.encoded
+        return [encoded[out.tensor_name] for out in to_encode], timing
+
     async def execute(
         self, header: model_server_pb2.RequestHeader, received: dict[str, WireTensor], deadline: Deadline
     ) -> AsyncIterator[Delivered]:

@@ -200,16 +200,43 @@ class ModelServerServicer(model_server_pb2_grpc.ModelServerServiceServicer):
                 received[complete.name] = complete
                 self._count_bytes("in", complete)
             done = model_server_pb2.ProcessDone()
-            delivered: list[WireTensor] = []
-            async for item in self._execute(header, received, deadline, context.invocation_metadata()):
-                if isinstance(item, model_server_pb2.StepTiming):
-                    done.timings.append(item)
-                else:
-                    self._count_bytes("out", item)
-                    delivered.append(item)
+            metadata = context.invocation_metadata()
+            alone = self.executor.alone(header, received)
+            if alone is not None and not tracing.traced(metadata):
+                delivered, timing = await self._run_alone(*alone, received, deadline)
+                done.timings.append(timing)
+            else:
+                delivered = []
+                async for item in self._execute(header, received, deadline, metadata):
+                    if isinstance(item, model_server_pb2.StepTiming):
+                        done.timings.append(item)
+                    else:
+                        delivered.append(item)
+            for tensor in delivered:
+                self._count_bytes("out", tensor)
             return once_response(delivered, done)
         finally:
             self._release(reserved)
+
+    async def _run_alone(
+        self,
+        step: route_pb2.RouteStep,
+        partition: LoadedPartition,
+        received: dict[str, WireTensor],
+        deadline: Deadline,
+    ) -> tuple[list[WireTensor], model_server_pb2.StepTiming]:
+        """:meth:`_execute` for a request of one step alone (``RequestExecutor.alone``) that nobody traces:
+        the same deadline check, in-flight gauge and step metrics around ``RequestExecutor.run_alone``,
+        without the two async-generator layers (the common single-step ProcessOnce)."""
+        deadline.check("after reading the request")
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
+        try:
+            delivered, timing = await self.executor.run_alone(step, partition, received, deadline)
+        finally:
+            in_flight.dec()
+        self._observe(timing, traced=False)
+        return delivered, timing
 
     def _count_bytes(self, direction: str, tensor: WireTensor) -> None:
         encoding = tensor.head.encoding

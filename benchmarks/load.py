@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -119,7 +120,15 @@ class Sampler:
                 out[name] = times.user + times.system
         return out
 
+    @staticmethod
+    def _busy_s() -> float:
+        """CPU seconds the whole machine has been busy (every process, ours and anyone else's)."""
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
     def __enter__(self) -> Sampler:
+        self._busy_start = self._busy_s()
+        self._wall_start = time.monotonic()
         self._cpu_start = self._cpu()
         self._thread.start()
         return self
@@ -130,6 +139,14 @@ class Sampler:
         end = self._cpu()
         #: CPU seconds each component used while the level ran (the client: this process).
         self.cpu_s = {k: end[k] - v for k, v in self._cpu_start.items() if k in end}
+        wall = max(time.monotonic() - self._wall_start, 1e-9)
+        busy = self._busy_s() - self._busy_start
+        #: Cores in use on average while the level ran: by the benchmark's processes, and by anything else
+        #: on the machine (other users of a shared box; a level with others busy is not comparable).
+        self.cores = {
+            "ours": sum(self.cpu_s.values()) / wall,
+            "others": max(0.0, busy - sum(self.cpu_s.values())) / wall,
+        }
 
 
 def _device(index: int) -> plan_pb2.DeviceState:
@@ -146,7 +163,13 @@ async def _device_loop(
     latencies, errors = [], 0
     async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
         stub = frontend_pb2_grpc.FrontEndServiceStub(channel)
+        asked = time.perf_counter()
         plan = (await stub.Plan(frontend_pb2.PlanRequest(model=model, device=device), timeout=30)).plan
+        out[f"planms{index}"] = (time.perf_counter() - asked) * 1e3
+        # Where the plan put each partition (the device's share names the chosen server per partition).
+        out[f"plan{index}"] = " ".join(
+            f"{p.partition.partition}@{'device' if p.on_device else p.address}" for p in plan.placements
+        )
         while time.monotonic() < until:
             header = frontend_pb2.InferHeader(
                 request_id=uuid.uuid4().hex, device=device, plan_id=plan.plan_id, timeout_ms=30_000
@@ -217,14 +240,26 @@ async def _devices(
 
 def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input_name: str,
               processes: dict[str, int], idle: int = 0,
-              idle_targets: tuple[str, ...] = (), model: str = MODEL, rpc: str = "once") -> dict[str, Any]:  # fmt: skip
+              idle_targets: tuple[str, ...] = (), model: str = MODEL, rpc: str = "once",
+              nodes: list[NodeProcess] | None = None) -> dict[str, Any]:  # fmt: skip
     """``devices`` concurrent devices, driven by one asyncio loop (threads would add GIL contention on
-    the load generator's side of a small machine), beside ``idle`` streams that hold the nodes open."""
+    the load generator's side of a small machine), beside ``idle`` streams that hold the nodes open. With
+    ``nodes``, also how many steps of each partition each node ran during the level."""
     results: dict[str, Any] = {}
     tensor = encode_tensor(x, input_name)
+    before = _partition_stats(nodes) if nodes else []
     with Sampler(processes) as sampler:
         closed = asyncio.run(_devices(address, devices, seconds, tensor, results, idle, idle_targets, model, rpc))
         elapsed = results.pop("_elapsed_s")  # the devices' own time, not the idle streams' set-up
+    steps_per_node: dict[str, dict[str, int]] = {}
+    if nodes:
+        done = {(r["node"], r["partition"]): r["completed"] for r in before}
+        names = {n.address: f"node{k}" for k, n in enumerate(nodes)}
+        for row in _partition_stats(nodes):
+            ran = row["completed"] - done.get((row["node"], row["partition"]), 0)
+            steps_per_node.setdefault(names.get(row["node"], row["node"]), {})[row["partition"]] = ran
+    plan_ms = sorted(results.pop(k) for k in [k for k in results if k.startswith("planms")])
+    placements = [results.pop(k) for k in [k for k in results if k.startswith("plan")]]
     latencies = sorted(s for samples, _ in results.values() for s in samples)
     errors = sum(e for _, e in results.values())
     quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else 0.0  # noqa: E731
@@ -243,6 +278,13 @@ def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input
         "peak_rss_bytes": dict(sampler.peak),
         # CPU each component spent per request served (the whole level's CPU time over its requests).
         "cpu_ms_per_request": {k: v * 1e3 / max(len(latencies), 1) for k, v in sampler.cpu_s.items()},
+        "cores_busy": sampler.cores,
+        # The plans the devices got: each distinct placement (partition@server ...) and how many devices.
+        "plans": dict(collections.Counter(placements).most_common()),
+        # Each device's Plan call (before its first request), median and slowest, ms.
+        "plan_call_ms": {"median": statistics.median(plan_ms) if plan_ms else 0.0, "max": max(plan_ms, default=0.0)},
+        # Steps each node ran per partition (a request split over the nodes shows as unequal counts).
+        "steps_per_node": steps_per_node,
         "latencies_ms": [s * 1e3 for s in latencies],
     }
 
@@ -344,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             order = args.levels if round_index % 2 == 0 else list(reversed(args.levels))
             for d in order:
                 runs[d].append(run_level(address, d, args.seconds, example[0], program.input_names[0], processes,
-                                         rpc=args.rpc))  # fmt: skip
+                                         rpc=args.rpc, nodes=nodes))  # fmt: skip
         levels = [_pooled(runs[d]) for d in args.levels]
         batching.extend(_partition_stats(nodes))  # what each node's partitions ran on, and their batches
         if args.idle_streams:
@@ -603,6 +645,9 @@ def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         **runs[0], "rounds": len(runs), "seconds": seconds, "requests": len(latencies),
         "errors": sum(r["errors"] for r in runs), "throughput_rps": len(latencies) / seconds,
         "throughput_rps_per_round": [r["throughput_rps"] for r in runs],
+        "plans_per_round": [r.get("plans", {}) for r in runs],
+        "cores_busy_per_round": [r.get("cores_busy", {}) for r in runs],
+        "steps_per_node_per_round": [r.get("steps_per_node", {}) for r in runs],
         "p50_ms": _quantile(latencies, 0.5), "p95_ms": _quantile(latencies, 0.95), "p99_ms": _quantile(latencies, 0.99),
         "mean_ms": statistics.fmean(latencies) if latencies else 0.0, "peak_rss_bytes": peaks,
         "cpu_ms_per_request": {k: sum(r["cpu_ms_per_request"][k] * r["requests"] for r in runs) / max(len(latencies), 1)

@@ -33,6 +33,7 @@ __all__ = [
     "partition_key",
     "rank_less",
     "request_overhead_s",
+    "service_seconds",
     "transfer_terms",
     "violation_of",
 ]
@@ -120,7 +121,7 @@ def transfer_terms(
         link = wire / (device.downlink_mbps * 1e6) + device.rtt_ms / 2e3
         codec_s = nbytes * codec.seconds_per_byte * problem.device_codec_slowdown
         return link + codec_s, 0.0, link, codec_s
-    link = wire / (problem.server_link_mbps * 1e6) + problem.server_link_ms / 1e3
+    link = wire / (problem.server_link_mbps * 1e6) + (problem.server_link_ms + problem.server_hop_ms) / 1e3
     return link + nbytes * codec.seconds_per_byte, 0.0, 0.0, 0.0
 
 
@@ -147,8 +148,9 @@ def base_seconds(problem: PlanningProblem, variant: VariantProfile, partition: i
     return flops / place.flops
 
 
-def compute_terms(problem: PlanningProblem, variant: VariantProfile, partition: int, location: int) -> float:
-    """Predicted seconds of compute of one partition at one place (a server's queue included).
+def service_seconds(problem: PlanningProblem, variant: VariantProfile, partition: int, location: int) -> float:
+    """Predicted seconds of compute of one partition at one place once it runs (no queue): what the place
+    itself is able to do, however busy it is now.
 
     A partition measured at that place takes its measured factor x its base time; any other takes the
     place's calibrated ratio x base time plus the place's fixed per-partition cost.
@@ -156,9 +158,13 @@ def compute_terms(problem: PlanningProblem, variant: VariantProfile, partition: 
     base = base_seconds(problem, variant, partition, location)
     place = problem.device if location == DEVICE else problem.servers[location]
     factor = place.factor(partition_key(variant, partition)) if place.partition_factors else None
-    seconds = (
-        max(base, BASE_FLOOR_S) * factor if factor is not None else base * place.compute_ratio + place.fixed_ms / 1e3
-    )
+    return max(base, BASE_FLOOR_S) * factor if factor is not None else base * place.compute_ratio + place.fixed_ms / 1e3
+
+
+def compute_terms(problem: PlanningProblem, variant: VariantProfile, partition: int, location: int) -> float:
+    """Predicted seconds of compute of one partition at one place, a server's reported queue included
+    (:func:`service_seconds` plus the wait)."""
+    seconds = service_seconds(problem, variant, partition, location)
     if location == DEVICE:
         return seconds
     return seconds + problem.servers[location].queue_ms / 1e3

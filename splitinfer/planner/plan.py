@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from splitinfer.codecs import CodecSpec
-from splitinfer.planner.cost import BASE_FLOOR_S, DEVICE, Assignment, Evaluation, base_seconds, compute_terms
+from splitinfer.planner.cost import BASE_FLOOR_S, DEVICE, Assignment, Evaluation, base_seconds, service_seconds
 from splitinfer.planner.problem import PlanningProblem
 from splitinfer.v1 import plan_pb2, route_pb2
 
@@ -157,22 +157,47 @@ class Plan:
 
 #: Replicas whose predicted compute time is within this factor of the chosen server's share its load.
 EQUIVALENT_COMPUTE_FACTOR = 1.25
+#: Slack per partition in that comparison, seconds (tiny partitions differ by noise, not by capacity).
+EQUIVALENT_SLACK_S = 1e-3
 
 
-def _equivalent_replicas(problem: PlanningProblem, v: int, p: int, chosen: int) -> list[int]:
-    """The chosen server first, then every other server hosting the partition that is about as fast: the
-    balancer spreads requests over them (identical replicas would otherwise sit idle behind one plan)."""
-    variant = problem.variants[v]
-    name = variant.partitions[p].name
-    limit = compute_terms(problem, variant, p, chosen) * EQUIVALENT_COMPUTE_FACTOR + 1e-3
-    others = [
-        k
-        for k, s in enumerate(problem.servers)
-        if k != chosen
-        and s.can_run(variant.model, variant.variant, name)
-        and compute_terms(problem, variant, p, k) <= limit
-    ]
-    return [chosen, *others]
+def _equivalent_replicas(problem: PlanningProblem, a: Assignment) -> dict[int, list[int]]:
+    """Each server partition's replicas: the server the plan chose first, then every other server that
+    hosts *all* the partitions the plan put on the chosen one and would run them, together, about as fast.
+    The balancer spreads requests over them (identical replicas would otherwise sit idle behind one plan).
+
+    All of one server's partitions get the same replicas, so a request that enters a replica runs every
+    one of them there, whole, instead of hopping back to the chosen server for the partition where that
+    replica's calibrated time happened to be a little slower (calibrated times of identical nodes on a
+    busy host differ by their contention). About as fast means by what the servers are able to do
+    (:func:`service_seconds`), not by the queue they reported when the plan was made: a plan lives for
+    minutes and serves every request of its device, so a queue seen once would pin all of them to
+    whichever replica was idler at that instant (a load benchmark saw all 64 devices' plans on one of two
+    identical nodes, the other idle). Which replica takes each request is the balancer's choice, from the
+    load it sees then.
+    """
+    variant = problem.variants[a.variant]
+    n = len(variant.partitions)
+    by_server: dict[int, list[int]] = {}
+    for p in range(n):
+        if a.location(p, n) != DEVICE:
+            by_server.setdefault(a.location(p, n), []).append(p)
+    replicas: dict[int, list[int]] = {}
+    for chosen, parts in by_server.items():
+        names = [variant.partitions[p].name for p in parts]
+        limit = sum(
+            service_seconds(problem, variant, p, chosen) for p in parts
+        ) * EQUIVALENT_COMPUTE_FACTOR + EQUIVALENT_SLACK_S * len(parts)
+        others = [
+            k
+            for k, s in enumerate(problem.servers)
+            if k != chosen
+            and all(s.can_run(variant.model, variant.variant, name) for name in names)
+            and sum(service_seconds(problem, variant, p, k) for p in parts) <= limit
+        ]
+        for p in parts:
+            replicas[p] = [chosen, *others]
+    return replicas
 
 
 def _route(problem: PlanningProblem, a: Assignment, codec_of: dict[str, CodecSpec]) -> route_pb2.Route:
@@ -182,7 +207,7 @@ def _route(problem: PlanningProblem, a: Assignment, codec_of: dict[str, CodecSpe
     n = len(variant.partitions)
     server_parts = [p for p in range(n) if a.location(p, n) != DEVICE]
     step_of = {p: i for i, p in enumerate(server_parts)}
-    equivalent = {p: _equivalent_replicas(problem, a.variant, p, a.location(p, n)) for p in server_parts}
+    equivalent = _equivalent_replicas(problem, a)
     steps = []
     for p in server_parts:
         inputs = list(dict.fromkeys(e.tensor for e in variant.edges if e.dst == p))

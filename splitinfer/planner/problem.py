@@ -172,5 +172,11 @@ class PlanningProblem:
     server_link_mbps: float = 1000.0
     #: One-way latency between servers, milliseconds.
     server_link_ms: float = 0.2
+    #: What a tensor's hop from one server to another costs beyond the link: the sender's forward and the
+    #: next node's request path (the call, its checks, decoding, step timing), milliseconds. Measured by
+    #: benchmarks/pipeline.py: a whole 4 KiB node hop takes about 1.1 ms against 0.2 ms of wire. Without it
+    #: a plan splits a request over two servers for a few hundredths of a millisecond of calibrated compute
+    #: and pays a hop (and the CPU of a second request path) for it.
+    server_hop_ms: float = 0.9
     #: Device codec work relative to a server core (a phone encodes this many times slower).
     device_codec_slowdown: float = 4.0

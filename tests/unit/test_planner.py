@@ -244,3 +244,50 @@ def test_per_partition_device_calibration_moves_work_off_a_slow_partition() -> N
     assert compute_terms(calibrated, variant, index, DEVICE) == pytest.approx(plain * 1000)
     assert heavy[0] not in CpSatSolver().solve(calibrated).device_partitions
     assert heavy[0] not in ChainSolver().solve(calibrated).device_partitions
+
+
+@pytest.mark.parametrize("solver", [ChainSolver(), CpSatSolver(), GreedySolver()])
+def test_replicas_that_differ_only_in_their_reported_queue_stay_in_every_step(solver) -> None:  # type: ignore[no-untyped-def]
+    """A queue reported at planning time picks where the plan puts its partitions, but it must not drop an
+    equally able replica from the route: the plan serves every request of its device for minutes, and the
+    balancer chooses a replica per request from the load it sees then. Every step lists the same replicas,
+    so a request that enters one of them runs there whole; a server far slower is only a fallback."""
+    thin = replace(_problem(uplink_mbps=50).device, computes=False)
+    servers = (
+        ServerProfile("busy:1", 5e10, queue_ms=40.0),  # 8 requests in flight when the device asked
+        ServerProfile("idle:1", 5e10),
+        ServerProfile("slow:1", 1e10),  # 5x slower: not the same capacity
+    )
+    problem = replace(_problem(), device=thin, servers=servers)
+    plan = solver.solve(problem)
+    assert plan.route is not None and len(plan.route.steps) == 4
+    assert {p.where for p in plan.placements} == {"idle:1"}  # the queue still steers the planned place
+    for step in plan.route.steps:
+        assert list(step.addresses) == ["idle:1", "busy:1"]  # the chosen one first, then its equal
+        assert list(step.fallback_addresses) == ["slow:1"]
+
+
+def test_a_replica_slower_on_one_tiny_partition_still_takes_the_whole_request() -> None:
+    """Identical nodes on a busy host calibrate a little apart per partition (contention, not capacity). A
+    replica whose time is over the factor on one small partition but about the same in all still serves
+    every step: a request entering it then runs there whole rather than hopping back for that one step."""
+    thin = replace(_problem(uplink_mbps=50).device, computes=False)
+    # p3 (0.6 GFLOP of 2.6) measured 1.6x slower on b: over 1.25x for p3 alone, 1.14x over the four.
+    slower_p3 = ServerProfile("b:1", 5e10, partition_factors=(("cnn@large/p3", 1.6),))
+    problem = replace(_problem(), device=thin, servers=(ServerProfile("a:1", 5e10), slower_p3))
+    plan = ChainSolver().solve(problem)
+    assert plan.route is not None and {p.where for p in plan.placements} == {"a:1"}
+    assert [list(step.addresses) for step in plan.route.steps] == [["a:1", "b:1"]] * 4
+
+
+def test_a_server_to_server_hop_costs_more_than_its_wire() -> None:
+    """A hop between servers pays the next node's request path (``server_hop_ms``): a plan does not split
+    a request over two servers to save less than that in compute."""
+    thin = replace(_problem(uplink_mbps=50).device, computes=False)
+    # b runs the last partition 2.2 ms faster (p3, 0.6 GFLOP at 5e10: 12 ms on a, 9.8 ms on b); its input
+    # t2 (200 KB) costs 1.6 ms of wire and 0.2 ms of link latency, and the hop 0.9 ms more.
+    b = ServerProfile("b:1", 5e10, hosts=frozenset({"cnn@large/p3"}), partition_factors=(("cnn@large/p3", 0.82),))
+    problem = replace(_problem(), device=thin, servers=(ServerProfile("a:1", 5e10), b))
+    assert {p.where for p in ChainSolver().solve(problem).placements} == {"a:1"}
+    free_hops = replace(problem, server_hop_ms=0.0)  # the wire alone is cheaper than the 2.2 ms saved
+    assert {p.where for p in ChainSolver().solve(free_hops).placements} == {"a:1", "b:1"}

@@ -54,6 +54,12 @@ PROCESS_ONCE_METHOD = "/splitinfer.v1.ModelServerService/ProcessOnce"
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _PAYLOAD_FIELD = 6  # Tensor.payload
+_PADDING_FIELD = 7  # Tensor.padding: ignored on reading
+#: Payloads at least this large are placed at a 16-byte aligned offset of their message (``Tensor.padding``),
+#: so that the receiver may use them in place (``splitinfer.codecs.wire.SHARE_ALIGNMENT``); below it, copying
+#: one costs no more than the padding's bookkeeping.
+PAD_MIN_BYTES = 64 << 10
+_ALIGN = 16
 _EMPTY = memoryview(b"")
 
 
@@ -172,6 +178,8 @@ def _tensor(buf: memoryview, spans: list[tuple[int, int]]) -> WireTensor:
         for field, wire, key_start, value_start, value_end in _fields(buf, start, end):
             if field == _PAYLOAD_FIELD and wire == _LEN:
                 payload = buf[value_start:value_end]
+            elif field == _PADDING_FIELD:
+                continue  # alignment filler: not part of the tensor (a relay pads afresh)
             else:
                 meta.append(buf[key_start:value_end])
     head = _parse(tensor_pb2.Tensor, b"".join(meta))
@@ -292,14 +300,24 @@ def _key(field: int, wire: int = _LEN) -> bytes:
 _PAYLOAD_KEY = _key(_PAYLOAD_FIELD)
 
 
-def _tensor_pieces(head: tensor_pb2.Tensor, payload: Any) -> tuple[list[Any], int]:
-    """The pieces of a Tensor message (``head``'s fields, then ``payload``) and their total length."""
+def _tensor_pieces(head: tensor_pb2.Tensor, payload: Any, at: int = -1) -> tuple[list[Any], int]:
+    """The pieces of a Tensor message (``head``'s fields, then ``payload``) and their total length. With
+    ``at`` (the offset in the whole message where this Tensor's length prefix begins) and a payload of at
+    least PAD_MIN_BYTES, a ``padding`` field before the payload puts it at a 16-byte aligned offset."""
     meta = head.SerializeToString()
     size = len(payload) if isinstance(payload, bytes) else memoryview(payload).nbytes
     if not size:
         return [meta], len(meta)
     length = _varint_bytes(size)
-    return [meta, _PAYLOAD_KEY, length, payload], len(meta) + len(_PAYLOAD_KEY) + len(length) + size
+    plain = len(meta) + len(_PAYLOAD_KEY) + len(length) + size
+    if at < 0 or size < PAD_MIN_BYTES:
+        return [meta, _PAYLOAD_KEY, length, payload], plain
+    prefix = len(meta) + len(_PAYLOAD_KEY) + len(length)
+    for pad in _PADDING_PREFIX:  # the padding field: its key, its length, pad - 2 zero bytes
+        total = plain + pad
+        if (at + len(_varint_bytes(total)) + prefix + pad) % _ALIGN == 0:
+            return [meta, _PADDING_PREFIX[pad], _PAYLOAD_KEY, length, payload], total
+    return [meta, _PAYLOAD_KEY, length, payload], plain  # unreachable: 32 consecutive paddings cover every offset
 
 
 def _field(field: int, pieces: list[Any], size: int, out: list[Any]) -> None:
@@ -310,18 +328,22 @@ def _field(field: int, pieces: list[Any], size: int, out: list[Any]) -> None:
 
 def _payload_head(tensor: WireTensor) -> tensor_pb2.Tensor:
     head = tensor.head
-    if head.payload:  # a complete message used as a head: send its metadata only
+    if head.payload or head.padding:  # a complete message used as a head: send its metadata only
         head = tensor_pb2.Tensor()
         head.CopyFrom(tensor.head)
         head.ClearField("payload")
+        head.ClearField("padding")
     return head
 
 
 def _once_message(prefix: bytes, tensors_field: int, tensors: Iterable[WireTensor], suffix: bytes) -> bytes:
     out: list[Any] = [prefix]
+    at = len(prefix)
+    key = _key(tensors_field)
     for tensor in tensors:
-        pieces, size = _tensor_pieces(_payload_head(tensor), tensor.payload)
+        pieces, size = _tensor_pieces(_payload_head(tensor), tensor.payload, at + len(key))
         _field(tensors_field, pieces, size, out)
+        at += len(key) + len(_varint_bytes(size)) + size
     out.append(suffix)
     return b"".join(out)
 
@@ -359,7 +381,7 @@ def stream_frames(
             view = view.cast("B")
         head = _payload_head(tensor)
         out: list[Any] = []
-        pieces, size = _tensor_pieces(head, view[:chunk_bytes])
+        pieces, size = _tensor_pieces(head, view[:chunk_bytes], len(_key(tensor_field)))
         _field(tensor_field, pieces, size, out)
         yield b"".join(out)
         if len(view) <= chunk_bytes:
@@ -376,3 +398,6 @@ def stream_frames(
 
 
 _PAYLOAD_CHUNK_KEY = _key(3)  # TensorChunk.data
+#: A ``padding`` field of n bytes in all (key, one-byte length, n - 2 zeros), for n of 2-33: the payload's
+#: offset moves by one per byte (by two where the Tensor's length prefix grows a byte), so every offset is met.
+_PADDING_PREFIX = {n: _key(_PADDING_FIELD) + _varint_bytes(n - 2) + bytes(n - 2) for n in range(2, 2 + 2 * _ALIGN)}

@@ -14,6 +14,7 @@ The deadline is checked before decoding, after compute (by the pool) and before 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -26,6 +27,7 @@ from server_node.compute import ComputePool
 from server_node.host import PartitionHost
 from server_node.joins import JoinTable
 from splitinfer.codecs import CodecSpec, DecodeLimits, WireTensor, decode_wire, encode_wire
+from splitinfer.codecs.wire import decodes_in_place
 from splitinfer.errors import InvalidArgument
 from splitinfer.routing import downstream_planned_s
 from splitinfer.runtime import LoadedPartition, PartitionKey
@@ -305,12 +307,15 @@ class RequestExecutor:
                 state.add(name, value)
         return joined
 
-    async def _decode(self, tensor: WireTensor) -> torch.Tensor:
+    async def _decode(self, tensor: WireTensor, share: bool) -> torch.Tensor:
+        """``share``: the reader never writes the tensor, so it may be the received bytes (decode_wire)."""
         encoding = tensor.head.encoding
         plain = encoding.lossy in _PLAIN_LOSSY and encoding.lossless in _PLAIN_LOSSLESS
-        if tensor.nbytes >= (OFFLOAD_PLAIN_BYTES if plain else OFFLOAD_BYTES):
-            return await self._pool.offload(decode_wire, tensor.head, tensor.payload, self._limits)
-        return decode_wire(tensor.head, tensor.payload, self._limits)
+        threshold = OFFLOAD_PLAIN_BYTES if plain else OFFLOAD_BYTES
+        if tensor.nbytes >= threshold and not (plain and decodes_in_place(tensor.head, tensor.payload, share)):
+            return await self._pool.offload(functools.partial(decode_wire, share=share), tensor.head, tensor.payload,
+                                            self._limits)  # fmt: skip
+        return decode_wire(tensor.head, tensor.payload, self._limits, share=share)
 
     async def _encode(self, value: torch.Tensor, name: str, codec: CodecSpec) -> WireTensor:
         plain = codec.is_plain and value.is_contiguous() and value.device.type == "cpu"
@@ -342,10 +347,18 @@ class RequestExecutor:
         deadline.check("before decoding the inputs of %s", partition.key)
         start = time.perf_counter()
         decoded = state.decoded
+        # A partition that may write its inputs (or return them) gets a private copy of each tensor that came
+        # or leaves encoded (those bytes are relayed, or read by other steps); one that only reads them may
+        # use the received bytes in place, and its decodes serve later steps too.
+        private = not partition.inputs_read_only
+        feeds: dict[str, torch.Tensor] = {}
         for name in names:
-            if name not in decoded:
-                decoded[name] = await self._decode(state.encoded[name])
-        feeds = {name: decoded[name] for name in names}
+            if name in state.encoded and (private or name not in decoded):
+                feeds[name] = await self._decode(state.encoded[name], share=not private)
+                if not private:
+                    decoded[name] = feeds[name]
+            else:
+                feeds[name] = decoded[name]
         decode_ms = (time.perf_counter() - start) * 1e3
         ran = self._pool.run_here(partition, feeds, deadline) if _tiny(partition) else None
         outputs, run = ran if ran is not None else await self._pool.run(partition, feeds, deadline)

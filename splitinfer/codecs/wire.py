@@ -26,6 +26,7 @@ __all__ = [
     "aligned_buffer",
     "decode_tensor",
     "decode_wire",
+    "decodes_in_place",
     "encode_tensor",
     "encode_wire",
     "head_of",
@@ -63,26 +64,71 @@ def _as_buffer(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.numpy())  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
 
 
-def _from_bytes(data: bytes | bytearray | memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """A new tensor holding a copy of ``data``, in memory from torch's allocator.
+#: Byte alignment of the buffers splitinfer allocates for decoded tensors (what torch's CPU allocator gives).
+ALIGNMENT = 64
+#: Alignment a payload needs to be used in place. Measured (ResNet-18@224's two server partitions, one thread,
+#: interpreter and onnxruntime): inputs at 16-, 32- and 48-byte offsets from a 64-byte boundary ran as fast as
+#: 64-byte aligned ones (p1 9.78-9.99 / 6.97-7.15 ms, p2 13.65-13.93 / 8.64-8.75 ms, all within noise); the
+#: bytes gRPC Python hands a receiver start 16-byte aligned (malloc's alignment), so a sender that places a
+#: payload at a 16-byte offset of its message (``Tensor.padding``) lets the receiver use it in place.
+SHARE_ALIGNMENT = 16
 
-    Copying into a fresh torch buffer (rather than wrapping a bytearray) keeps the data 64-byte aligned, which
-    the convolution kernels need for full speed: a misaligned input measurably slowed whole CNN partitions.
-    """
-    if isinstance(data, memoryview) and data.nbytes and data.contiguous and not data.readonly:
-        view = np.frombuffer(data, dtype=np.uint8)
-        if view.ctypes.data % ALIGNMENT == 0 and data.nbytes % dtypes.itemsize(dtype) == 0:
-            # An aligned, writable buffer of our own (see aligned_buffer): wrap it, no copy. (A read-only
-            # view of a received message is copied: a partition may write to its inputs.)
-            return torch.from_numpy(view).view(dtype).reshape(shape)
+
+class _Shared:
+    """Exposes read-only bytes to numpy as a writable array (torch refuses, with a warning, to wrap a
+    read-only one) and keeps them alive. Only for readers that never write: see ``decode_wire``'s ``share``."""
+
+    __slots__ = ("__array_interface__", "_keep")
+
+    def __init__(self, view: memoryview, address: int) -> None:
+        self._keep = view
+        self.__array_interface__ = {"data": (address, False), "shape": (view.nbytes,), "typestr": "|u1", "version": 3}
+
+
+def _shares(data: bytes | bytearray | memoryview, itemsize: int, share: bool | None) -> int:
+    """The address of ``data`` when a tensor may be it in place (see :func:`decode_wire`), else 0."""
+    if share and isinstance(data, bytes):
+        data = memoryview(data)
+    if share is False or not isinstance(data, memoryview) or not data.nbytes or not data.contiguous:
+        return 0
+    if data.nbytes % itemsize or not (share or not data.readonly):
+        return 0
+    address: int = np.frombuffer(data, dtype=np.uint8).ctypes.data
+    return address if address % (SHARE_ALIGNMENT if data.readonly else ALIGNMENT) == 0 else 0
+
+
+def decodes_in_place(message: tensor_pb2.Tensor, payload: bytes | bytearray | memoryview, share: bool | None) -> bool:
+    """Whether :func:`decode_wire` with this ``share`` makes the tensor of ``payload`` without a copy (no
+    codec step, memory suitably aligned), e.g. to decide that decoding is too cheap to hand to a thread."""
+    encoding = message.encoding
+    if encoding.lossy not in _PLAIN_LOSSY or encoding.lossless not in _PLAIN_LOSSLESS:
+        return False
+    try:
+        itemsize = dtypes.itemsize(dtypes.to_torch(message.dtype))
+    except DecodeError:
+        return False
+    return _shares(payload, itemsize, share) != 0
+
+
+_PLAIN_LOSSY = (tensor_pb2.LOSSY_CODEC_UNSPECIFIED, tensor_pb2.LOSSY_CODEC_NONE)
+_PLAIN_LOSSLESS = (tensor_pb2.LOSSLESS_CODEC_UNSPECIFIED, tensor_pb2.LOSSLESS_CODEC_NONE)
+
+
+def _from_bytes(
+    data: bytes | bytearray | memoryview, dtype: torch.dtype, shape: tuple[int, ...], share: bool | None = None
+) -> torch.Tensor:
+    """A tensor of ``data``'s bytes: ``data`` itself when allowed (``share``, see :func:`decode_wire`) and
+    aligned, else a copy in a fresh 64-byte aligned buffer from torch's allocator."""
+    address = _shares(data, dtypes.itemsize(dtype), share)
+    if address:
+        data = memoryview(data)
+        # read-only: the caller promised not to write it (share=True)
+        view = np.asarray(_Shared(data, address)) if data.readonly else np.frombuffer(data, dtype=np.uint8)
+        return torch.from_numpy(view).view(dtype).reshape(shape)
     out = torch.empty(shape, dtype=dtype)
     if data:
         out.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(data, dtype=np.uint8)
     return out
-
-
-#: Byte alignment of decoded tensors (what torch's CPU allocator gives).
-ALIGNMENT = 64
 
 
 def aligned_buffer(nbytes: int) -> memoryview:
@@ -194,10 +240,21 @@ def decode_tensor(message: tensor_pb2.Tensor, limits: DecodeLimits = DEFAULT_LIM
 
 
 def decode_wire(
-    message: tensor_pb2.Tensor, payload: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS
+    message: tensor_pb2.Tensor,
+    payload: bytes | bytearray | memoryview,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    *,
+    share: bool | None = None,
 ) -> torch.Tensor:
     """The tensor whose metadata ``message`` holds and whose encoded bytes are ``payload`` (e.g. the one
-    buffer a stream was assembled into; ``message.payload`` is ignored). Same checks as decode_tensor."""
+    buffer a stream was assembled into; ``message.payload`` is ignored). Same checks as decode_tensor.
+
+    Without a codec step the tensor may be ``payload``'s memory itself, no copy: ``share=None`` (the default)
+    only for a writable buffer of our own (a stream assembled into :func:`aligned_buffer`); ``share=True``
+    also for read-only memory (a view of a received message) at a 16-byte aligned address, for a reader
+    that never writes the tensor (a partition whose inputs are read-only, see
+    ``splitinfer.runtime.aliasing``); ``share=False`` always copies (a reader that may write it, while the
+    payload may also be relayed or read by others)."""
     dtype = dtypes.to_torch(message.dtype)
     shape = decode_shape(message, limits)
     encoding = message.encoding
@@ -220,7 +277,7 @@ def decode_wire(
     step = LOSSY_STEPS[lossy]
     stored_dtype = step.stored_dtype(dtype)
     raw = LOSSLESS_STEPS[lossless].decompress(payload, tensor_nbytes(shape, stored_dtype))  # type: ignore[arg-type]
-    stored = _from_bytes(raw, stored_dtype, shape)
+    stored = _from_bytes(raw, stored_dtype, shape, share if raw is payload else None)
     try:
         return step.decode(stored, dtype, encoding)
     except DecodeError as exc:

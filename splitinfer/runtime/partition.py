@@ -22,6 +22,7 @@ import torch
 from splitinfer.errors import InvalidArgument
 from splitinfer.pool.manifest import OnnxInfo
 from splitinfer.program import CompiledProgram, Program, ValueSpec
+from splitinfer.runtime.aliasing import InputEffects, input_effects
 from splitinfer.runtime.batcher import BatchStats, DynamicBatcher
 from splitinfer.runtime.ort import OrtOptions, OrtSession
 
@@ -81,7 +82,8 @@ class LoadedPartition:
     :meth:`run` checks that the inputs are exactly the partition's inputs with the right dtypes and shapes
     (any batch size on a symbolic batch dimension), and raises InvalidArgument naming what was expected
     otherwise. ``runtime`` says which engine runs it; ``fallback_reason`` why it is not onnxruntime when
-    onnxruntime was asked for.
+    onnxruntime was asked for. ``input_effects`` says what running it does to its inputs' memory (computed
+    once, at load): a partition whose :attr:`inputs_read_only` may be fed the bytes a request arrived in.
     """
 
     def __init__(
@@ -113,6 +115,12 @@ class LoadedPartition:
                 self.fallback_reason = self.onnx.reason or "the artifact has no ONNX model"
             self._compiled = CompiledProgram(program)
             self.runtime = "interpreter"
+        effects = input_effects(program)
+        if self._session is not None:
+            # onnxruntime never writes its feeds; what it returns is its own memory, but the ONNX model is
+            # this program's export, so a program that returns (a view of) an input is kept conservative.
+            effects = InputEffects(frozenset(), effects.returns)
+        self.input_effects = effects
         self.dynamic_batch = self._session is not None and self.onnx.dynamic_batch
         self._batcher: DynamicBatcher | None = None
         if self.dynamic_batch and self.options.max_batch_size > 1:
@@ -130,6 +138,17 @@ class LoadedPartition:
     @property
     def outputs(self) -> tuple[ValueSpec, ...]:
         return self.program.outputs
+
+    @property
+    def writes_inputs(self) -> bool:
+        """Whether running the partition may write any of its inputs in place."""
+        return bool(self.input_effects.writes)
+
+    @property
+    def inputs_read_only(self) -> bool:
+        """Whether the partition neither writes its inputs nor returns them (or views of them): its inputs
+        may be read-only memory shared with others, such as the received message (no copy to decode)."""
+        return self.input_effects.read_only
 
     @property
     def providers(self) -> tuple[str, ...]:

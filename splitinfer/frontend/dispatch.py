@@ -217,7 +217,9 @@ class Dispatcher:
             outputs, detections = await _offload(apply_postprocess, stage, delivered)
         if self._results is None:
             return Outcome(outputs, timings, server_ms)
-        return await _offload(self._store, job, digest, outputs, detections, server_ms, timings)
+        # Stored through the store's group commit: no worker thread per request, one commit per group.
+        result = self._result(job, digest, outputs, detections, server_ms)
+        return self._stored(job, digest, *await self._results.put_async(result), outputs, timings, server_ms)
 
     def _check(self, job: Job) -> str:
         """The request's tensors against the plan's server part; the digest of its inputs."""
@@ -336,22 +338,44 @@ class Dispatcher:
         timings: list[model_server_pb2.StepTiming],
     ) -> Outcome:
         assert self._results is not None
+        stored, kept = self._results.put(self._result(job, digest, outputs, detections, server_ms))
+        return self._stored(job, digest, stored, kept, outputs, timings, server_ms)
+
+    @staticmethod
+    def _result(
+        job: Job,
+        digest: str,
+        outputs: list[tensor_pb2.Tensor],
+        detections: list[result_store_pb2.Detection],
+        server_ms: float,
+    ) -> result_store_pb2.StoredResult:
         plan = job.issued.plan
-        stored, kept = self._results.put(
-            result_store_pb2.StoredResult(
-                request_id=job.request_id,
-                caller=job.caller,
-                device_id=job.device_id,
-                input_digest=digest,
-                model=plan.model,
-                variant=plan.variant,
-                plan_summary=plan.summary(),
-                latency_ms=job.device_ms + server_ms,
-                outputs=outputs,
-                detections=detections,
-            )
+        return result_store_pb2.StoredResult(
+            request_id=job.request_id,
+            caller=job.caller,
+            device_id=job.device_id,
+            input_digest=digest,
+            model=plan.model,
+            variant=plan.variant,
+            plan_summary=plan.summary(),
+            latency_ms=job.device_ms + server_ms,
+            outputs=outputs,
+            detections=detections,
         )
-        if not stored:  # another front-end stored this request first: answer what it stored
+
+    @staticmethod
+    def _stored(
+        job: Job,
+        digest: str,
+        stored: bool,
+        kept: result_store_pb2.StoredResult,
+        outputs: list[tensor_pb2.Tensor],
+        timings: list[model_server_pb2.StepTiming],
+        server_ms: float,
+    ) -> Outcome:
+        """The outcome of a put: this run's, or (when another front-end stored this request first) what it
+        stored."""
+        if not stored:
             log.info("request %s was stored already (a concurrent retry elsewhere)", shown(job.request_id))
             return _recall(kept, digest, job.request_id)
         return Outcome(outputs, timings, server_ms)

@@ -14,10 +14,11 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound
+from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError
 from splitinfer.results.detections import DetectionStore, detection_rows
 from splitinfer.results.keys import check_id, decode_token_list, shown
 from splitinfer.v1 import result_store_pb2
@@ -122,49 +123,93 @@ class ResultStore:
     def put_or_get(self, result: result_store_pb2.StoredResult) -> tuple[bool, result_store_pb2.StoredResult]:
         """Stores ``result`` unless its key is taken; returns whether it was stored and the result now stored
         under its key. Raises FailedPrecondition when the stored one answered other inputs."""
-        check_id(result.request_id, "a result's request_id")
-        check_id(result.caller, "a result's caller", required=False)
-        check_id(result.device_id, "a result's device_id", required=False)
-        check_id(result.model, "a result's model", required=False)
-        detection_rows(result)  # refuse malformed boxes before anything is written
-        stored = result_store_pb2.StoredResult()
-        stored.CopyFrom(result)
-        stored.outputs_omitted = False
-        if not stored.created_unix_ms:
-            stored.created_unix_ms = int(time.time() * 1000)
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO results"
-                " (caller, request_id, device_id, model, created_unix_ms, input_digest, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    stored.caller,
-                    stored.request_id,
-                    stored.device_id,
-                    stored.model,
-                    stored.created_unix_ms,
-                    stored.input_digest,
-                    stored.SerializeToString(),
-                ),
-            )
-            inserted = cursor.rowcount == 1
-            pruned = self._apply_retention() if inserted else False
-        if inserted:
+        outcome = self.put_many([result])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def put_many(
+        self, results: Sequence[result_store_pb2.StoredResult]
+    ) -> list[tuple[bool, result_store_pb2.StoredResult] | SplitInferError]:
+        """:meth:`put_or_get` for each of ``results``, in one transaction (one commit, one WAL sync, for the
+        lot: a group commit), each answered on its own: whether it was stored and the result now under its
+        key, or the error that refused it (a malformed id or box is refused before anything is written; a
+        key stored with other inputs is FailedPrecondition). Every answer holds once this returns: the
+        results stored are committed (``synchronous=FULL``). Two results of one key: the first is stored and
+        the second answered like a retry of it."""
+        answers: list[tuple[bool, result_store_pb2.StoredResult] | SplitInferError | None] = [None] * len(results)
+        rows: list[tuple[int, result_store_pb2.StoredResult]] = []
+        for index, result in enumerate(results):
+            try:
+                check_id(result.request_id, "a result's request_id")
+                check_id(result.caller, "a result's caller", required=False)
+                check_id(result.device_id, "a result's device_id", required=False)
+                check_id(result.model, "a result's model", required=False)
+                detection_rows(result)  # refuse malformed boxes before anything is written
+            except SplitInferError as exc:
+                answers[index] = exc
+                continue
+            stored = result_store_pb2.StoredResult()
+            stored.CopyFrom(result)
+            stored.outputs_omitted = False
+            if not stored.created_unix_ms:
+                stored.created_unix_ms = int(time.time() * 1000)
+            rows.append((index, stored))
+        inserted: list[tuple[int, result_store_pb2.StoredResult]] = []
+        taken: list[tuple[int, result_store_pb2.StoredResult]] = []
+        kept_rows: list[tuple[bytes]] = []
+        pruned = False
+        if rows:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for index, stored in rows:
+                        cursor = self._db.execute(
+                            "INSERT OR IGNORE INTO results"
+                            " (caller, request_id, device_id, model, created_unix_ms, input_digest, body)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                stored.caller,
+                                stored.request_id,
+                                stored.device_id,
+                                stored.model,
+                                stored.created_unix_ms,
+                                stored.input_digest,
+                                stored.SerializeToString(),
+                            ),
+                        )
+                        if cursor.rowcount == 1:
+                            inserted.append((index, stored))
+                            pruned = self._apply_retention() or pruned
+                        else:
+                            taken.append((index, stored))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                kept_rows = [
+                    self._db.execute(
+                        "SELECT body FROM results WHERE caller = ? AND request_id = ?", (s.caller, s.request_id)
+                    ).fetchone()
+                    for _, s in taken
+                ]
+        for index, stored in inserted:
             self.detections.add(stored)
-            if pruned:
-                self.detections.prune()
-            return True, stored
-        with self._lock:
-            row = self._db.execute(
-                "SELECT body FROM results WHERE caller = ? AND request_id = ?", (stored.caller, stored.request_id)
-            ).fetchone()
-        kept = result_store_pb2.StoredResult.FromString(row[0])
-        if kept.input_digest and stored.input_digest and kept.input_digest != stored.input_digest:
-            raise FailedPrecondition(
-                f"request id {shown(stored.request_id)} was already used for other inputs; "
-                "use a new id for a new request"
-            )
-        return False, kept
+            answers[index] = (True, stored)
+        if pruned:
+            self.detections.prune()
+        for (index, stored), row in zip(taken, kept_rows, strict=True):
+            kept = result_store_pb2.StoredResult.FromString(row[0])
+            if kept.input_digest and stored.input_digest and kept.input_digest != stored.input_digest:
+                answers[index] = FailedPrecondition(
+                    f"request id {shown(stored.request_id)} was already used for other inputs; "
+                    "use a new id for a new request"
+                )
+            else:
+                answers[index] = (False, kept)
+        done = [a for a in answers if a is not None]
+        assert len(done) == len(results)  # every result answered, in order
+        return done
 
     def _reader(self) -> sqlite3.Connection:
         reader: sqlite3.Connection | None = getattr(self._readers, "connection", None)

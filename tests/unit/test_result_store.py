@@ -219,3 +219,60 @@ def test_a_read_never_waits_for_the_writer(tmp_path: Path) -> None:
     store.put(_result(2))
     assert store.get("r0002").request_id == "r0002"  # this thread's reader sees the new commit
     store.close()
+
+
+def test_put_many_answers_each_result_on_its_own_in_one_transaction(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results.db")
+    store.put(result_store_pb2.StoredResult(request_id="old", input_digest="a", labels=["first"]))
+    again = result_store_pb2.StoredResult(request_id="new", input_digest="b", labels=["second try"])
+    answers = store.put_many([
+        result_store_pb2.StoredResult(request_id="new", input_digest="b", labels=["first try"]),
+        result_store_pb2.StoredResult(request_id="old", input_digest="a", labels=["retry"]),  # a retry
+        result_store_pb2.StoredResult(request_id="old", input_digest="z"),  # the id reused for other inputs
+        result_store_pb2.StoredResult(request_id=""),  # no id: refused, the others still stored
+        again,  # the same key twice in one group: the first is stored, the second answered like a retry
+    ])  # fmt: skip
+    assert answers[0][0] is True and list(answers[0][1].labels) == ["first try"]  # type: ignore[index]
+    assert answers[1][0] is False and list(answers[1][1].labels) == ["first"]  # type: ignore[index]
+    assert isinstance(answers[2], FailedPrecondition) and isinstance(answers[3], InvalidArgument)
+    assert answers[4][0] is False and list(answers[4][1].labels) == ["first try"]  # type: ignore[index]
+    assert store.count() == 2
+    store.close()
+    assert ResultStore(tmp_path / "results.db").get("new").labels == ["first try"]  # committed
+
+
+def test_group_commit_stores_puts_that_arrive_during_a_commit_in_the_next_one(tmp_path: Path) -> None:
+    """While one group commits, the puts arriving meanwhile wait and go as one group: 1 + 31 puts in two
+    commits, each answered with its own outcome once durable."""
+    import asyncio
+    import threading
+
+    from splitinfer.results.client import GroupCommit
+
+    store = ResultStore(tmp_path / "results.db")
+    gate, entered = threading.Event(), threading.Event()
+    sizes: list[int] = []
+    put_many = store.put_many
+
+    def slow_put_many(results):  # type: ignore[no-untyped-def]
+        sizes.append(len(results))
+        entered.set()
+        gate.wait(5)
+        return put_many(results)
+
+    store.put_many = slow_put_many  # type: ignore[method-assign]
+    group = GroupCommit(store)
+
+    async def main() -> list[tuple[bool, result_store_pb2.StoredResult] | BaseException]:
+        first = asyncio.ensure_future(group.put(_result(0)))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)  # the first group is committing
+        rest = [asyncio.ensure_future(group.put(_result(i % 30 + 1))) for i in range(31)]  # r0001 twice
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    answers = asyncio.run(main())
+    group.close()
+    assert sizes == [1, 31] and group.groups == 2 and group.results == 32
+    assert [a[0] for a in answers] == [True] * 31 + [False]  # type: ignore[index]
+    assert store.count() == 31

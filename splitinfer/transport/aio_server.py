@@ -24,6 +24,7 @@ then the stream caps (:class:`StreamLimiter`) together with malformed-request ma
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -175,29 +176,60 @@ class StreamLimiter(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
+        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler))
 
-        def guarding() -> dict[str, Any]:
-            if not self._guard:
-                return {}
-            return {"check": _refuse_malformed(method), "request_deserializer": _tolerant(handler.request_deserializer)}
-
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` as this limiter serves it (built once per method, see :class:`_Wrapped`)."""
+        guarding: dict[str, Any] = {}
+        if self._guard:
+            guarding = {
+                "check": _refuse_malformed(method),
+                "request_deserializer": _tolerant(handler.request_deserializer),
+            }
         if self._exempt(method):
-            if not self._guard:
-                return handler
-            return self._wrapped.get(method, handler, lambda: rewrap_aio(handler, **guarding()))
-
+            return rewrap_aio(handler, **guarding) if guarding else handler
+        if self._guard and handler.unary_unary and inspect.iscoroutinefunction(handler.unary_unary):
+            return self._unary(method, handler)
         release = self._release
 
         async def slot(context: grpc.aio.ServicerContext) -> Callable[[], None]:
             peer = peer_host(context.peer() or "")
             refused = self._acquire(peer)
             if refused is not None:
-                if self._on_refused is not None:
-                    self._on_refused()
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{refused}; retry later")
+                await self._refuse(context, refused)
             return lambda: release(peer)
 
-        return self._wrapped.get(method, handler, lambda: rewrap_aio(handler, enter=slot, **guarding()))
+        return rewrap_aio(handler, enter=slot, **guarding)
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, refused: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused()
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{refused}; retry later")
+
+    def _unary(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """What ``rewrap_aio(handler, enter=slot, check=..., request_deserializer=...)`` gives a coroutine
+        unary-unary handler with the guard, in one coroutine instead of four (the wrapper, the slot, the
+        check, the result's): the cap taken before anything else, then the malformed check, the handler,
+        and the slot given back however the call ends. This runs on every ProcessOnce and InferOnce."""
+        behaviour: Any = handler.unary_unary
+        acquire, release, refuse = self._acquire, self._release, self._refuse
+        malformed = f"malformed {method} request: "
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            peer = peer_host(context.peer() or "")
+            refused = acquire(peer)
+            if refused is not None:
+                await refuse(context, refused)
+            try:
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed + request.error)
+                return await behaviour(request, context)
+            finally:
+                release(peer)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
+        )
 
 
 class AioMalformedGuard(grpc.aio.ServerInterceptor):

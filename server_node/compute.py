@@ -110,7 +110,11 @@ class ComputePool:
     def __init__(self, threads: int, hook: ComputeHook | None = None, *, codec_threads: int = 2) -> None:
         self.threads = threads
         self._hook = hook
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="compute")
+        # Partitions never need autograd: grad mode off on each compute thread for good (thread-local), so
+        # that no run pays for a no_grad context.
+        self._executor = ThreadPoolExecutor(
+            threads, thread_name_prefix="compute", initializer=torch.set_grad_enabled, initargs=(False,)
+        )
         self._codec = ThreadPoolExecutor(codec_threads, thread_name_prefix="codec")
         self._lock = threading.Lock()
         #: Runs waiting for a thread or running, by partition key string.
@@ -134,7 +138,10 @@ class ComputePool:
         started = time.perf_counter()
         deadline.check("while %s waited for a compute thread", partition.key)
         try:
-            with torch.no_grad():
+            if torch.is_grad_enabled():  # off on the pool's threads and a node's loop thread (server_node.server)
+                with torch.no_grad():
+                    outputs = partition.run(inputs)
+            else:
                 outputs = partition.run(inputs)
         except SplitInferError:
             raise

@@ -174,6 +174,9 @@ def start_node(
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="node-loop", daemon=True)
     thread.start()
+    # Tiny partitions run on the loop (ComputePool.run_here): grad mode off on its thread for good
+    # (thread-local; nothing on a node's loop uses autograd), so that no run pays for a no_grad context.
+    loop.call_soon_threadsafe(torch.set_grad_enabled, False)
 
     metrics = NodeMetrics()
 

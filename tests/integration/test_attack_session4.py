@@ -1,0 +1,422 @@
+"""An attack on this session's changes to issue #13's data plane, as a hostile or careless client would.
+
+Zero-copy decode (``decode_wire(share=True)``, ``LoadedPartition.input_effects``): a partition that only reads
+its inputs is fed the received bytes in place; a writer gets a private copy. Frames pad payloads of 64 KiB
+and more to a 16-byte aligned offset (``Tensor.padding``). The result store commits in groups
+(``GroupCommit`` / ``ResultStore.put_many``). Real servers on port 0 (in-process nodes and front-ends, so a
+test can read their in-flight counts, budgets and stores).
+
+The tests under "Bugs found" are strict xfails naming what is wrong; the others are properties that hold.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+import server_node.executor as executor_module
+from server_node.config import NodeConfig
+from server_node.server import RunningNode, start_node
+from splitinfer.codecs import decode_wire, encode_tensor, encode_wire
+from splitinfer.program import Node, Program, Ref, ValueSpec
+from splitinfer.runtime import PartitionKey, save_partition_artifact
+from splitinfer.transport import frames
+from splitinfer.transport.clients import NodeClient
+from splitinfer.v1 import model_server_pb2, route_pb2, tensor_pb2
+from tests.integration._system import SmallSystem, small_system
+from tests.integration.test_attack_session import Door, _open_calls, _settled
+
+pytestmark = pytest.mark.timeout(120)
+
+N = 1 << 16  # 256 KiB of float32: padded to an aligned offset by the sender, so a reader may use it in place
+F32 = torch.float32
+X = torch.linspace(-2, 2, N)
+
+
+def _spec(name: str, dtype: torch.dtype = F32) -> ValueSpec:
+    return ValueSpec(name, dtype, (N,))
+
+
+def _node(name: str, op: str, *args: object, dtype: torch.dtype = F32) -> Node:
+    return Node(name, op, tuple(args), {}, (_spec(name, dtype),))
+
+
+def _reader(src: str, out: str, factor: float) -> Program:
+    """out = src * factor; reads src only."""
+    return Program(
+        inputs=(_spec(src),), outputs=(_spec(out),), nodes=(_node(out, "aten.mul.Tensor", Ref(src), factor),)
+    )
+
+
+def _writer(src: str, out: str) -> Program:
+    """Writes src in place (src := 2 src), then out = src^2."""
+    return Program(
+        inputs=(_spec(src),),
+        outputs=(_spec(out),),
+        nodes=(_node("a", "aten.add_.Tensor", Ref(src), Ref(src)), _node(out, "aten.mul.Tensor", Ref("a"), Ref("a"))),
+    )
+
+
+#: dtypes a clone partition is loaded for (name suffix -> dtype); each reads its input only.
+ODD_DTYPES = {
+    "bool": torch.bool,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "f16": torch.float16,
+    "bf16": torch.bfloat16,
+    "i64": torch.int64,
+    "f64": torch.float64,
+}
+
+PROGRAMS: dict[str, Program] = {
+    "x_to_y": _reader("x", "y", 3.0),  # y = 3x
+    "y_writer": _writer("y", "w"),  # writes y; w = (2y)^2
+    "y_reader": _reader("y", "z", 1.0),  # z = y
+    # y = dropout(x, p=0.5, train=False): eval-mode dropout returns its input itself (the same tensor)
+    "x_dropout": Program(
+        inputs=(_spec("x"),),
+        outputs=(_spec("y"),),
+        nodes=(_node("y", "aten.dropout.default", Ref("x"), 0.5, False),),
+    ),
+    # z = x + w
+    "xw_reader": Program(
+        inputs=(_spec("x"), _spec("w")),
+        outputs=(_spec("z"),),
+        nodes=(_node("z", "aten.add.Tensor", Ref("x"), Ref("w")),),
+    ),
+    # returns a view of its input (reshape to the same shape) and the input itself
+    "x_view": Program(
+        inputs=(_spec("x"),),
+        outputs=(_spec("v"), _spec("x")),
+        nodes=(_node("v", "aten.reshape.default", Ref("x"), [N]),),
+    ),
+    **{
+        f"clone_{suffix}": Program(
+            inputs=(_spec("x", dtype),),
+            outputs=(_spec("y", dtype),),
+            nodes=(_node("y", "aten.clone.default", Ref("x"), dtype=dtype),),
+        )
+        for suffix, dtype in ODD_DTYPES.items()
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    running = start_node(NodeConfig(torch_threads=1, benchmark_s=0))
+    root = tmp_path_factory.mktemp("attack4")
+    try:
+        with NodeClient(running.address) as client:
+            for name, program in PROGRAMS.items():
+                key = PartitionKey("attack4", "fp32", name)
+                save_partition_artifact(program, key, Path(root / name))
+                client.load_partition(str(root / name), key)
+        yield running
+    finally:
+        running.stop(0)
+
+
+@pytest.fixture
+def shares(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each decode on the node used the received bytes in place (True) or copied them (False)."""
+    seen: list[bool] = []
+
+    def counting(message, payload, limits, *, share=None):  # type: ignore[no-untyped-def]
+        out = decode_wire(message, payload, limits, share=share)
+        seen.append(bool(out.numel()) and out.data_ptr() == np.frombuffer(payload, np.uint8).ctypes.data)
+        return out
+
+    monkeypatch.setattr(executor_module, "decode_wire", counting)
+    return seen
+
+
+def _ref(name: str) -> route_pb2.PartitionRef:
+    return route_pb2.PartitionRef(model="attack4", variant="fp32", partition=name)
+
+
+def _step(node: RunningNode, name: str, inputs: list[str], outputs: list[route_pb2.TensorRoute]) -> route_pb2.RouteStep:
+    return route_pb2.RouteStep(partition=_ref(name), addresses=[node.address], input_names=inputs, outputs=outputs)
+
+
+def _deliver(name: str) -> route_pb2.TensorRoute:
+    return route_pb2.TensorRoute(tensor_name=name, deliver=True)
+
+
+def _to(name: str, *consumers: int) -> route_pb2.TensorRoute:
+    return route_pb2.TensorRoute(tensor_name=name, consumer_steps=list(consumers))
+
+
+def _run(
+    node: RunningNode, steps: list[route_pb2.RouteStep], x: torch.Tensor, name: str = "x"
+) -> dict[str, torch.Tensor]:
+    """Runs the route on the node (one ProcessOnce); the sender's tensor and bytes must stay as sent."""
+    header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route_pb2.Route(steps=steps))
+    original = x.clone()
+    sent = encode_wire(x, name)
+    before = bytes(sent.payload)
+    with NodeClient(node.address) as client:
+        outputs, _ = client.process_wire(header, [sent], timeout_s=30)
+    assert bytes(sent.payload) == before and torch.equal(x, original), "the sender's tensor changed"
+    return {out: decode_wire(t.head, t.payload) for out, t in outputs.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Properties that hold
+
+
+def test_a_partition_returning_a_view_of_its_input_gets_a_private_copy(node: RunningNode, shares: list[bool]) -> None:
+    """A partition whose outputs are its input (and a view of it) is fed a copy, and answers right."""
+    out = _run(node, [_step(node, "x_view", ["x"], [_deliver("v"), _deliver("x")])], X.clone())
+    assert shares == [False]
+    assert torch.equal(out["v"], X) and torch.equal(out["x"], X)
+
+
+def test_a_delivered_tensor_then_written_by_a_local_step_is_delivered_as_computed(
+    node: RunningNode, shares: list[bool]
+) -> None:
+    """y is delivered (encoded, the same bytes as the tensor) and written in place by a local step after: the
+    delivered y is 3x, not what the writer made of it."""
+    steps = [
+        _step(node, "x_to_y", ["x"], [route_pb2.TensorRoute(tensor_name="y", deliver=True, consumer_steps=[1])]),
+        _step(node, "y_writer", ["y"], [_deliver("w")]),
+    ]
+    out = _run(node, steps, X.clone())
+    assert torch.equal(out["y"], X * 3)
+    assert torch.allclose(out["w"], (6 * X) ** 2)
+    assert shares == [True, False]  # the reader of x in place; the writer's private copy of y
+
+
+@pytest.mark.parametrize("suffix", sorted(ODD_DTYPES))
+def test_odd_dtypes_through_the_in_place_path_answer_the_bytes_sent(
+    node: RunningNode, shares: list[bool], suffix: str
+) -> None:
+    dtype = ODD_DTYPES[suffix]
+    generator = torch.Generator().manual_seed(7)
+    if dtype == torch.bool:
+        x = torch.rand(N, generator=generator) > 0.5
+    elif dtype.is_floating_point:
+        x = (torch.randn(N, generator=generator) * 100).to(dtype)
+    else:
+        info = torch.iinfo(dtype)
+        x = torch.randint(info.min, info.max, (N,), generator=generator, dtype=dtype)
+    out = _run(node, [_step(node, f"clone_{suffix}", ["x"], [_deliver("y")])], x)
+    assert out["y"].dtype == dtype and torch.equal(out["y"], x)
+    assert shares == [True]  # every size-aligned dtype is used in place (the message is padded to 16 bytes)
+
+
+def _raw_once(node: RunningNode, name: str, tensors: list[bytes]) -> tuple[grpc.StatusCode, str, bytes]:
+    """A ProcessOnce built by hand: the header (field 1) and each serialized Tensor (field 2) as given."""
+    header = model_server_pb2.RequestHeader(
+        request_id=uuid.uuid4().hex,
+        timeout_ms=20_000,
+        route=route_pb2.Route(steps=[_step(node, name, ["x"], [_deliver("y")])]),
+    )
+    body = frames._key(1) + frames._varint_bytes(header.ByteSize()) + header.SerializeToString()
+    for tensor in tensors:
+        body += frames._key(2) + frames._varint_bytes(len(tensor)) + tensor
+    with grpc.insecure_channel(node.address) as channel:
+        call = channel.unary_unary(frames.PROCESS_ONCE_METHOD, request_serializer=None, response_deserializer=None)
+        try:
+            answer = call(body, timeout=20)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details() or "", b""
+    return grpc.StatusCode.OK, "", answer
+
+
+def _answer_y(answer: bytes) -> torch.Tensor:
+    response = model_server_pb2.ProcessOnceResponse.FromString(answer)
+    (tensor,) = [t for t in response.tensors if t.name == "y"]
+    return decode_wire(tensor, tensor.payload)
+
+
+def test_padding_and_payload_fields_that_lie_are_read_as_protobuf_reads_them(node: RunningNode) -> None:
+    """Hand-made Tensor messages: padding before or after the payload, huge padding, padding on a small
+    tensor, padding with the wrong wire type, a payload repeated (protobuf: the last one counts), a payload
+    misaligned on purpose. Each answers what stock protobuf reads from the same bytes, or is refused with
+    INVALID_ARGUMENT; the node keeps no slot, byte or stream after any of them."""
+    good = encode_tensor(X, "x")
+    other = encode_tensor(-X, "x")
+    plain = good.SerializeToString()
+    pad_key = frames._key(7)
+
+    def padding(n: int) -> bytes:
+        return pad_key + frames._varint_bytes(n) + bytes(n)
+
+    meta = tensor_pb2.Tensor()
+    meta.CopyFrom(good)
+    meta.ClearField("payload")
+    head = meta.SerializeToString()
+    payload_field = frames._key(6) + frames._varint_bytes(len(good.payload)) + good.payload
+    other_field = frames._key(6) + frames._varint_bytes(len(other.payload)) + other.payload
+    cases: dict[str, tuple[bytes, torch.Tensor | None]] = {
+        "stock protobuf, no padding": (plain, X),
+        "padding after the payload": (plain + padding(13), X),
+        "1 MiB of padding after the payload": (plain + padding(1 << 20), X),
+        "padding before the payload, every offset": (head + padding(5) + payload_field, X),
+        "padding as a varint (wrong wire type)": (head + frames._key(7, 0) + b"\x05" + payload_field, X),
+        "two payloads: the last counts": (head + payload_field + other_field, -X),
+        "two payloads, padding between": (head + payload_field + padding(3) + other_field, -X),
+        "three paddings around the payload": (head + padding(1) + padding(2) + payload_field + padding(0), X),
+        "the padding field as the only payload": (head + pad_key + frames._varint_bytes(len(good.payload))
+                                                  + good.payload, None),
+    }  # fmt: skip
+    for offset in range(16):  # the payload at every offset modulo 16 (one byte of padding content each)
+        cases[f"payload at offset +{offset}"] = (head + padding(offset) + payload_field, X)
+    for what, (tensor, expected) in cases.items():
+        code, details, answer = _raw_once(node, "x_to_y", [tensor])
+        if expected is None:
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {code} {details!r}"
+            continue
+        stock = tensor_pb2.Tensor.FromString(tensor)  # what protobuf reads: the same tensor
+        assert torch.equal(decode_wire(stock, stock.payload), expected), what
+        assert code == grpc.StatusCode.OK, f"{what}: {code} {details!r}"
+        assert torch.equal(_answer_y(answer), expected * 3), what
+    # A small tensor with padding, padding inside a message not even a Tensor's, a payload size that lies.
+    lying = tensor_pb2.Tensor()
+    lying.CopyFrom(good)
+    lying.payload_size_bytes = len(good.payload) + 16
+    short = tensor_pb2.Tensor()
+    short.CopyFrom(good)
+    short.payload = good.payload[:-4]
+    short.payload_size_bytes = len(short.payload)
+    for what, tensor in {
+        "payload_size_bytes over the payload": lying.SerializeToString(),
+        "payload one element short": short.SerializeToString(),
+        "an empty payload with padding": head + padding(64),
+        "a 0-element tensor for an N-element input": tensor_pb2.Tensor(
+            name="x", dtype=good.dtype, shape=[0], payload_size_bytes=0, padding=bytes(40)
+        ).SerializeToString(),
+    }.items():
+        code, details, _ = _raw_once(node, "x_to_y", [tensor])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {code} {details!r}"
+    assert _settled([node]) == ([0], [0])
+    assert _open_calls([node.limiter]) == [0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The result store's group commit, through a real front-end
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallSystem]:
+    with small_system(tmp_path_factory.mktemp("attack4-system"), variants=("fp32",)) as running:
+        yield running
+
+
+def test_concurrent_infer_once_same_and_different_ids_are_each_stored_once_and_all_answered(
+    system: SmallSystem,
+) -> None:
+    """24 concurrent InferOnce calls: 6 ids tried 3 times each with the same inputs, 3 ids once each, and one
+    id tried with two different inputs. Every call is answered (OK, or FAILED_PRECONDITION for the id
+    reused with other inputs, only one of its two), each id is stored exactly once, and the store answers
+    each one's stored result."""
+    store = system.frontend.store
+    assert store is not None
+    door = Door(system.frontend, "attacker-group")
+    good = encode_tensor(system.example, system.input_name)
+    other = encode_tensor(system.example + 1, system.input_name)
+    prefix = uuid.uuid4().hex[:8]
+    try:
+        assert door.once(door.header(f"{prefix}-warm"), [good])[0] == grpc.StatusCode.OK
+        before = store.count()
+        calls: list[tuple[str, tensor_pb2.Tensor]] = [(f"{prefix}-same-{i % 6}", good) for i in range(18)]
+        calls += [(f"{prefix}-single-{i}", good) for i in range(3)]
+        calls += [(f"{prefix}-reused", good), (f"{prefix}-reused", other)]
+        with ThreadPoolExecutor(len(calls)) as pool:
+            tries = [pool.submit(door.once, door.header(rid, timeout_ms=20_000), [t], 40) for rid, t in calls]
+            answers = [t.result() for t in tries]
+        codes = [a[0] for a in answers]
+        assert codes[:21] == [grpc.StatusCode.OK] * 21, answers
+        assert sorted(codes[21:], key=str) == sorted([grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION], key=str)
+        assert store.count() == before + 6 + 3 + 1  # each id once
+        for rid in {rid for rid, _ in calls}:
+            assert store.get(rid).request_id == rid
+    finally:
+        door.close()
+
+
+def test_a_store_that_refuses_writes_fails_its_group_without_hanging_and_recovers(system: SmallSystem) -> None:
+    """The results database refuses every write (``PRAGMA query_only``, as a full disk or a read-only file
+    would): each InferOnce of the group is answered, none OK (nothing is answered that is not stored), none
+    hangs past its deadline, none UNKNOWN; once writes work again the same ids run and are stored."""
+    store = system.frontend.store
+    assert store is not None
+    door = Door(system.frontend, "attacker-readonly")
+    good = encode_tensor(system.example, system.input_name)
+    prefix = uuid.uuid4().hex[:8]
+    try:
+        assert door.once(door.header(f"{prefix}-warm"), [good])[0] == grpc.StatusCode.OK
+        before = store.count()
+        with store._lock:
+            store._db.execute("PRAGMA query_only = ON")
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                tries = [pool.submit(door.once, door.header(f"{prefix}-ro-{i}", timeout_ms=10_000), [good], 20)
+                         for i in range(6)]  # fmt: skip
+                answers = [t.result() for t in tries]
+        finally:
+            with store._lock:
+                store._db.execute("PRAGMA query_only = OFF")
+        for code, details, seconds in answers:
+            assert code not in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN), (code, details)
+            assert seconds < 15, (code, details, seconds)
+        assert store.count() == before
+        for i in range(6):
+            code, details, _ = door.once(door.header(f"{prefix}-ro-{i}"), [good])
+            assert code == grpc.StatusCode.OK, details
+        assert store.count() == before + 6
+    finally:
+        door.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bugs found by this attack (strict xfails: each passes once fixed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a tensor produced on the node (decoded only, never encoded) is fed to a local step that writes "
+    "its inputs without a private copy (executor._run_step: `feeds[name] = decoded[name]`), so a later "
+    "local reader of the same tensor sees the writer's in-place writes",
+)
+def test_a_local_writer_and_a_local_reader_of_one_computed_tensor_do_not_see_each_other(
+    node: RunningNode, shares: list[bool]
+) -> None:
+    """y = 3x is computed on the node and consumed by two local steps: a writer (y := 2y in place) and a
+    reader (z = y). The reader must see y = 3x."""
+    steps = [
+        _step(node, "x_to_y", ["x"], [_to("y", 1, 2)]),
+        _step(node, "y_writer", ["y"], [_deliver("w")]),
+        _step(node, "y_reader", ["y"], [_deliver("z")]),
+    ]
+    out = _run(node, steps, X.clone())
+    assert torch.allclose(out["w"], (6 * X) ** 2)
+    assert torch.equal(out["z"], X * 3), f"the reader saw y = {float(out['z'][0] / X[0]):.0f}x"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: aten.dropout.default (eval) returns its input itself but its schema declares no alias, so "
+    "input_effects calls the partition read-only and it is fed the received bytes in place; its output IS "
+    "those bytes, and a local writer of that output (fed without a copy) writes the received x, which a "
+    "later reader of x then reads changed",
+)
+def test_a_writer_behind_an_eval_dropout_never_changes_the_received_input(
+    node: RunningNode, shares: list[bool]
+) -> None:
+    """y = dropout(x) (eval: y is x), then a local writer of y (w = (2y)^2), then z = x + w. x as received
+    must stay x: z = x + 4x^2."""
+    steps = [
+        _step(node, "x_dropout", ["x"], [_to("y", 1)]),
+        _step(node, "y_writer", ["y"], [_to("w", 2)]),
+        _step(node, "xw_reader", ["x", "w"], [_deliver("z")]),
+    ]
+    out = _run(node, steps, X.clone())
+    assert torch.allclose(out["z"], X + 4 * X**2), "the reader of x saw the writer's in-place writes"

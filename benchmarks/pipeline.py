@@ -84,6 +84,7 @@ class RawServer:
         self, work: Path, name: str, program: Path | None = None, next_address: str = "", aio: bool = False
     ) -> None:
         port_file = work / f"{name}.port"
+        port_file.unlink(missing_ok=True)  # a server of the same name earlier in this run (--chunk-sweep 0) left it
         command = [sys.executable, str(HERE / "_raw_chain.py"), "--port-file", str(port_file), *_malloc_args()]
         if program:
             command += ["--program", str(program)]
@@ -274,11 +275,13 @@ def per_hop(
                 raw_samples: list[float] = []
                 hop_samples: list[float] = []
                 other_samples: dict[str, list[float]] = {label: [] for label in others}
+                faults_before = _minor_faults(node.process.pid)  # the node serves only the hops meanwhile
                 for _ in range(count):
                     raw_samples += time_call(raw, 1, warmup=0)
                     hop_samples += time_call(hop, 1, warmup=0)
                     for label, fn in others.items():
                         other_samples[label] += time_call(fn, 1, warmup=0)
+                node_faults = (_minor_faults(node.process.pid) - faults_before) / count
                 if copier is not None:
                     copy_channel.close()
                     copier.stop()
@@ -288,6 +291,7 @@ def per_hop(
                         "chunk_bytes": chunk_bytes or DEFAULT_CHUNK_BYTES,
                         "raw_echo_ms": [s * 1e3 for s in raw_samples],
                         "splitinfer_hop_ms": [s * 1e3 for s in hop_samples],
+                        "node_minor_faults_per_hop": node_faults,
                         **{label: [s * 1e3 for s in samples] for label, samples in other_samples.items()},
                     }
                 )
@@ -301,6 +305,16 @@ def per_hop(
     return rows
 
 
+def _minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (Linux /proc; 0 elsewhere): a fresh buffer faulted in page by page
+    is what separates a hop's copies from a copy into warm memory."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[7])  # minflt, the 10th field of stat
+
+
 def hop_summary(row: dict[str, Any]) -> dict[str, Any]:
     """Medians, p95 and the targets of one per-hop row: throughput >= 0.8x raw from 1 MiB up, a 4 KiB hop
     <= 1.3x raw."""
@@ -311,6 +325,7 @@ def hop_summary(row: dict[str, Any]) -> dict[str, Any]:
         "splitinfer_hop_p95_ms": _percentile(row["splitinfer_hop_ms"], 0.95),
         "raw_mb_s": row["bytes"] / raw / 1e3, "splitinfer_mb_s": row["bytes"] / ours / 1e3,
         "throughput_ratio": raw / ours, "latency_ratio": ours / raw,
+        "node_minor_faults_per_hop": row.get("node_minor_faults_per_hop", 0.0),
     }  # fmt: skip
     for label in ("raw_aio_echo_ms", "raw_copy_partition_ms"):  # where the time goes; not the target's baseline
         if label in row:
@@ -397,7 +412,7 @@ def main() -> int:
         console.print(table)
     hop_table = Table(title="per hop: one node, copy partition, vs raw gRPC echo of the same bytes (medians)")
     columns = ("bytes", "chunk", "raw echo ms", "aio echo ms", "raw+copy ms", "hop ms", "hop p95 ms", "raw MB/s",
-               "hop MB/s", "target")  # fmt: skip
+               "hop MB/s", "node faults/hop", "target")  # fmt: skip
     for column in columns:
         hop_table.add_column(column, justify="right")
     for row in [*hop_summaries, *chunk_summaries]:
@@ -406,7 +421,8 @@ def main() -> int:
         copy = f"{row['raw_copy_partition_ms']:.3f}" if "raw_copy_partition_ms" in row else ""
         hop_table.add_row(f"{row['bytes']:,}", f"{row['chunk_bytes'] >> 10} KiB", f"{row['raw_echo_ms']:.3f}", aio,
                           copy, f"{row['splitinfer_hop_ms']:.3f}", f"{row['splitinfer_hop_p95_ms']:.3f}",
-                          f"{row['raw_mb_s']:.0f}", f"{row['splitinfer_mb_s']:.0f}", verdict)  # fmt: skip
+                          f"{row['raw_mb_s']:.0f}", f"{row['splitinfer_mb_s']:.0f}",
+                          f"{row['node_minor_faults_per_hop']:.0f}", verdict)  # fmt: skip
     console.print(hop_table)
     if summaries:
         resnet18_summary = summaries[0]

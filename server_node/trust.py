@@ -51,6 +51,12 @@ class RouteTrust:
         if registry is None and not tls:
             log.warning("node %s has no registry and no TLS: it follows any route it is sent", own_address)
 
+    @property
+    def enforced(self) -> bool:
+        """Whether :meth:`check` checks anything (a registry and no TLS); callers may skip it, and finding the
+        caller's peer address, otherwise."""
+        return not self._tls and self._registry is not None
+
     def check(self, route: route_pb2.Route, peer: str) -> None:
         """Drops from ``route`` (in place) every step address that is not a registered node; PermissionDenied
         when a step is left with none, or when the sink may not be contacted for a call from ``peer``."""

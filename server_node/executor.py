@@ -347,17 +347,19 @@ class RequestExecutor:
         deadline.check("before decoding the inputs of %s", partition.key)
         start = time.perf_counter()
         decoded = state.decoded
-        # A partition that may write its inputs (or return them) gets a private copy of each tensor that came
-        # or leaves encoded (those bytes are relayed, or read by other steps); one that only reads them may
-        # use the received bytes in place, and its decodes serve later steps too.
+        # A partition that may write its inputs (or return them) gets a private copy of every input (the bytes
+        # they came in are relayed or read by other steps, a computed value may be read by others or be a view
+        # of received bytes, or come from another call through a join); one that only reads them may use the
+        # received bytes in place, and its decodes serve later steps too.
         private = not partition.inputs_read_only
         feeds: dict[str, torch.Tensor] = {}
         for name in names:
-            if name in state.encoded and (private or name not in decoded):
-                feeds[name] = await self._decode(state.encoded[name], share=not private)
-                if not private:
-                    decoded[name] = feeds[name]
+            if private:
+                known = decoded.get(name)
+                feeds[name] = known.clone() if known is not None else await self._decode(state.encoded[name], False)
             else:
+                if name not in decoded:
+                    decoded[name] = await self._decode(state.encoded[name], True)
                 feeds[name] = decoded[name]
         decode_ms = (time.perf_counter() - start) * 1e3
         ran = self._pool.run_here(partition, feeds, deadline) if _tiny(partition) else None

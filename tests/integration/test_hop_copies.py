@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,24 +73,30 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
         running.stop(0)
 
 
+class Decodes:
+    """What the node's decoder did: whether each decode shared the received bytes (True) or copied them
+    (False), and the received bytes with what they held at that moment (to check nobody wrote them)."""
+
+    def __init__(self) -> None:
+        self.shared: list[bool] = []
+        self.received: list[tuple[memoryview, bytes]] = []
+
+    def untouched(self) -> bool:
+        return all(bytes(view) == before for view, before in self.received)
+
+
 @pytest.fixture
-def copies(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each decode on the node shared the received bytes (True) or copied them (False)."""
-    seen: list[bool] = []
+def copies(monkeypatch: pytest.MonkeyPatch) -> Decodes:
+    seen = Decodes()
 
     def counting(message, payload, limits, *, share=None):  # type: ignore[no-untyped-def]
+        seen.received.append((memoryview(payload), bytes(payload)))
         out = decode_wire(message, payload, limits, share=share)
-        seen.append(_same_memory(out, payload))
+        seen.shared.append(out.data_ptr() == np.frombuffer(payload, np.uint8).ctypes.data)
         return out
 
     monkeypatch.setattr(executor_module, "decode_wire", counting)
     return seen
-
-
-def _same_memory(tensor: torch.Tensor, payload: object) -> bool:
-    import numpy as np
-
-    return bool(tensor.data_ptr() == np.frombuffer(payload, np.uint8).ctypes.data)  # type: ignore[call-overload]
 
 
 def _step(name: str, node: RunningNode, inputs: list[str], outputs: list[route_pb2.TensorRoute]) -> route_pb2.RouteStep:
@@ -110,29 +117,30 @@ def _run(node: RunningNode, steps: list[route_pb2.RouteStep], x: torch.Tensor) -
 X = torch.linspace(-2, 2, N)
 
 
-def test_a_reader_decodes_in_place_and_a_writer_gets_a_copy(node: RunningNode, copies: list[bool]) -> None:
+def test_a_reader_decodes_in_place_and_a_writer_gets_a_copy(node: RunningNode, copies: Decodes) -> None:
     out = _run(node, [_step("reader", node, ["x"], [route_pb2.TensorRoute(tensor_name="y", deliver=True)])], X.clone())
-    assert torch.equal(out["y"], X * 3) and copies == [True]
-    copies.clear()
+    assert torch.equal(out["y"], X * 3) and copies.shared == [True]
+    copies.shared.clear()
     out = _run(node, [_step("writer", node, ["x"], [route_pb2.TensorRoute(tensor_name="y", deliver=True)])], X.clone())
-    assert torch.equal(out["y"], (2 * X) ** 2) and copies == [False]
+    assert torch.equal(out["y"], (2 * X) ** 2) and copies.shared == [False] and copies.untouched()
 
 
-def test_a_writer_before_a_reader_of_the_same_tensor_leaves_it_unchanged(node: RunningNode, copies: list[bool]) -> None:
+def test_a_writer_before_a_reader_of_the_same_tensor_leaves_it_unchanged(node: RunningNode, copies: Decodes) -> None:
     steps = [
         _step("writer", node, ["x"], [route_pb2.TensorRoute(tensor_name="y", consumer_steps=[1])]),
         _step("join_reader", node, ["x", "y"], [route_pb2.TensorRoute(tensor_name="z", deliver=True)]),
     ]
     out = _run(node, steps, X.clone())
     assert torch.allclose(out["z"], X + (2 * X) ** 2)  # the reader saw x as sent, not the writer's 2x
-    assert copies == [False, True]  # the writer's private copy; the reader in place
+    assert copies.shared == [False, True] and copies.untouched()  # the writer's private copy; the reader in place
 
 
-def test_a_reader_before_a_writer_of_the_same_tensor_keeps_its_view(node: RunningNode, copies: list[bool]) -> None:
+def test_a_writer_after_a_reader_of_the_same_tensor_copies_its_view(node: RunningNode, copies: Decodes) -> None:
     steps = [
         _step("reader", node, ["x"], [route_pb2.TensorRoute(tensor_name="y", consumer_steps=[1])]),
         _step("join_writer", node, ["x", "y"], [route_pb2.TensorRoute(tensor_name="z", deliver=True)]),
     ]
     out = _run(node, steps, X.clone())
     assert torch.allclose(out["z"], X + 3 * X)
-    assert copies == [True, False]  # the reader's in-place view is not what the writer writes
+    # the reader used the received bytes in place; the writer wrote a copy of that view, not the bytes
+    assert copies.shared == [True] and copies.untouched()

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import grpc
 
 from splitinfer.errors import NotFound
+from splitinfer.results.commit import GroupCommit
 from splitinfer.results.store import ResultStore
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
 from splitinfer.transport.status import error_from_rpc
 from splitinfer.v1 import result_store_pb2, result_store_pb2_grpc
 
-__all__ = ["GroupCommit", "LocalResults", "RemoteResults", "Results", "stored_result"]
-
-_Answer = tuple[bool, result_store_pb2.StoredResult]
+__all__ = ["LocalResults", "RemoteResults", "Results", "stored_result"]
 
 
 class Results(Protocol):
@@ -48,72 +43,6 @@ def stored_result(results: Results | None, caller: str, request_id: str) -> resu
         return results.get(request_id, caller)
     except NotFound:
         return None
-
-
-class GroupCommit:
-    """Puts from event loops, committed in groups by one writer thread (:meth:`ResultStore.put_many`).
-
-    A put waits for the commit that holds it, as it would for its own: it is durable when answered. While
-    the writer commits one group, the puts that arrive meanwhile wait and go together in the next, so the
-    store does one transaction (and one WAL sync) and the loop one wake-up per group, not per result: at one
-    request at a time a group is one result, as before; at 64 the groups hold the requests that finished
-    during one commit. Nothing waits on a timer to fill a group.
-    """
-
-    def __init__(self, store: ResultStore) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-        self._pending: list[tuple[result_store_pb2.StoredResult, asyncio.Future[_Answer]]] = []
-        self._writing = False
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="results-commit")
-        #: Groups committed and results in them (tests and diagnostics).
-        self.groups = 0
-        self.results = 0
-
-    async def put(self, result: result_store_pb2.StoredResult) -> _Answer:
-        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        with self._lock:
-            self._pending.append((result, future))
-            start, self._writing = not self._writing, True
-        if start:
-            self._writer.submit(self._write)
-        return await future  # a caller cancelled now still has its result stored (it is in the group)
-
-    def _write(self) -> None:
-        """Commits the waiting puts, group after group, until none is left (on the writer thread)."""
-        while True:
-            with self._lock:
-                group, self._pending = self._pending, []
-                if not group:
-                    self._writing = False
-                    return
-            answers: Sequence[_Answer | BaseException]
-            try:
-                answers = self._store.put_many([result for result, _ in group])
-            except BaseException as exc:  # the database failed: every put of the group with it
-                answers = [exc] * len(group)
-            self.groups += 1
-            self.results += len(group)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[_Answer], _Answer | BaseException]]]
-            by_loop = {}
-            for (_, future), answer in zip(group, answers, strict=True):
-                by_loop.setdefault(future.get_loop(), []).append((future, answer))
-            for loop, settled in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits for these any more
-                    loop.call_soon_threadsafe(_settle, settled)
-
-    def close(self) -> None:
-        self._writer.shutdown(wait=True)
-
-
-def _settle(settled: list[tuple[asyncio.Future[_Answer], _Answer | BaseException]]) -> None:
-    for future, answer in settled:
-        if future.done():
-            continue
-        if isinstance(answer, BaseException):
-            future.set_exception(answer)
-        else:
-            future.set_result(answer)
 
 
 class LocalResults:

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import grpc
 
+from splitinfer.results.commit import GroupCommit
 from splitinfer.results.detections import DetectionQuery
 from splitinfer.results.store import ResultQuery, ResultStore
 from splitinfer.security.auth import ADMIN, CLUSTER, TokenTable
@@ -31,11 +32,14 @@ async def _blocking(function: Callable[[], T]) -> T:
 
 
 class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
-    """For ``grpc.aio`` servers; every store call runs on the loop's default (bounded) executor."""
+    """For ``grpc.aio`` servers; every store call runs off the loop: puts through a group commit, the
+    others on the loop's default (bounded) executor."""
 
     def __init__(self, store: ResultStore, tokens: TokenTable | None = None) -> None:
         self._store = store
         self._tokens = tokens
+        #: PutResult from every front-end: the results that arrive while one group commits go in the next.
+        self._group = GroupCommit(store)
 
     def _own_caller(self, context: grpc.aio.ServicerContext) -> str | None:
         """The caller a device-role identity is confined to; None when the caller may ask about anyone."""
@@ -50,7 +54,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
     async def PutResult(
         self, request: result_store_pb2.PutResultRequest, context: grpc.aio.ServicerContext
     ) -> result_store_pb2.PutResultResponse:
-        stored, kept = await _blocking(lambda: self._store.put_or_get(request.result))
+        stored, kept = await self._group.put(request.result)
         return result_store_pb2.PutResultResponse(stored=stored, result=kept)
 
     @map_errors()

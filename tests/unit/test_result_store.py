@@ -247,7 +247,7 @@ def test_group_commit_stores_puts_that_arrive_during_a_commit_in_the_next_one(tm
     import asyncio
     import threading
 
-    from splitinfer.results.client import GroupCommit
+    from splitinfer.results.commit import GroupCommit
 
     store = ResultStore(tmp_path / "results.db")
     gate, entered = threading.Event(), threading.Event()

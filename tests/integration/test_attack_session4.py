@@ -6,11 +6,15 @@ and more to a 16-byte aligned offset (``Tensor.padding``). The result store comm
 (``GroupCommit`` / ``ResultStore.put_many``). Real servers on port 0 (in-process nodes and front-ends, so a
 test can read their in-flight counts, budgets and stores).
 
-The tests under "Bugs found" are strict xfails naming what is wrong; the others are properties that hold.
+The tests after "Found by this attack" failed on the code as first committed (a writer fed a tensor computed on
+the node, or a reader's in-place view of the received bytes, without a copy) and pass since bd68bcb; the
+others are properties that held from the start. The remaining strict xfail (``input_effects`` misses eval
+dropout's alias) is pure core: tests/unit/test_attack_session4.py.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +95,22 @@ PROGRAMS: dict[str, Program] = {
         outputs=(_spec("z"),),
         nodes=(_node("z", "aten.add.Tensor", Ref("x"), Ref("w")),),
     ),
+    # z2 = x + y
+    "xy_reader": Program(
+        inputs=(_spec("x"), _spec("y")),
+        outputs=(_spec("z2"),),
+        nodes=(_node("z2", "aten.add.Tensor", Ref("x"), Ref("y")),),
+    ),
+    # writes x in place (x := 2x), then q = 2x + y + w
+    "xyw_writer": Program(
+        inputs=(_spec("x"), _spec("y"), _spec("w")),
+        outputs=(_spec("q"),),
+        nodes=(
+            _node("a", "aten.add_.Tensor", Ref("x"), Ref("x")),
+            _node("b", "aten.add.Tensor", Ref("a"), Ref("y")),
+            _node("q", "aten.add.Tensor", Ref("b"), Ref("w")),
+        ),
+    ),
     # returns a view of its input (reshape to the same shape) and the input itself
     "x_view": Program(
         inputs=(_spec("x"),),
@@ -108,19 +128,68 @@ PROGRAMS: dict[str, Program] = {
 }
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
-    running = start_node(NodeConfig(torch_threads=1, benchmark_s=0))
-    root = tmp_path_factory.mktemp("attack4")
+def _loaded(root: Path, config: NodeConfig) -> RunningNode:
+    running = start_node(config)
     try:
         with NodeClient(running.address) as client:
             for name, program in PROGRAMS.items():
                 key = PartitionKey("attack4", "fp32", name)
                 save_partition_artifact(program, key, Path(root / name))
                 client.load_partition(str(root / name), key)
+    except BaseException:
+        running.stop(0)
+        raise
+    return running
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    running = _loaded(tmp_path_factory.mktemp("attack4"), NodeConfig(torch_threads=1, benchmark_s=0))
+    try:
         yield running
     finally:
         running.stop(0)
+
+
+@pytest.fixture(scope="module")
+def one_stream_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    """A node that takes one data-plane call per peer at a time."""
+    config = NodeConfig(torch_threads=1, benchmark_s=0, max_in_flight=4, max_streams=4, max_streams_per_peer=1)
+    running = _loaded(tmp_path_factory.mktemp("attack4-one"), config)
+    try:
+        yield running
+    finally:
+        running.stop(0)
+
+
+@pytest.fixture(scope="module")
+def serial_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    """A node with one compute thread: runs start in the order they are submitted (deterministic joins)."""
+    config = NodeConfig(torch_threads=1, benchmark_s=0, compute_slots=1)
+    running = _loaded(tmp_path_factory.mktemp("attack4-serial"), config)
+    try:
+        yield running
+    finally:
+        running.stop(0)
+
+
+def _idle(node: RunningNode, timeout_s: float = 5.0) -> dict[str, int]:
+    """What the node still holds for requests, once it reaches zero (or at ``timeout_s``): admission slots,
+    budget bytes, requests executing (what the splitinfer_in_flight gauge reads since 52f53d9), joins
+    waiting, stream-cap slots."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = {
+            "slots": node.host.in_flight,
+            "budget": node.servicer.budget.used_bytes,
+            "executing": node.servicer._executing,
+            "gauge": int(next(iter(node.servicer.metrics.in_flight.collect())).samples[0].value),
+            "joins": len(node.servicer.executor.joins),
+            "streams": node.limiter.active,
+        }
+        if not any(held.values()) or time.monotonic() > deadline:
+            return held
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -190,7 +259,7 @@ def test_a_delivered_tensor_then_written_by_a_local_step_is_delivered_as_compute
     out = _run(node, steps, X.clone())
     assert torch.equal(out["y"], X * 3)
     assert torch.allclose(out["w"], (6 * X) ** 2)
-    assert shares == [True, False]  # the reader of x in place; the writer's private copy of y
+    assert shares[0] is True  # the reader of x in place
 
 
 @pytest.mark.parametrize("suffix", sorted(ODD_DTYPES))
@@ -300,6 +369,99 @@ def test_padding_and_payload_fields_that_lie_are_read_as_protobuf_reads_them(nod
     assert _open_calls([node.limiter]) == [0]
 
 
+# Joins: a step whose inputs come in two calls
+
+#: A node hosting step 1 that nobody runs (it never answers: nothing listens there).
+ELSEWHERE = "127.0.0.1:9"
+
+
+def _join_route(node: RunningNode, *, writer_after_reader: bool) -> route_pb2.Route:
+    """step 1 (elsewhere) makes w for step 2 (here), which also reads x from the caller: a join.
+    ``writer_after_reader``: step 0 (here) reads x first (in place) and makes y for steps 2 and 3; step 2
+    writes x in place (xyw_writer) and step 3 reads x and y (xy_reader). Otherwise step 2 reads x and w."""
+    if writer_after_reader:
+        steps = [
+            _step(node, "x_to_y", ["x"], [_to("y", 2, 3)]),
+            route_pb2.RouteStep(
+                partition=_ref("y_writer"), addresses=[ELSEWHERE], input_names=["y"], outputs=[_to("w", 2)]
+            ),
+            _step(node, "xyw_writer", ["x", "y", "w"], [_deliver("q")]),
+            _step(node, "xy_reader", ["x", "y"], [_deliver("z2")]),
+        ]
+    else:
+        steps = [
+            _step(node, "x_to_y", ["x"], [_deliver("y")]),
+            route_pb2.RouteStep(
+                partition=_ref("y_writer"), addresses=[ELSEWHERE], input_names=["y"], outputs=[_to("w", 2)]
+            ),
+            _step(node, "xw_reader", ["x", "w"], [_deliver("z")]),
+        ]
+    return route_pb2.Route(steps=steps)
+
+
+def _once_async(channel: grpc.Channel, header: model_server_pb2.RequestHeader, tensors: list[torch.Tensor],
+                names: list[str], timeout_s: float) -> grpc.Future:  # fmt: skip
+    call = channel.unary_unary(frames.PROCESS_ONCE_METHOD, request_serializer=None, response_deserializer=None)
+    wires = [encode_wire(t, n) for t, n in zip(tensors, names, strict=True)]
+    return call.future(frames.once_request(header, wires), timeout=timeout_s)
+
+
+def _outputs(answer: bytes) -> dict[str, torch.Tensor]:
+    response = model_server_pb2.ProcessOnceResponse.FromString(answer)
+    return {t.name: decode_wire(t, t.payload) for t in response.tensors}
+
+
+def _wait_for_join(node: RunningNode) -> None:
+    deadline = time.monotonic() + 5
+    while len(node.servicer.executor.joins) == 0:
+        assert time.monotonic() < deadline, "the first call never reached its join"
+        time.sleep(0.01)
+
+
+def test_a_join_completed_by_a_second_call_runs_once_and_leaves_nothing(node: RunningNode) -> None:
+    """Call A brings x to the join step and waits; call B brings w and completes it: B answers z = x + w,
+    A ends OK with nothing, and the node keeps no join, slot, byte or stream."""
+    route = _join_route(node, writer_after_reader=False)
+    rid = uuid.uuid4().hex
+    w = torch.full((N,), 0.5)
+    with grpc.insecure_channel(node.address) as first, grpc.insecure_channel(node.address) as second:
+        a = _once_async(first, model_server_pb2.RequestHeader(request_id=rid, route=route, entry_step=2,
+                        timeout_ms=10_000), [X], ["x"], 15)  # fmt: skip
+        _wait_for_join(node)
+        b = _once_async(second, model_server_pb2.RequestHeader(request_id=rid, route=route, entry_step=2,
+                        timeout_ms=10_000), [w], ["w"], 15)  # fmt: skip
+        answer_b, answer_a = b.result(), a.result()
+    assert torch.equal(_outputs(answer_b)["z"], X + w)
+    assert _outputs(answer_a) == {}
+    assert _idle(node) == dict.fromkeys(("slots", "budget", "executing", "gauge", "joins", "streams"), 0)
+
+
+def test_a_call_waiting_at_a_join_holds_its_peers_stream_slot_until_cancelled(one_stream_node: RunningNode) -> None:
+    """One call per peer: while A waits at a join, B from the same peer is refused (RESOURCE_EXHAUSTED,
+    bounded message) before anything runs; A cancelled gives back its join entry, slot, budget, gauge and
+    stream, and the peer's next call runs."""
+    node = one_stream_node
+    route = _join_route(node, writer_after_reader=False)
+    rid = uuid.uuid4().hex
+    w = torch.full((N,), 0.5)
+    with grpc.insecure_channel(node.address) as channel:
+        a = _once_async(channel, model_server_pb2.RequestHeader(request_id=rid, route=route, entry_step=2,
+                        timeout_ms=30_000), [X], ["x"], 30)  # fmt: skip
+        _wait_for_join(node)
+        assert node.limiter.active == 1 and node.servicer._executing == 1
+        b = _once_async(channel, model_server_pb2.RequestHeader(request_id=rid, route=route, entry_step=2,
+                        timeout_ms=10_000), [w], ["w"], 10)  # fmt: skip
+        with pytest.raises(grpc.RpcError) as refused:
+            b.result()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+        assert len(refused.value.details() or "") <= 1024
+        a.cancel()
+        assert _idle(node) == dict.fromkeys(("slots", "budget", "executing", "gauge", "joins", "streams"), 0)
+    out = _run(node, [_step(node, "x_to_y", ["x"], [_deliver("y")])], X.clone())  # the peer's slot is free
+    assert torch.equal(out["y"], X * 3)
+    assert _idle(node) == dict.fromkeys(("slots", "budget", "executing", "gauge", "joins", "streams"), 0)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The result store's group commit, through a real front-end
 
@@ -377,15 +539,10 @@ def test_a_store_that_refuses_writes_fails_its_group_without_hanging_and_recover
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Bugs found by this attack (strict xfails: each passes once fixed)
+# Found by this attack (strict xfails at first: a writer fed a tensor computed on the node, or a reader's in-place
+# view, without a copy), fixed since by bd68bcb (a writer gets a private copy of every input)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a tensor produced on the node (decoded only, never encoded) is fed to a local step that writes "
-    "its inputs without a private copy (executor._run_step: `feeds[name] = decoded[name]`), so a later "
-    "local reader of the same tensor sees the writer's in-place writes",
-)
 def test_a_local_writer_and_a_local_reader_of_one_computed_tensor_do_not_see_each_other(
     node: RunningNode, shares: list[bool]
 ) -> None:
@@ -401,18 +558,12 @@ def test_a_local_writer_and_a_local_reader_of_one_computed_tensor_do_not_see_eac
     assert torch.equal(out["z"], X * 3), f"the reader saw y = {float(out['z'][0] / X[0]):.0f}x"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: aten.dropout.default (eval) returns its input itself but its schema declares no alias, so "
-    "input_effects calls the partition read-only and it is fed the received bytes in place; its output IS "
-    "those bytes, and a local writer of that output (fed without a copy) writes the received x, which a "
-    "later reader of x then reads changed",
-)
 def test_a_writer_behind_an_eval_dropout_never_changes_the_received_input(
     node: RunningNode, shares: list[bool]
 ) -> None:
-    """y = dropout(x) (eval: y is x), then a local writer of y (w = (2y)^2), then z = x + w. x as received
-    must stay x: z = x + 4x^2."""
+    """y = dropout(x) (eval: y is x, the received bytes in place: input_effects misses that alias, see
+    tests/unit/test_attack_session4.py), then a local writer of y (w = (2y)^2), then z = x + w. x as
+    received must stay x: z = x + 4x^2."""
     steps = [
         _step(node, "x_dropout", ["x"], [_to("y", 1)]),
         _step(node, "y_writer", ["y"], [_to("w", 2)]),
@@ -420,3 +571,26 @@ def test_a_writer_behind_an_eval_dropout_never_changes_the_received_input(
     ]
     out = _run(node, steps, X.clone())
     assert torch.allclose(out["z"], X + 4 * X**2), "the reader of x saw the writer's in-place writes"
+
+
+def test_a_writer_completing_a_join_never_changes_the_other_calls_received_input(serial_node: RunningNode) -> None:
+    """Call A: step 0 reads x in place (y = 3x), then waits at the join step 2 (x, y, w); call B brings w,
+    completes the join and runs step 2, which writes x in place (q = 2x + y + w); A then runs step 3
+    (z2 = x + y), after B's step 2 on the node's one compute thread. A's x must still be x: z2 = 4x (B's
+    q = 2x + 3x + w). (Holds: the writer is fed a private copy of the joined x; kept as a guard, since a
+    decoded tensor deposited at a join reached a writer by the same line as the two tests above.)"""
+    node = serial_node
+    route = _join_route(node, writer_after_reader=True)
+    rid = uuid.uuid4().hex
+    w = torch.full((N,), 0.5)
+    with grpc.insecure_channel(node.address) as first, grpc.insecure_channel(node.address) as second:
+        a = _once_async(first, model_server_pb2.RequestHeader(request_id=rid, route=route, timeout_ms=10_000),
+                        [X], ["x"], 15)  # fmt: skip
+        _wait_for_join(node)
+        b = _once_async(second, model_server_pb2.RequestHeader(request_id=rid, route=route, entry_step=2,
+                        timeout_ms=10_000), [w], ["w"], 15)  # fmt: skip
+        answer_b, answer_a = b.result(), a.result()
+    q = _outputs(answer_b)["q"]
+    assert torch.allclose(q, 5 * X + w, atol=1e-5)
+    z2 = _outputs(answer_a)["z2"]
+    assert torch.allclose(z2, 4 * X, atol=1e-5), f"A's reader saw x changed: z2 = {float(z2[0] / X[0]):.0f}x"

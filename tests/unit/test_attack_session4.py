@@ -16,7 +16,7 @@ import torch
 
 from splitinfer.errors import InvalidArgument
 from splitinfer.program import Node, Program, Ref, ValueSpec
-from splitinfer.results.client import GroupCommit
+from splitinfer.results.commit import GroupCommit
 from splitinfer.results.store import ResultStore
 from splitinfer.runtime.aliasing import input_effects
 from splitinfer.v1 import result_store_pb2
@@ -68,7 +68,7 @@ def test_eval_dropout_really_returns_its_input_itself() -> None:
     strict=True,
     reason="BUG: aten.dropout.default returns its input itself (train=False or p=0) but declares no alias in "
     "its schema; input_effects (splitinfer/runtime/aliasing.py, `if info is None: continue`) trusts the "
-    "schema, so the partition counts as read-only and its output is the received bytes",
+    "schema, so the partition counts as read-only and its output is the received bytes in place",
 )
 def test_an_eval_dropout_of_the_input_returns_the_input() -> None:
     effects = input_effects(_program(_node("y", "aten.dropout.default", Ref("x"), 0.5, False)))

@@ -28,7 +28,7 @@ import torch
 import server_node.executor as executor_module
 from server_node.config import NodeConfig
 from server_node.server import RunningNode, start_node
-from splitinfer.codecs import decode_wire, encode_tensor, encode_wire
+from splitinfer.codecs import WireTensor, decode_wire, encode_tensor, encode_wire
 from splitinfer.program import Node, Program, Ref, ValueSpec
 from splitinfer.runtime import PartitionKey, save_partition_artifact
 from splitinfer.transport import frames
@@ -594,3 +594,131 @@ def test_a_writer_completing_a_join_never_changes_the_other_calls_received_input
     assert torch.allclose(q, 5 * X + w, atol=1e-5)
     z2 = _outputs(answer_a)["z2"]
     assert torch.allclose(z2, 4 * X, atol=1e-5), f"A's reader saw x changed: z2 = {float(z2[0] / X[0]):.0f}x"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# More properties that hold: the direct one-step path's deadlines, PutResult's group commit, shutdown
+
+
+def test_one_step_requests_with_absurd_deadlines_and_headers_never_answer_unknown(node: RunningNode) -> None:
+    """The direct one-step path (run_alone) with timeout_ms 0, 1, 2, 2^63 and 2^64-1, an entry_step out of
+    range, a missing and an extra tensor: OK / DEADLINE_EXCEEDED / INVALID_ARGUMENT, never UNKNOWN or
+    INTERNAL, and nothing held after any of them."""
+    route = route_pb2.Route(steps=[_step(node, "x_to_y", ["x"], [_deliver("y")])])
+    x = encode_wire(X, "x")
+    allowed = {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
+    with grpc.insecure_channel(node.address) as channel:
+        call = channel.unary_unary(frames.PROCESS_ONCE_METHOD, request_serializer=None, response_deserializer=None)
+
+        def once(header: model_server_pb2.RequestHeader, tensors: list[WireTensor]) -> tuple[grpc.StatusCode, str]:
+            try:
+                answer = call(frames.once_request(header, tensors), timeout=20)
+            except grpc.RpcError as exc:
+                return exc.code(), exc.details() or ""
+            assert torch.equal(_outputs(answer)["y"], X * 3)
+            return grpc.StatusCode.OK, ""
+
+        for timeout_ms in (0, 1, 2, 2**63, 2**64 - 1):
+            header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route, timeout_ms=timeout_ms)
+            code, details = once(header, [x])
+            assert code in allowed, f"timeout_ms={timeout_ms}: {code} {details!r}"
+            if timeout_ms in (0, 2**63, 2**64 - 1):
+                assert code == grpc.StatusCode.OK, f"timeout_ms={timeout_ms}: {code} {details!r}"
+        for what, header, tensors in (
+            ("entry_step out of range", model_server_pb2.RequestHeader(request_id="e", route=route, entry_step=5), [x]),
+            ("missing input", model_server_pb2.RequestHeader(request_id="m", route=route), []),
+            ("extra tensor", model_server_pb2.RequestHeader(request_id="t", route=route), [x, encode_wire(X, "w")]),
+            ("duplicate tensor", model_server_pb2.RequestHeader(request_id="d", route=route), [x, x]),
+        ):
+            code, details = once(header, tensors)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {code} {details!r}"
+    assert _idle(node) == dict.fromkeys(("slots", "budget", "executing", "gauge", "joins", "streams"), 0)
+
+
+def test_put_result_groups_answer_each_caller_alone_beside_the_front_ends_own_commits(system: SmallSystem) -> None:
+    """The front-end's ResultStoreService (its own group commit on the store the dispatcher's group commit
+    also writes): 24 concurrent PutResult calls (good ones, retries, malformed ids, one id with two digests)
+    beside 6 InferOnce calls. Each PutResult gets its own answer (stored / answered as a retry /
+    INVALID_ARGUMENT / FAILED_PRECONDITION for one of the reused id), never UNKNOWN; everything good is
+    stored once."""
+    from splitinfer.v1 import result_store_pb2, result_store_pb2_grpc
+
+    store = system.frontend.store
+    assert store is not None
+    prefix = uuid.uuid4().hex[:8]
+    door = Door(system.frontend, "attacker-put")
+    good = encode_tensor(system.example, system.input_name)
+
+    def result(rid: str, digest: str = "same") -> result_store_pb2.StoredResult:
+        return result_store_pb2.StoredResult(request_id=rid, caller="attack-put", input_digest=digest, model="m")
+
+    puts = [result(f"{prefix}-p{i}") for i in range(10)]
+    puts += [result(f"{prefix}-p{i}") for i in range(4)]  # retries
+    puts += [result(f"{prefix} bad\n{i}") for i in range(4)] + [result("x" * 4000)]
+    puts += [result(f"{prefix}-two", "a"), result(f"{prefix}-two", "b")]
+    puts += [result(f"{prefix}-p{i}") for i in range(10, 13)]
+    try:
+        before = store.count()
+        with grpc.insecure_channel(system.frontend.address) as channel, ThreadPoolExecutor(30) as pool:
+            stub = result_store_pb2_grpc.ResultStoreServiceStub(channel)
+
+            def put(one: result_store_pb2.StoredResult) -> tuple[grpc.StatusCode, bool]:
+                try:
+                    answer = stub.PutResult(result_store_pb2.PutResultRequest(result=one), timeout=20)
+                except grpc.RpcError as exc:
+                    return exc.code(), False
+                assert answer.result.request_id == one.request_id
+                return grpc.StatusCode.OK, answer.stored
+
+            infers = [pool.submit(door.once, door.header(f"{prefix}-i{i}"), [good], 30) for i in range(6)]
+            answers = list(pool.map(put, puts))
+            assert [f.result()[0] for f in infers] == [grpc.StatusCode.OK] * 6
+        assert answers[:10] == [(grpc.StatusCode.OK, True)] * 10
+        assert answers[10:14] == [(grpc.StatusCode.OK, False)] * 4  # retries: answered what is stored
+        assert [a[0] for a in answers[14:19]] == [grpc.StatusCode.INVALID_ARGUMENT] * 5
+        assert sorted(str(a[0]) for a in answers[19:21]) == sorted(
+            [str(grpc.StatusCode.OK), str(grpc.StatusCode.FAILED_PRECONDITION)]
+        )
+        assert answers[21:] == [(grpc.StatusCode.OK, True)] * 3
+        assert store.count() == before + 13 + 1 + 6
+    finally:
+        door.close()
+
+
+def test_a_front_end_stopped_while_results_commit_keeps_every_answered_result(
+    system: SmallSystem, tmp_path: Path
+) -> None:
+    """A front-end stopped (0.3 s grace) while 16 InferOnce calls run and commit: every call is answered (no
+    hang), and every one answered OK is in its results database afterwards (answered => stored)."""
+    from splitinfer.frontend.server import FrontEndConfig, start_frontend
+    from splitinfer.results.store import ResultStore
+
+    db = tmp_path / "results.db"
+    frontend = start_frontend(
+        FrontEndConfig(pool_dir=str(system.pool.root), results_db=str(db)), registry=system.registry
+    )
+    door = Door(frontend, "attacker-shutdown")
+    good = encode_tensor(system.example, system.input_name)
+    stopped = False
+    try:
+        assert door.once(door.header("warm"), [good])[0] == grpc.StatusCode.OK
+        with ThreadPoolExecutor(16) as pool:
+            tries = [pool.submit(door.once, door.header(f"stop-{i}"), [good], 20) for i in range(16)]
+            deadline = time.monotonic() + 15
+            while not any(t.done() for t in tries) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            frontend.stop(0.3)
+            stopped = True
+            answers = {f"stop-{i}": t.result() for i, t in enumerate(tries)}
+    finally:
+        door.close()
+        if not stopped:
+            frontend.stop(0.3)
+    answered = [rid for rid, (code, _, _) in answers.items() if code == grpc.StatusCode.OK]
+    assert answered, answers
+    reopened = ResultStore(db)
+    try:
+        for rid in answered:
+            assert reopened.get(rid).request_id == rid, f"{rid} was answered OK but is not stored"
+    finally:
+        reopened.close()

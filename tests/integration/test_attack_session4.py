@@ -722,3 +722,38 @@ def test_a_front_end_stopped_while_results_commit_keeps_every_answered_result(
             assert reopened.get(rid).request_id == rid, f"{rid} was answered OK but is not stored"
     finally:
         reopened.close()
+
+
+def test_a_hung_replica_under_shared_replica_sets_is_left_and_each_request_stored_once(system: SmallSystem) -> None:
+    """The planner now gives all of a server's partitions one replica set (a request runs whole on the replica
+    it enters). Each of the two nodes in turn hangs for 4 s (its event loop blocked, as SIGSTOP leaves it)
+    while 6 InferOnce calls with 8 s deadlines run: every one is answered OK inside its deadline, each id is
+    stored once, and once the hung node wakes no node holds a slot, a byte or a stream."""
+    from tests.integration.test_attack_session import _hang
+
+    store = system.frontend.store
+    assert store is not None
+    door = Door(system.frontend, "attacker-hung-replica")
+    good = encode_tensor(system.example, system.input_name)
+    prefix = uuid.uuid4().hex[:8]
+    try:
+        assert door.once(door.header(f"{prefix}-warm"), [good])[0] == grpc.StatusCode.OK
+        for hung in range(len(system.nodes)):
+            before = store.count()
+            _hang(system.nodes[hung : hung + 1], 4.0)
+            with ThreadPoolExecutor(6) as pool:
+                tries = [
+                    pool.submit(door.once, door.header(f"{prefix}-h{hung}-{i}", timeout_ms=8_000), [good], 12)
+                    for i in range(6)
+                ]
+                answers = [t.result() for t in tries]
+            for code, details, seconds in answers:
+                assert code == grpc.StatusCode.OK, (hung, code, details)
+                assert seconds < 8.0, (hung, seconds)
+            assert store.count() == before + 6
+            time.sleep(max(0.0, 4.2 - max(a[2] for a in answers)))  # the hung node wakes
+            zero = dict.fromkeys(("slots", "budget", "executing", "gauge", "joins", "streams"), 0)
+            assert [_idle(n, timeout_s=8.0) for n in system.nodes] == [zero] * len(system.nodes)
+            assert store.count() == before + 6  # the late copies stored nothing more
+    finally:
+        door.close()

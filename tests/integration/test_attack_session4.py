@@ -757,3 +757,56 @@ def test_a_hung_replica_under_shared_replica_sets_is_left_and_each_request_store
             assert store.count() == before + 6  # the late copies stored nothing more
     finally:
         door.close()
+
+
+def test_streamed_tensors_with_padded_first_frames_feed_readers_and_writers_right(node: RunningNode) -> None:
+    """Process streams (64 KiB chunks: the first frame of each tensor padded to an aligned payload, the rest
+    in TensorChunks, some with an unknown field appended) into a reader and into a writer of x: both
+    answer right; chunks whose offsets leave a gap or overlap are INVALID_ARGUMENT; nothing is held after."""
+    pad7 = frames._key(7) + frames._varint_bytes(5) + bytes(5)
+
+    def with_unknown_field(frame: bytes) -> bytes:
+        key, pos = frames._varint(memoryview(frame), 0, len(frame))
+        _size, pos = frames._varint(memoryview(frame), pos, len(frame))
+        body = frame[pos:] + pad7
+        return frames._varint_bytes(key) + frames._varint_bytes(len(body)) + body
+
+    def stream(name: str, chunks: list[bytes]) -> tuple[grpc.StatusCode, dict[str, torch.Tensor]]:
+        header = model_server_pb2.RequestHeader(
+            request_id=uuid.uuid4().hex,
+            timeout_ms=20_000,
+            route=route_pb2.Route(steps=[_step(node, name, ["x"] if name != "y_writer" else ["y"], [])]),
+        )
+        with grpc.insecure_channel(node.address) as channel:
+            call = channel.stream_stream(frames.PROCESS_METHOD, request_serializer=None, response_deserializer=None)
+            try:
+                answers = list(call(iter([frames.header_frame(header), *chunks]), timeout=20))
+            except grpc.RpcError as exc:
+                return exc.code(), {}
+        out: dict[str, bytearray] = {}
+        heads: dict[str, tensor_pb2.Tensor] = {}
+        for raw in answers:
+            message = model_server_pb2.ProcessResponse.FromString(raw)
+            kind = message.WhichOneof("kind")
+            if kind == "tensor":
+                heads[message.tensor.name] = message.tensor
+                out[message.tensor.name] = bytearray(message.tensor.payload)
+            elif kind == "chunk":
+                out[message.chunk.name] += message.chunk.data
+        return grpc.StatusCode.OK, {n: decode_wire(heads[n], bytes(b)) for n, b in out.items()}
+
+    for name, feed, expected in (("x_to_y", "x", {"y": X * 3}), ("y_writer", "y", {"w": (2 * X) ** 2})):
+        sent = encode_wire(X.clone(), feed)
+        before = bytes(sent.payload)
+        chunks = list(frames.stream_frames([sent], request=True, chunk_bytes=64 << 10))
+        assert len(chunks) == 4
+        for variant in (chunks, [chunks[0], *(with_unknown_field(c) for c in chunks[1:])]):
+            code, outputs = stream(name, variant)
+            assert code == grpc.StatusCode.OK, (name, code)
+            for out_name, value in expected.items():
+                assert torch.allclose(outputs[out_name], value), (name, out_name)
+        assert bytes(sent.payload) == before
+        for what, bad in (("a gap", [chunks[0], chunks[2], chunks[3]]), ("an overlap", [*chunks, chunks[3]])):
+            code, _ = stream(name, bad)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, what, code)
+    assert _idle(node) == dict.fromkeys(("slots", "budget", "executing", "gauge", "joins", "streams"), 0)

@@ -265,11 +265,14 @@ def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input
     results: dict[str, Any] = {}
     tensor = encode_tensor(x, input_name)
     before = _partition_stats(nodes) if nodes else []
+    refused_before = _refused(nodes) if nodes else {}
     with Sampler(processes) as sampler:
         closed = asyncio.run(_devices(address, devices, seconds, tensor, results, idle, idle_targets, model, rpc))
         elapsed = results.pop("_elapsed_s")  # the devices' own time, not the idle streams' set-up
     steps_per_node: dict[str, dict[str, int]] = {}
+    refusals: dict[str, int] = {}
     if nodes:
+        refusals = {k: v - refused_before.get(k, 0) for k, v in _refused(nodes).items()}
         done = {(r["node"], r["partition"]): r["completed"] for r in before}
         names = {n.address: f"node{k}" for k, n in enumerate(nodes)}
         for row in _partition_stats(nodes):
@@ -302,6 +305,9 @@ def run_level(address: str, devices: int, seconds: float, x: torch.Tensor, input
         "plan_call_ms": {"median": statistics.median(plan_ms) if plan_ms else 0.0, "max": max(plan_ms, default=0.0)},
         # Steps each node ran per partition (a request split over the nodes shows as unequal counts).
         "steps_per_node": steps_per_node,
+        # Calls each node refused during the level (a cap reached: requests in flight, streams, memory); the
+        # front-end retries them on another replica, so they cost time without showing as errors.
+        "node_refusals": refusals,
         "latencies_ms": [s * 1e3 for s in latencies],
     }
 
@@ -583,6 +589,15 @@ def _start_nodes(
     return nodes
 
 
+def _refused(nodes: list[NodeProcess]) -> dict[str, int]:
+    """Calls each node refused since it started (GetStatus ``refused``), by name (node0, node1, ...)."""
+    out = {}
+    for k, node in enumerate(nodes):
+        with NodeClient(node.address) as client:
+            out[f"node{k}"] = int(client.status().refused)
+    return out
+
+
 def _partition_stats(nodes: list[NodeProcess]) -> list[dict[str, Any]]:
     rows = []
     for node in nodes:
@@ -677,6 +692,7 @@ def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "plans_per_round": [r.get("plans", {}) for r in runs],
         "cores_busy_per_round": [r.get("cores_busy", {}) for r in runs],
         "steps_per_node_per_round": [r.get("steps_per_node", {}) for r in runs],
+        "node_refusals_per_round": [r.get("node_refusals", {}) for r in runs],
         "p50_ms": _quantile(latencies, 0.5), "p95_ms": _quantile(latencies, 0.95), "p99_ms": _quantile(latencies, 0.99),
         "mean_ms": statistics.fmean(latencies) if latencies else 0.0, "peak_rss_bytes": peaks,
         "cpu_ms_per_request": {k: sum(r["cpu_ms_per_request"][k] * r["requests"] for r in runs) / max(len(latencies), 1)

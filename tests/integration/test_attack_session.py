@@ -100,11 +100,16 @@ def _settled(nodes: list[RunningNode], timeout_s: float = 5.0) -> tuple[list[int
     reports) or the ``splitinfer_in_flight`` gauge counts it (either below zero counts too)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        slots = [abs(n.host.in_flight) + abs(int(n.servicer.metrics.in_flight._value.get())) for n in nodes]
+        slots = [abs(n.host.in_flight) + abs(int(_gauge(n.servicer.metrics.in_flight))) for n in nodes]
         used = [n.servicer.budget.used_bytes for n in nodes]
         if (not any(slots) and not any(used)) or time.monotonic() > deadline:
             return slots, used
         time.sleep(0.05)
+
+
+def _gauge(gauge: Any) -> float:
+    """A gauge's value as a scrape reads it (whether the gauge is set directly or reads a function)."""
+    return float(next(iter(gauge.collect())).samples[0].value)
 
 
 def _open_calls(limiters: list[StreamLimiter], timeout_s: float = 5.0) -> list[int]:

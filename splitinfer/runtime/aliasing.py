@@ -4,7 +4,8 @@ Computed once when a partition loads, from the operator schemas of its nodes (ev
 which arguments it writes, ``Tensor(a!)``, and which its result may alias, ``Tensor(a)``), following aliases
 through views (``reshape``, ``transpose``, ``getitem`` of a ``split``...): an in-place op on a view of an
 input writes that input. Conservative: an operator whose schema cannot be read, or whose arguments do not
-bind to it, counts as writing and returning every input it reads.
+bind to it, counts as writing and returning every input it reads; the few operators whose result may be an
+argument without the schema saying so (eval-mode dropout) are listed.
 
 A decoder may hand a partition whose inputs are :attr:`InputEffects.read_only` the received bytes in place
 (no copy); any other partition gets a private copy (``splitinfer.codecs.decode_wire``'s ``share``).
@@ -22,6 +23,11 @@ from splitinfer.program.interpreter import resolve_op
 from splitinfer.program.model import Ref
 
 __all__ = ["InputEffects", "input_effects"]
+
+#: Operators whose result may be one of their arguments although their schema declares no alias (by position):
+#: eval-mode dropout (``train=False``, or ``p=0``) returns its input tensor itself. Found by checking every
+#: unannotated operator on the allow-list for a result sharing its input's storage.
+_UNDECLARED_ALIASES = {"aten.dropout.default": (0,)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,9 @@ def input_effects(program: Program) -> InputEffects:
             if info.is_write:
                 writes |= touched
             shared |= touched  # an annotated argument may be (part of) what the op returns
+        for position in _UNDECLARED_ALIASES.get(node.op, ()):
+            if position < len(node.args):
+                shared |= frozenset().union(*(aliases.get(r, frozenset()) for r in _refs(node.args[position])))
         if shared:
             aliases[node.name] = frozenset(shared)
     returned = frozenset().union(*(aliases.get(s.name, frozenset()) for s in program.outputs))

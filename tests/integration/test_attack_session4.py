@@ -8,8 +8,8 @@ test can read their in-flight counts, budgets and stores).
 
 The tests after "Found by this attack" failed on the code as first committed (a writer fed a tensor computed on
 the node, or a reader's in-place view of the received bytes, without a copy) and pass since bd68bcb; the
-others are properties that held from the start. The remaining strict xfail (``input_effects`` misses eval
-dropout's alias) is pure core: tests/unit/test_attack_session4.py.
+others are properties that held from the start. ``input_effects`` missing eval dropout's alias (pure core:
+tests/unit/test_attack_session4.py) is fixed too: the operator is listed as returning its input.
 """
 
 from __future__ import annotations
@@ -561,7 +561,7 @@ def test_a_local_writer_and_a_local_reader_of_one_computed_tensor_do_not_see_eac
 def test_a_writer_behind_an_eval_dropout_never_changes_the_received_input(
     node: RunningNode, shares: list[bool]
 ) -> None:
-    """y = dropout(x) (eval: y is x, the received bytes in place: input_effects misses that alias, see
+    """y = dropout(x) (eval: y is x, the received bytes in place; input_effects counts that alias, see
     tests/unit/test_attack_session4.py), then a local writer of y (w = (2y)^2), then z = x + w. x as
     received must stay x: z = x + 4x^2."""
     steps = [

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from splitinfer.errors import InvalidArgument
@@ -58,18 +57,12 @@ def test_an_operator_off_the_allow_list_counts_as_writing_and_returning() -> Non
 
 
 def test_eval_dropout_really_returns_its_input_itself() -> None:
-    """The fact the xfail below rests on: ATen's dropout with train=False (or p=0) returns the input tensor."""
+    """The fact the test below rests on: ATen's dropout with train=False (or p=0) returns the input tensor."""
     x = torch.randn(4)
     assert torch.ops.aten.dropout.default(x, 0.5, False) is x
     assert torch.ops.aten.dropout.default(x, 0.0, True) is x
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: aten.dropout.default returns its input itself (train=False or p=0) but declares no alias in "
-    "its schema; input_effects (splitinfer/runtime/aliasing.py, `if info is None: continue`) trusts the "
-    "schema, so the partition counts as read-only and its output is the received bytes in place",
-)
 def test_an_eval_dropout_of_the_input_returns_the_input() -> None:
     effects = input_effects(_program(_node("y", "aten.dropout.default", Ref("x"), 0.5, False)))
     assert effects.returns == {"x"} and not effects.read_only

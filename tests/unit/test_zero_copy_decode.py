@@ -5,6 +5,8 @@ payloads at aligned offsets while staying the same protobuf messages."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -237,3 +239,98 @@ def test_a_single_message_stream_tensor_is_aligned_and_parses_like_protobuf() ->
     assert parsed.kind == "tensor" and _offset_in(frame, parsed.value.payload) % 16 == 0
     stock = model_server_pb2.ProcessRequest.FromString(frame)
     assert stock.tensor.payload == value.numpy().tobytes() and stock.tensor.name == "x"
+
+
+# Operators whose result may be an argument without their schema saying so
+
+
+def _identity_like_calls() -> tuple[dict[str, Callable[[], Any]], tuple[torch.Tensor, ...]]:
+    """A call of every allow-listed operator that declares no alias, with arguments where a shortcut returning
+    the input itself would apply (add 0, mul 1, pow 1, 1x1 pools, same-size resampling, a one-tensor cat...)."""
+    a = torch.ops.aten
+    x, v = torch.randn(2, 3, 4, 4), torch.randn(4, 4)
+    return {
+        "aten.__and__.Tensor": lambda: a.__and__.Tensor(x > 0, x > 0),
+        "aten._to_copy.default": lambda: a._to_copy.default(x),
+        "aten._weight_int8pack_mm.default": lambda: a._weight_int8pack_mm.default(
+            v, torch.randint(-8, 8, (4, 4), dtype=torch.int8), torch.ones(4)
+        ),
+        "aten.abs.default": lambda: a.abs.default(x),
+        "aten.adaptive_avg_pool2d.default": lambda: a.adaptive_avg_pool2d.default(x, [4, 4]),
+        "aten.add.Tensor": lambda: a.add.Tensor(x, 0),
+        "aten.addmm.default": lambda: a.addmm.default(torch.zeros(4), v, torch.eye(4)),
+        "aten.any.default": lambda: a.any.default(x > 0),
+        "aten.arange.default": lambda: a.arange.default(4),
+        "aten.avg_pool2d.default": lambda: a.avg_pool2d.default(x, [1, 1]),
+        "aten.batch_norm.default": lambda: a.batch_norm.default(
+            x, None, None, torch.zeros(3), torch.ones(3), False, 0.1, 1e-5, False
+        ),
+        "aten.cat.default": lambda: a.cat.default([x]),
+        "aten.clamp.Tensor": lambda: a.clamp.Tensor(x, torch.tensor(-100.0)),
+        "aten.clone.default": lambda: a.clone.default(x),
+        "aten.conv2d.default": lambda: a.conv2d.default(x, torch.ones(3, 1, 1, 1), None, [1, 1], [0, 0], [1, 1], 3),
+        "aten.cumsum.default": lambda: a.cumsum.default(x, 0),
+        "aten.diff.default": lambda: a.diff.default(x, 0),
+        "aten.div.Tensor": lambda: a.div.Tensor(x, 1),
+        "aten.dropout.default": lambda: a.dropout.default(x, 0.5, False),
+        "aten.embedding.default": lambda: a.embedding.default(v, torch.arange(4)),
+        "aten.eq.Tensor": lambda: a.eq.Tensor(x, x),
+        "aten.full_like.default": lambda: a.full_like.default(x, 1.0),
+        "aten.gather.default": lambda: a.gather.default(v, 0, torch.zeros(4, 4, dtype=torch.long)),
+        "aten.ge.Scalar": lambda: a.ge.Scalar(x, 0),
+        "aten.gelu.default": lambda: a.gelu.default(x),
+        "aten.gt.Scalar": lambda: a.gt.Scalar(x, 0),
+        "aten.index.Tensor": lambda: a.index.Tensor(v, [torch.arange(4)]),
+        "aten.isinf.default": lambda: a.isinf.default(x),
+        "aten.layer_norm.default": lambda: a.layer_norm.default(x, [4]),
+        "aten.le.Tensor": lambda: a.le.Tensor(x, x),
+        "aten.linear.default": lambda: a.linear.default(v, torch.eye(4)),
+        "aten.log.default": lambda: a.log.default(x),
+        "aten.lt.Scalar": lambda: a.lt.Scalar(x, 0),
+        "aten.max_pool2d.default": lambda: a.max_pool2d.default(x, [1, 1]),
+        "aten.mean.dim": lambda: a.mean.dim(x, []),
+        "aten.min.other": lambda: a.min.other(x, x),
+        "aten.mul.Tensor": lambda: a.mul.Tensor(x, 1),
+        "aten.ne.Scalar": lambda: a.ne.Scalar(x, 0),
+        "aten.neg.default": lambda: a.neg.default(x),
+        "aten.new_ones.default": lambda: a.new_ones.default(x, [2]),
+        "aten.pow.Tensor_Scalar": lambda: a.pow.Tensor_Scalar(x, 1),
+        "aten.relu.default": lambda: a.relu.default(x),
+        "aten.rsqrt.default": lambda: a.rsqrt.default(x),
+        "aten.scaled_dot_product_attention.default": lambda: a.scaled_dot_product_attention.default(x, x, x),
+        "aten.sub.Tensor": lambda: a.sub.Tensor(x, 0),
+        "aten.tanh.default": lambda: a.tanh.default(x),
+        "aten.upsample_nearest2d.vec": lambda: a.upsample_nearest2d.vec(x, [4, 4], None),
+        "aten.where.Scalar": lambda: a.where.Scalar(x > 0, 1.0, 0.0),
+        "aten.where.ScalarOther": lambda: a.where.ScalarOther(x > 0, x, 0.0),
+        "aten.where.self": lambda: a.where.self(torch.ones_like(x, dtype=torch.bool), x, x),
+        "aten.zeros_like.default": lambda: a.zeros_like.default(x),
+    }, (x, v)
+
+
+def _storages(value: object) -> set[int]:
+    if isinstance(value, torch.Tensor):
+        return {value.untyped_storage().data_ptr()}
+    if isinstance(value, list | tuple):
+        return set().union(*(_storages(v) for v in value))
+    return set()
+
+
+def test_every_operator_without_a_declared_alias_returns_fresh_memory_or_is_listed() -> None:
+    """input_effects trusts the schemas except for the operators it lists; a new allow-listed operator that
+    declares no alias needs a case here (and a listing if its result can be its input)."""
+    from splitinfer.program.interpreter import resolve_op
+    from splitinfer.program.operators import ALLOWED_OPERATORS
+    from splitinfer.runtime.aliasing import _UNDECLARED_ALIASES
+
+    unannotated = {
+        name
+        for name in ALLOWED_OPERATORS
+        if name != "getitem" and not any(arg.alias_info is not None for arg in resolve_op(name)._schema.arguments)  # type: ignore[attr-defined]
+    }
+    calls, inputs = _identity_like_calls()
+    assert unannotated <= set(calls), f"no identity-like call for {sorted(unannotated - set(calls))}"
+    given = _storages(inputs)
+    with torch.inference_mode():
+        aliasing = {name for name in unannotated if _storages(calls[name]()) & given}
+    assert aliasing == set(_UNDECLARED_ALIASES)  # eval-mode dropout returns its input itself

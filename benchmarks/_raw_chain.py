@@ -5,7 +5,7 @@ Run by benchmarks/pipeline.py as separate processes:
 With --program the server runs that partition on the bytes it receives (shape from the program), then
 either forwards the result to --next and relays the answer, or returns it. Without --program it echoes.
 With --aio the server is a grpc.aio one (as splitinfer's nodes are) instead of a synchronous one with four
-threads: the same bytes, what grpc.aio itself costs. --malloc-*-threshold-bytes apply the node's allocator
+threads: the same bytes, what grpc.aio itself costs. --malloc-* flags apply the node's allocator
 policy (server_node.allocator), so that a baseline runs with the same malloc settings as the nodes.
 """
 
@@ -39,9 +39,10 @@ def main() -> None:
     parser.add_argument("--aio", action="store_true", help="a grpc.aio server (echo or --program only)")
     parser.add_argument("--malloc-mmap-threshold-bytes", type=int, default=0, help="as NodeConfig's (0: glibc's)")
     parser.add_argument("--malloc-trim-threshold-bytes", type=int, default=0, help="as NodeConfig's (0: glibc's)")
+    parser.add_argument("--malloc-arena-max", type=int, default=0, help="as NodeConfig's (0: glibc's)")
     args = parser.parse_args()
     # The same allocator settings as the nodes it is compared with (server_node.allocator).
-    apply_malloc_policy(args.malloc_mmap_threshold_bytes, args.malloc_trim_threshold_bytes)
+    apply_malloc_policy(args.malloc_mmap_threshold_bytes, args.malloc_trim_threshold_bytes, args.malloc_arena_max)
     torch.set_num_threads(1)
     run = None
     if args.program:

@@ -12,7 +12,7 @@
    node alike), to choose DEFAULT_CHUNK_BYTES by measurement (only tensors above HOP_ONCE_MAX_BYTES, 16 MiB,
    are chunked: smaller ones go as one ProcessOnce).
 
-Every process runs with the nodes' malloc policy (NodeConfig.malloc_*_threshold_bytes, applied by the
+Every process runs with the nodes' malloc policy (NodeConfig.malloc_*, applied by the
 nodes' daemon, by _raw_chain.py from its flags, and by this client process): baselines and splitinfer
 share one allocator setting.
 
@@ -76,6 +76,7 @@ def _malloc_args() -> list[str]:
     return [
         "--malloc-mmap-threshold-bytes", str(defaults.malloc_mmap_threshold_bytes),
         "--malloc-trim-threshold-bytes", str(defaults.malloc_trim_threshold_bytes),
+        "--malloc-arena-max", str(defaults.malloc_arena_max),
     ]  # fmt: skip
 
 
@@ -358,7 +359,9 @@ def main() -> int:
     # This process is the client of every path compared (raw and splitinfer alike): the same allocator
     # settings as the servers, so that no path's client pays page faults the others do not.
     defaults = NodeConfig()
-    apply_malloc_policy(defaults.malloc_mmap_threshold_bytes, defaults.malloc_trim_threshold_bytes)
+    apply_malloc_policy(
+        defaults.malloc_mmap_threshold_bytes, defaults.malloc_trim_threshold_bytes, defaults.malloc_arena_max
+    )
     resolution, repeats = (64, 3) if args.quick else (224, args.repeats)
     sizes = [4 << 10, 64 << 10] if args.quick else [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
     default_sweep = [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20]

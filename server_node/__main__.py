@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None, compute_hook: ComputeHook | None = None)
     if config.tls_dir:  # other nodes, sinks and pools are called with the cluster certificate
         configure_client(client_security_from_dir(Path(config.tls_dir), "cluster"))
     # Process-wide, so here and not in start_node (tests and tools run nodes inside other processes).
-    apply_malloc_policy(config.malloc_mmap_threshold_bytes, config.malloc_trim_threshold_bytes)
+    apply_malloc_policy(config.malloc_mmap_threshold_bytes, config.malloc_trim_threshold_bytes, config.malloc_arena_max)
     node = start_node(config, compute_hook=compute_hook)
     try:
         for source in args.load:

@@ -101,6 +101,10 @@ class NodeConfig:
     #: glibc malloc: free heap memory above this is returned to the kernel; 0 keeps glibc's default (128 KiB,
     #: dynamic). Up to this much freed memory stays in the node's RSS after a burst of large requests.
     malloc_trim_threshold_bytes: int = 1 << 30
+    #: glibc malloc: at most this many arenas; 0 keeps glibc's default (8 per core). With 1 every thread
+    #: allocates from the main heap, where the two thresholds above hold: other arenas are unmapped when
+    #: empty, and a large tensor allocated on the event loop or a compute thread was faulted in per request.
+    malloc_arena_max: int = 1
     #: Directory with ca.pem, server.pem/key and cluster.pem/key (``make certs``): serve mutual TLS and
     #: check every caller's role. Empty: plaintext, no authentication (development only).
     tls_dir: str = ""
@@ -119,7 +123,7 @@ class NodeConfig:
         for name in (
             "compute_slots", "torch_threads", "max_request_bytes", "benchmark_s", "shutdown_grace_s",
             "intra_op_threads", "inter_op_threads", "max_queue_delay_ms", "malloc_mmap_threshold_bytes",
-            "malloc_trim_threshold_bytes",
+            "malloc_trim_threshold_bytes", "malloc_arena_max",
         ):  # fmt: skip
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -140,7 +144,7 @@ class NodeConfig:
         unknown = [p for p in providers if p not in ("cpu", "cuda", "tensorrt")]
         if not providers or unknown:
             problems.append(f"execution_providers must list cpu, cuda or tensorrt, got {self.execution_providers!r}")
-        for name in ("malloc_mmap_threshold_bytes", "malloc_trim_threshold_bytes"):
+        for name in ("malloc_mmap_threshold_bytes", "malloc_trim_threshold_bytes", "malloc_arena_max"):
             if getattr(self, name) >= 1 << 31:
                 problems.append(f"{name} must be below 2 GiB (mallopt takes an int), got {getattr(self, name)}")
         if self.max_batch_size < 1:

@@ -41,9 +41,10 @@ Delivered = WireTensor | model_server_pb2.StepTiming
 #: Tensors at least this large are decoded and encoded on a codec thread, not on the event loop, when a codec
 #: step (compression, quantisation) has work to do.
 OFFLOAD_BYTES = 64 << 10
-#: Without a codec step, decoding is one copy into an aligned buffer and encoding none (a view of the
-#: tensor's bytes): on the loop up to this size (about 0.2 ms per MiB here, less than the two thread hand-offs
-#: an offload costs), on a codec thread beyond it.
+#: Without a codec step, encoding is a view of the tensor's bytes (always on the loop) and decoding either a
+#: view of the received bytes (a reader of its inputs, always on the loop) or one copy into a buffer of its
+#: own (a writer): that copy on the loop up to this size (about 0.2 ms per MiB here, less than the two thread
+#: hand-offs an offload costs), on a codec thread beyond it.
 OFFLOAD_PLAIN_BYTES = 4 << 20
 #: A partition whose mean compute time is below this (after INLINE_MIN_RUNS runs) runs on the event loop when
 #: no run is queued: handing it to a compute thread and back costs about 0.2 ms here (a 4 KiB copy
@@ -318,8 +319,9 @@ class RequestExecutor:
         return decode_wire(tensor.head, tensor.payload, self._limits, share=share)
 
     async def _encode(self, value: torch.Tensor, name: str, codec: CodecSpec) -> WireTensor:
+        """Plain encoding of a contiguous CPU tensor is a view of its bytes, whatever its size: on the loop."""
         plain = codec.is_plain and value.is_contiguous() and value.device.type == "cpu"
-        if value.numel() * value.element_size() >= (OFFLOAD_PLAIN_BYTES if plain else OFFLOAD_BYTES):
+        if not plain and value.numel() * value.element_size() >= OFFLOAD_BYTES:
             return await self._pool.offload(encode_wire, value, name, codec)
         return encode_wire(value, name, codec)
 

@@ -157,7 +157,8 @@ class Plan:
 
 #: Replicas whose predicted compute time is within this factor of the chosen server's share its load.
 EQUIVALENT_COMPUTE_FACTOR = 1.25
-#: Slack per partition in that comparison, seconds (tiny partitions differ by noise, not by capacity).
+#: Slack of that comparison, seconds, over all of a server's partitions together: sets that take about a
+#: millisecond differ by noise, not by capacity.
 EQUIVALENT_SLACK_S = 1e-3
 
 
@@ -185,9 +186,10 @@ def _equivalent_replicas(problem: PlanningProblem, a: Assignment) -> dict[int, l
     replicas: dict[int, list[int]] = {}
     for chosen, parts in by_server.items():
         names = [variant.partitions[p].name for p in parts]
-        limit = sum(
-            service_seconds(problem, variant, p, chosen) for p in parts
-        ) * EQUIVALENT_COMPUTE_FACTOR + EQUIVALENT_SLACK_S * len(parts)
+        own = sum(service_seconds(problem, variant, p, chosen) for p in parts)
+        # One slack for the set (not one per partition: over many small partitions that let a server twice
+        # as slow pass as an equal).
+        limit = max(own * EQUIVALENT_COMPUTE_FACTOR, own + EQUIVALENT_SLACK_S)
         others = [
             k
             for k, s in enumerate(problem.servers)

@@ -176,7 +176,9 @@ class PlanningProblem:
     #: next node's request path (the call, its checks, decoding, step timing), milliseconds. Measured by
     #: benchmarks/pipeline.py: a whole 4 KiB node hop takes about 1.1 ms against 0.2 ms of wire. Without it
     #: a plan splits a request over two servers for a few hundredths of a millisecond of calibrated compute
-    #: and pays a hop (and the CPU of a second request path) for it.
+    #: and pays a hop (and the CPU of a second request path) for it. Charged per crossing tensor, as the link
+    #: latency is: a cut that two tensors cross in one call pays it twice (an over-estimate, which only makes
+    #: splitting a request over servers rarer).
     server_hop_ms: float = 0.9
     #: Device codec work relative to a server core (a phone encodes this many times slower).
     device_codec_slowdown: float = 4.0

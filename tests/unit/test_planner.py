@@ -280,6 +280,19 @@ def test_a_replica_slower_on_one_tiny_partition_still_takes_the_whole_request() 
     assert [list(step.addresses) for step in plan.route.steps] == [["a:1", "b:1"]] * 4
 
 
+def test_a_server_half_as_fast_is_a_fallback_not_an_equal_replica() -> None:
+    """However many partitions a server's share has, a replica half as fast is not "about as fast": the
+    slack of the comparison is one for the set, not one per partition."""
+    thin = replace(_problem(uplink_mbps=50).device, computes=False)
+    problem = replace(_problem(), device=thin, servers=(ServerProfile("fast:1", 5e11), ServerProfile("slow:1", 2.5e11)))
+    plan = ChainSolver().solve(problem)
+    assert plan.route is not None and {p.where for p in plan.placements} == {"fast:1"}
+    assert len(plan.route.steps) > 1
+    for step in plan.route.steps:
+        assert list(step.addresses) == ["fast:1"]
+        assert "slow:1" in step.fallback_addresses
+
+
 def test_a_server_to_server_hop_costs_more_than_its_wire() -> None:
     """A hop between servers pays the next node's request path (``server_hop_ms``): a plan does not split
     a request over two servers to save less than that in compute."""

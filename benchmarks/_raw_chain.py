@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -40,11 +42,15 @@ def main() -> None:
     parser.add_argument("--malloc-mmap-threshold-bytes", type=int, default=0, help="as NodeConfig's (0: glibc's)")
     parser.add_argument("--malloc-trim-threshold-bytes", type=int, default=0, help="as NodeConfig's (0: glibc's)")
     parser.add_argument("--malloc-arena-max", type=int, default=0, help="as NodeConfig's (0: glibc's)")
+    parser.add_argument(
+        "--compute-log", type=Path, help="with --program: write each call's compute milliseconds here at exit"
+    )
     args = parser.parse_args()
     # The same allocator settings as the nodes it is compared with (server_node.allocator).
     apply_malloc_policy(args.malloc_mmap_threshold_bytes, args.malloc_trim_threshold_bytes, args.malloc_arena_max)
     torch.set_num_threads(1)
     run = None
+    compute_ms: list[float] = []
     if args.program:
         _, program = load_partition_artifact(args.program)
         compiled = CompiledProgram(program)
@@ -54,14 +60,19 @@ def main() -> None:
         def run(data: bytes) -> bytes:
             x = torch.empty(spec.shape, dtype=spec.dtype)  # aligned, as the fastest decoder would do
             x.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(data, dtype=np.uint8)
-            return compiled({spec.name: x})[out_name].contiguous().numpy().tobytes()
+            started = time.perf_counter()
+            out = compiled({spec.name: x})[out_name]
+            compute_ms.append((time.perf_counter() - started) * 1e3)  # what a node reports as compute_ms
+            return out.contiguous().numpy().tobytes()
 
     if args.aio:
         if args.next:
             parser.error("--aio serves an echo or a --program, not a chain")
         asyncio.run(_serve_aio(args.port_file, run))
-        return
-    serve_chain(args.port_file, run, args.next)
+    else:
+        serve_chain(args.port_file, run, args.next)
+    if args.compute_log:
+        args.compute_log.write_text(json.dumps(compute_ms))
 
 
 def serve_chain(port_file: Path, run: Callable[[bytes], bytes] | None, next_address: str | None) -> None:

@@ -82,7 +82,13 @@ def _malloc_args() -> list[str]:
 
 class RawServer:
     def __init__(
-        self, work: Path, name: str, program: Path | None = None, next_address: str = "", aio: bool = False
+        self,
+        work: Path,
+        name: str,
+        program: Path | None = None,
+        next_address: str = "",
+        aio: bool = False,
+        compute_log: Path | None = None,
     ) -> None:
         port_file = work / f"{name}.port"
         port_file.unlink(missing_ok=True)  # a server of the same name earlier in this run (--chunk-sweep 0) left it
@@ -91,6 +97,8 @@ class RawServer:
             command += ["--program", str(program)]
         if aio:
             command.append("--aio")
+        if compute_log is not None:
+            command += ["--compute-log", str(compute_log)]
         if next_address:
             command += ["--next", next_address]
         self.process = subprocess.Popen(command)
@@ -144,8 +152,10 @@ def end_to_end(work: Path, name: str, resolution: int, repeats: int) -> dict[str
     interpreter_config = work / "interpreter-node.json"
     interpreter_config.write_text(json.dumps({"runtime": "interpreter"}))
 
-    b = RawServer(work, f"{name}-rawB", paths["p2"][1])
-    a = RawServer(work, f"{name}-rawA", paths["p1"][1], b.address)
+    # The raw servers log each call's compute time (what a node reports as compute_ms), read after they stop.
+    raw_logs = {part: work / f"{name}-raw-{part}-compute.json" for part in ("p1", "p2")}
+    b = RawServer(work, f"{name}-rawB", paths["p2"][1], compute_log=raw_logs["p2"])
+    a = RawServer(work, f"{name}-rawA", paths["p1"][1], b.address, compute_log=raw_logs["p1"])
     channel, call = _raw_call(a.address)
     nodes = [spawn_node(["--torch-threads", "1", "--config", str(interpreter_config)]) for _ in range(2)]
     ort_nodes = [spawn_node(["--torch-threads", "1"]) for _ in range(2)]  # onnxruntime: the default
@@ -171,10 +181,13 @@ def end_to_end(work: Path, name: str, resolution: int, repeats: int) -> dict[str
         def raw() -> None:
             call(device_head().contiguous().numpy().tobytes())
 
+        step_timings: list[list[model_server_pb2.StepTiming]] = []
+
         def split() -> None:
             header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=route)
-            outputs, _ = client.process_wire(header, [encode_wire(device_head(), head_out)], timeout_s=60)
+            outputs, timings = client.process_wire(header, [encode_wire(device_head(), head_out)], timeout_s=60)
             assert outputs
+            step_timings.append(timings)
 
         def split_ort() -> None:
             header = model_server_pb2.RequestHeader(request_id=uuid.uuid4().hex, route=ort_route)
@@ -187,6 +200,7 @@ def end_to_end(work: Path, name: str, resolution: int, repeats: int) -> dict[str
         paths_to_time = {"local": local_run, "raw": raw, "ours": split, "ours_ort": split_ort}
         for fn in paths_to_time.values():
             time_call(fn, 1, warmup=3)
+        step_timings.clear()
         samples: dict[str, list[float]] = {k: [] for k in paths_to_time}
         for _ in range(repeats):
             for label, fn in paths_to_time.items():
@@ -199,6 +213,8 @@ def end_to_end(work: Path, name: str, resolution: int, repeats: int) -> dict[str
         b.stop()
         for node in [*nodes, *ort_nodes]:
             node.stop()
+    # The raw servers' compute of the timed calls only (the warm-up's 4 calls come first).
+    raw_compute = {part: json.loads(log.read_text())[4:] for part, log in raw_logs.items() if log.exists()}
     return {
         "model": f"{name}@{resolution}",
         "ops": n,
@@ -207,7 +223,27 @@ def end_to_end(work: Path, name: str, resolution: int, repeats: int) -> dict[str
         "raw_chain_ms": [s * 1e3 for s in samples["raw"]],
         "splitinfer_ms": [s * 1e3 for s in samples["ours"]],
         "splitinfer_ort_ms": [s * 1e3 for s in samples["ours_ort"]],
+        # Where the split's time goes on the nodes: per step (p1 on A, p2 on B), each field's samples.
+        "splitinfer_steps": _step_breakdown(step_timings),
+        # The raw chain's compute of the same partitions (in its handler thread), per call: against the nodes'.
+        "raw_compute_ms": raw_compute,
     }
+
+
+def _step_breakdown(runs: list[list[model_server_pb2.StepTiming]]) -> list[dict[str, Any]]:
+    """The nodes' StepTiming of each timed split request, per step: the samples of queue, decode, compute
+    and encode milliseconds (medians in the summary)."""
+    steps: dict[str, dict[str, Any]] = {}
+    for timings in runs:
+        for timing in timings:
+            row = steps.setdefault(
+                timing.partition.partition,
+                {"partition": timing.partition.partition, "queue_ms": [], "decode_ms": [], "compute_ms": [],
+                 "encode_ms": []},
+            )  # fmt: skip
+            for field in ("queue_ms", "decode_ms", "compute_ms", "encode_ms"):
+                row[field].append(getattr(timing, field))
+    return list(steps.values())
 
 
 def per_hop(
@@ -354,6 +390,11 @@ def main() -> int:
         "default without --quick)",
     )  # fmt: skip
     parser.add_argument("--no-end-to-end", action="store_true", help="per-hop measurements only")
+    parser.add_argument(
+        "--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), help="end-to-end models (default: all)"
+    )
+    parser.add_argument("--no-per-hop", action="store_true", help="end-to-end measurements only")
+    parser.add_argument("--no-chunk-sweep", action="store_true", help="skip the chunk-size sweep")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # This process is the client of every path compared (raw and splitinfer alike): the same allocator
@@ -371,9 +412,11 @@ def main() -> int:
     elif not sweep:  # the flag alone
         sweep = default_sweep
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [] if args.no_end_to_end else [end_to_end(Path(tmp), name, resolution, repeats) for name in MODELS]
-        hops = per_hop(Path(tmp), repeats * 3, sizes, baselines=True)
+        runs = [] if args.no_end_to_end else [end_to_end(Path(tmp), name, resolution, repeats) for name in args.models]
+        hops = [] if args.no_per_hop else per_hop(Path(tmp), repeats * 3, sizes, baselines=True)
         big = [n for n in sizes if n >= 1 << 20] or sizes[-1:]
+        if args.no_per_hop or args.no_chunk_sweep:
+            sweep = []
         chunk_rows = [row for chunk in sweep for row in per_hop(Path(tmp), repeats, big, chunk)]
     hop_summaries = [hop_summary(row) for row in hops]
     chunk_summaries = [hop_summary(row) for row in chunk_rows]
@@ -395,6 +438,11 @@ def main() -> int:
             # On onnxruntime (device head and nodes), the split must beat the whole model in local torch.
             "splitinfer_ort_ratio": ort / local, "ort_target_ratio": ort_target,
             "ort_target_met": ort / local <= ort_target if ort_target is not None else None,
+            "splitinfer_steps": [
+                {"partition": row["partition"], **{k: median(v) for k, v in row.items() if k.endswith("_ms")},
+                 "raw_compute_ms": median(e2e["raw_compute_ms"].get(row["partition"]) or [float("nan")])}
+                for row in e2e["splitinfer_steps"]
+            ],
         })  # fmt: skip
     write_json(args.out, {"benchmark": "pipeline", "machine": machine_info(),
                           "parameters": {"resolution": resolution, "repeats": repeats, "torch_threads": 1},
@@ -413,6 +461,12 @@ def main() -> int:
             table.add_row(label, f"{summary[key + '_ms']:.2f}", f"{summary[key + '_p95_ms']:.2f}",
                           f"{summary[key + '_ms'] / summary['local_ms']:.3f}")  # fmt: skip
         console.print(table)
+        for step in summary["splitinfer_steps"]:
+            console.print(
+                f"  {step['partition']}: queue {step['queue_ms']:.2f}  decode {step['decode_ms']:.2f}  "
+                f"compute {step['compute_ms']:.2f} (raw chain's {step['raw_compute_ms']:.2f})  "
+                f"encode {step['encode_ms']:.2f} ms (medians, node StepTiming)"
+            )
     hop_table = Table(title="per hop: one node, copy partition, vs raw gRPC echo of the same bytes (medians)")
     columns = ("bytes", "chunk", "raw echo ms", "aio echo ms", "raw+copy ms", "hop ms", "hop p95 ms", "raw MB/s",
                "hop MB/s", "node faults/hop", "target")  # fmt: skip
@@ -426,7 +480,8 @@ def main() -> int:
                           copy, f"{row['splitinfer_hop_ms']:.3f}", f"{row['splitinfer_hop_p95_ms']:.3f}",
                           f"{row['raw_mb_s']:.0f}", f"{row['splitinfer_mb_s']:.0f}",
                           f"{row['node_minor_faults_per_hop']:.0f}", verdict)  # fmt: skip
-    console.print(hop_table)
+    if hop_summaries or chunk_summaries:
+        console.print(hop_table)
     if summaries:
         resnet18_summary = summaries[0]
         verdict = "met" if resnet18_summary["target_met"] else "NOT met"

@@ -8,7 +8,6 @@ from typing import Protocol
 import grpc
 
 from splitinfer.errors import NotFound
-from splitinfer.results.commit import GroupCommit
 from splitinfer.results.store import ResultStore
 from splitinfer.security.tls import ClientSecurity
 from splitinfer.transport.channel import open_channel
@@ -50,13 +49,12 @@ class LocalResults:
 
     def __init__(self, store: ResultStore) -> None:
         self.store = store
-        self._group = GroupCommit(store)
 
     def put(self, result: result_store_pb2.StoredResult) -> tuple[bool, result_store_pb2.StoredResult]:
         return self.store.put_or_get(result)
 
     async def put_async(self, result: result_store_pb2.StoredResult) -> tuple[bool, result_store_pb2.StoredResult]:
-        return await self._group.put(result)
+        return await self.store.commits.put(result)
 
     def get(self, request_id: str, caller: str) -> result_store_pb2.StoredResult:
         return self.store.get(request_id, caller)

@@ -13,7 +13,6 @@ from typing import TypeVar
 
 import grpc
 
-from splitinfer.results.commit import GroupCommit
 from splitinfer.results.detections import DetectionQuery
 from splitinfer.results.store import ResultQuery, ResultStore
 from splitinfer.security.auth import ADMIN, CLUSTER, TokenTable
@@ -38,8 +37,6 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
     def __init__(self, store: ResultStore, tokens: TokenTable | None = None) -> None:
         self._store = store
         self._tokens = tokens
-        #: PutResult from every front-end: the results that arrive while one group commits go in the next.
-        self._group = GroupCommit(store)
 
     def _own_caller(self, context: grpc.aio.ServicerContext) -> str | None:
         """The caller a device-role identity is confined to; None when the caller may ask about anyone."""
@@ -54,7 +51,8 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServiceServicer):
     async def PutResult(
         self, request: result_store_pb2.PutResultRequest, context: grpc.aio.ServicerContext
     ) -> result_store_pb2.PutResultResponse:
-        stored, kept = await self._group.put(request.result)
+        # From every front-end, with the store's other puts: those that arrive while one group commits go in the next.
+        stored, kept = await self._store.commits.put(request.result)
         return result_store_pb2.PutResultResponse(stored=stored, result=kept)
 
     @map_errors()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -18,12 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError
+from splitinfer.errors import FailedPrecondition, InvalidArgument, NotFound, SplitInferError, Unavailable
+from splitinfer.results.commit import GroupCommit
 from splitinfer.results.detections import DetectionStore, detection_rows
 from splitinfer.results.keys import check_id, decode_token_list, shown
 from splitinfer.v1 import result_store_pb2
 
 __all__ = ["ResultQuery", "ResultStore"]
+
+log = logging.getLogger("splitinfer.results")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -90,6 +94,8 @@ class ResultStore:
         self._readers_lock = threading.Lock()
         #: The boxes of detection results, one record per box (splitinfer.results.detections).
         self.detections = DetectionStore(path)
+        #: Puts from event loops (the front-end's requests, the ResultStoreService), committed in groups.
+        self.commits = GroupCommit(self)
 
     def _migrate(self) -> None:
         """A database from before callers: results keyed by request id alone. Each becomes its device's."""
@@ -108,6 +114,8 @@ class ResultStore:
         )
 
     def close(self) -> None:
+        """Commits every put the group commit accepted, then closes the database."""
+        self.commits.close()
         with self._lock:
             self._db.close()
         with self._readers_lock:
@@ -182,20 +190,20 @@ class ResultStore:
                             inserted.append((index, stored))
                             pruned = self._apply_retention() or pruned
                         else:
+                            # Read now: retention run by a later insert of this group may delete it.
+                            row = self._db.execute(
+                                "SELECT body FROM results WHERE caller = ? AND request_id = ?",
+                                (stored.caller, stored.request_id),
+                            ).fetchone()
                             taken.append((index, stored))
+                            kept_rows.append(row)
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")
+                    self._rows = self._count_rows()  # the rolled-back inserts counted themselves
                     raise
-                kept_rows = [
-                    self._db.execute(
-                        "SELECT body FROM results WHERE caller = ? AND request_id = ?", (s.caller, s.request_id)
-                    ).fetchone()
-                    for _, s in taken
-                ]
         for index, stored in inserted:
-            self.detections.add(stored)
-            answers[index] = (True, stored)
+            answers[index] = self._add_detections(stored)
         if pruned:
             self.detections.prune()
         for (index, stored), row in zip(taken, kept_rows, strict=True):
@@ -206,10 +214,24 @@ class ResultStore:
                     "use a new id for a new request"
                 )
             else:
-                answers[index] = (False, kept)
+                # A retry writes the boxes a failed first try could not (DetectionStore.add skips stored ones).
+                repaired = self._add_detections(kept)
+                answers[index] = (False, kept) if isinstance(repaired, tuple) else repaired
         done = [a for a in answers if a is not None]
         assert len(done) == len(results)  # every result answered, in order
         return done
+
+    def _add_detections(
+        self, stored: result_store_pb2.StoredResult
+    ) -> tuple[bool, result_store_pb2.StoredResult] | SplitInferError:
+        """Writes a committed result's boxes; a failure answers that result alone (its caller retries, and
+        the retry writes them), never the others of its group."""
+        try:
+            self.detections.add(stored)
+        except sqlite3.Error as exc:
+            log.warning("detections of request %s not stored: %s", shown(stored.request_id), exc)
+            return Unavailable(f"the detections of request {shown(stored.request_id)} were not stored; retry it")
+        return True, stored
 
     def _reader(self) -> sqlite3.Connection:
         reader: sqlite3.Connection | None = getattr(self._readers, "connection", None)

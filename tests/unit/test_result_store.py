@@ -276,3 +276,105 @@ def test_group_commit_stores_puts_that_arrive_during_a_commit_in_the_next_one(tm
     assert sizes == [1, 31] and group.groups == 2 and group.results == 32
     assert [a[0] for a in answers] == [True] * 31 + [False]  # type: ignore[index]
     assert store.count() == 31
+
+
+def _boxed(i: int) -> result_store_pb2.StoredResult:
+    result = _result(i)
+    result.detections.add(x_min=0, y_min=0, x_max=1, y_max=1, label="cat", score=0.9)
+    return result
+
+
+def _boxes(store: ResultStore, request_id: str) -> int:
+    rows = store.detections._db.execute("SELECT COUNT(*) FROM detections WHERE request_id = ?", (request_id,))
+    return int(rows.fetchone()[0])
+
+
+def test_a_failed_detection_write_answers_its_result_alone_and_the_retry_writes_the_boxes(tmp_path: Path) -> None:
+    """A group's results are committed together, their boxes after: one result's boxes failing to store
+    answers that result with UNAVAILABLE (its caller retries), the others stored and answered as stored; the
+    retry finds the result stored and writes the boxes it lacks."""
+    from splitinfer.errors import Unavailable
+
+    store = ResultStore(tmp_path / "results.db")
+    add = store.detections.add
+
+    def failing_add(result: result_store_pb2.StoredResult) -> int:
+        if result.request_id == "r0002":
+            raise sqlite3.OperationalError("disk I/O error")
+        return add(result)
+
+    store.detections.add = failing_add  # type: ignore[method-assign]
+    answers = store.put_many([_boxed(1), _boxed(2), _boxed(3)])
+    assert isinstance(answers[1], Unavailable)
+    assert [a[0] for a in (answers[0], answers[2])] == [True, True]  # type: ignore[index]
+    assert store.count() == 3 and (_boxes(store, "r0001"), _boxes(store, "r0002"), _boxes(store, "r0003")) == (1, 0, 1)
+    store.detections.add = add  # type: ignore[method-assign]
+    (retry,) = store.put_many([_boxed(2)])
+    assert retry[0] is False and _boxes(store, "r0002") == 1  # type: ignore[index]
+    store.close()
+
+
+def test_a_retry_whose_row_retention_deletes_later_in_its_group_is_answered(tmp_path: Path) -> None:
+    """A retried id is read when its insert is ignored, before a later insert of the same group runs
+    retention (max_age_s) and deletes it: the retry is answered with the result it had, not a failure of the
+    whole group."""
+    path = tmp_path / "results.db"
+    old = ResultStore(path)
+    assert old.put(_result(1, created=int(time.time() * 1000) - 60_000))
+    old.close()
+    store = ResultStore(path, max_age_s=30)
+    answers = store.put_many([_result(1), _result(2, created=int(time.time() * 1000))])
+    assert answers[0][0] is False and answers[0][1].request_id == "r0001"  # type: ignore[index]
+    assert answers[1][0] is True  # type: ignore[index]
+    assert store.count() == 1  # r0001 was past retention
+    store.close()
+
+
+def test_a_closed_group_commit_refuses_puts_and_commits_what_it_accepted(tmp_path: Path) -> None:
+    """Closing the store commits every put its group commit accepted; later puts are UNAVAILABLE at once,
+    never left waiting for a writer that is gone."""
+    import asyncio
+
+    from splitinfer.errors import Unavailable
+
+    store = ResultStore(tmp_path / "results.db")
+
+    async def main() -> None:
+        accepted = asyncio.ensure_future(store.commits.put(_result(1)))
+        await asyncio.sleep(0)  # the put is in the group
+        await asyncio.get_running_loop().run_in_executor(None, store.commits.close)
+        assert (await accepted)[0] is True
+        for i in (2, 3):
+            with pytest.raises(Unavailable, match="closed"):
+                await asyncio.wait_for(store.commits.put(_result(i)), 2)
+
+    asyncio.run(main())
+    assert store.count() == 1
+    store.close()
+
+
+def test_a_group_commit_whose_writer_fails_answers_every_waiting_put_and_starts_again(tmp_path: Path) -> None:
+    """Anything failing on the writer thread outside the store (here: counting the group) answers the puts
+    waiting with the error, and the next put starts a writer again."""
+    import asyncio
+
+    from splitinfer.results.commit import GroupCommit
+
+    store = ResultStore(tmp_path / "results.db")
+    group = GroupCommit(store)
+
+    class Broken(int):
+        def __add__(self, other: object) -> int:
+            raise RuntimeError("counting failed")
+
+    group.groups = Broken(0)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="counting failed"):
+            await asyncio.wait_for(group.put(_result(1)), 5)
+        group.groups = 0
+        assert (await asyncio.wait_for(group.put(_result(2)), 5))[0] is True
+
+    asyncio.run(main())
+    group.close()
+    store.close()

@@ -24,10 +24,14 @@ from splitinfer.program.model import Ref
 
 __all__ = ["InputEffects", "input_effects"]
 
-#: Operators whose result may be one of their arguments although their schema declares no alias (by position):
-#: eval-mode dropout (``train=False``, or ``p=0``) returns its input tensor itself. Found by checking every
-#: unannotated operator on the allow-list for a result sharing its input's storage.
-_UNDECLARED_ALIASES = {"aten.dropout.default": (0,)}
+#: Operators whose result may be one of their arguments although their schema declares no alias (by argument
+#: name, whether given by position or keyword): eval-mode dropout (``train=False``, or ``p=0``) returns its
+#: input tensor itself. Found by checking every unannotated operator on the allow-list for a result sharing
+#: its input's storage.
+_UNDECLARED_ALIASES = {"aten.dropout.default": frozenset({"input"})}
+#: Operators that write arguments their schema does not mark as written: batch norm in training mode updates
+#: ``running_mean`` and ``running_var`` in place.
+_UNDECLARED_WRITES = {"aten.batch_norm.default": frozenset({"running_mean", "running_var"})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,17 +94,20 @@ def input_effects(program: Program) -> InputEffects:
             aliases[node.name] = every
             continue
         shared: set[str] = set()
+        undeclared_aliases = _UNDECLARED_ALIASES.get(node.op, frozenset())
+        undeclared_writes = _UNDECLARED_WRITES.get(node.op, frozenset())
         for argument, value in bound:
             info = argument.alias_info
-            if info is None:
-                continue  # neither written nor aliased by the result
             touched = frozenset().union(*(aliases.get(r, frozenset()) for r in _refs(value)))
+            if argument.name in undeclared_writes:
+                writes |= touched
+            if argument.name in undeclared_aliases:
+                shared |= touched
+            if info is None:
+                continue  # neither written nor aliased by the result, by its schema
             if info.is_write:
                 writes |= touched
             shared |= touched  # an annotated argument may be (part of) what the op returns
-        for position in _UNDECLARED_ALIASES.get(node.op, ()):
-            if position < len(node.args):
-                shared |= frozenset().union(*(aliases.get(r, frozenset()) for r in _refs(node.args[position])))
         if shared:
             aliases[node.name] = frozenset(shared)
     returned = frozenset().union(*(aliases.get(s.name, frozenset()) for s in program.outputs))

@@ -334,3 +334,20 @@ def test_every_operator_without_a_declared_alias_returns_fresh_memory_or_is_list
     with torch.inference_mode():
         aliasing = {name for name in unannotated if _storages(calls[name]()) & given}
     assert aliasing == set(_UNDECLARED_ALIASES)  # eval-mode dropout returns its input itself
+
+
+def test_writes_and_aliases_the_schemas_do_not_declare_are_counted_by_argument_name() -> None:
+    """Batch norm in training mode writes running_mean and running_var although its schema does not say so
+    (checked here on the real operator), and eval dropout returns its input whether it is given by position
+    or by keyword."""
+    x, mean, var = torch.randn(2, 3, 4, 4), torch.zeros(3), torch.ones(3)
+    before = mean.clone()
+    torch.ops.aten.batch_norm.default(x, None, None, mean, var, True, 0.1, 1e-5, False)
+    assert not torch.equal(mean, before)  # the fact the listing rests on
+    norm = Node("y", "aten.batch_norm.default", (Ref("x"), None, None, Ref("m"), Ref("v"), True, 0.1, 1e-5, False),
+                {}, (_spec("y"),))  # fmt: skip
+    effects = input_effects(_program([norm], ["y"], inputs=("x", "m", "v")))
+    assert effects.writes == {"m", "v"} and not effects.read_only
+    by_keyword = Node("y", "aten.dropout.default", (), {"input": Ref("x"), "p": 0.5, "train": False}, (_spec("y"),))
+    effects = input_effects(_program([by_keyword], ["y"]))
+    assert effects.returns == {"x"} and not effects.read_only

@@ -54,11 +54,28 @@ def tensor_nbytes(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> int
     return math.prod(shape) * dtypes.itemsize(dtype)
 
 
+#: numpy's type strings (native byte order) of the dtypes numpy shares with torch: a tensor of these is
+#: viewed as its bytes, or made from them, in one torch call (``Tensor.numpy``, ``torch.from_numpy``)
+#: instead of three (``reshape``, ``view``, then the conversion). On this machine each torch call on the
+#: request path costs 0.03-0.05 ms when caches are cold (a node between requests, after a partition's
+#: kernels): a shared decode of ResNet-18's cut 0.22 -> 0.13 ms cold (0.011 ms warm).
+_NUMPY_TYPESTR: dict[torch.dtype, str] = {
+    d: np.dtype(n).str
+    for d, n in (
+        (torch.float32, np.float32), (torch.float64, np.float64), (torch.float16, np.float16),
+        (torch.int8, np.int8), (torch.uint8, np.uint8), (torch.int16, np.int16), (torch.int32, np.int32),
+        (torch.int64, np.int64), (torch.bool, np.bool_),
+    )
+}  # fmt: skip
+
+
 def _as_buffer(tensor: torch.Tensor) -> memoryview:
     """The tensor's bytes without a copy (the tensor must be contiguous and stay alive while in use)."""
-    flat = tensor.reshape(-1)
-    if flat.numel() == 0:
+    if tensor.numel() == 0:
         return memoryview(b"")
+    if tensor.dtype in _NUMPY_TYPESTR and tensor.is_contiguous():
+        return memoryview(tensor.numpy()).cast("B")  # type: ignore[arg-type]  # one torch call, the same bytes
+    flat = tensor.reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
     return memoryview(flat.numpy())  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
@@ -80,9 +97,14 @@ class _Shared:
 
     __slots__ = ("__array_interface__", "_keep")
 
-    def __init__(self, view: memoryview, address: int) -> None:
+    def __init__(
+        self, view: memoryview, address: int, shape: tuple[int, ...] | None = None, typestr: str = "|u1"
+    ) -> None:
         self._keep = view
-        self.__array_interface__ = {"data": (address, False), "shape": (view.nbytes,), "typestr": "|u1", "version": 3}
+        self.__array_interface__ = {
+            "data": (address, False), "shape": (view.nbytes,) if shape is None else shape, "typestr": typestr,
+            "version": 3,
+        }  # fmt: skip
 
 
 def _shares(data: bytes | bytearray | memoryview, itemsize: int, share: bool | None) -> int:
@@ -119,9 +141,17 @@ def _from_bytes(
 ) -> torch.Tensor:
     """A tensor of ``data``'s bytes: ``data`` itself when allowed (``share``, see :func:`decode_wire`) and
     aligned, else a copy in a fresh 64-byte aligned buffer from torch's allocator."""
-    address = _shares(data, dtypes.itemsize(dtype), share)
+    itemsize = dtypes.itemsize(dtype)
+    address = _shares(data, itemsize, share)
     if address:
         data = memoryview(data)
+        typestr = _NUMPY_TYPESTR.get(dtype)
+        if typestr is not None and data.nbytes == math.prod(shape) * itemsize:
+            # One torch call: numpy makes the shaped array of the bytes (read-only ones through _Shared: the
+            # caller promised not to write them, share=True).
+            if data.readonly:
+                return torch.from_numpy(np.asarray(_Shared(data, address, shape, typestr)))
+            return torch.from_numpy(np.frombuffer(data, dtype=typestr).reshape(shape))
         # read-only: the caller promised not to write it (share=True)
         view = np.asarray(_Shared(data, address)) if data.readonly else np.frombuffer(data, dtype=np.uint8)
         return torch.from_numpy(view).view(dtype).reshape(shape)

@@ -14,6 +14,7 @@ import torch
 
 from splitinfer.codecs import decode_wire, encode_wire
 from splitinfer.codecs.wire import SHARE_ALIGNMENT, aligned_buffer, decodes_in_place
+from splitinfer.errors import InvalidArgument
 from splitinfer.program import Node, Program, Ref, ValueSpec, export_program
 from splitinfer.runtime import PartitionKey
 from splitinfer.runtime.aliasing import input_effects
@@ -351,3 +352,58 @@ def test_writes_and_aliases_the_schemas_do_not_declare_are_counted_by_argument_n
     by_keyword = Node("y", "aten.dropout.default", (), {"input": Ref("x"), "p": 0.5, "train": False}, (_spec("y"),))
     effects = input_effects(_program([by_keyword], ["y"]))
     assert effects.returns == {"x"} and not effects.read_only
+
+
+# The one-torch-call views (decode of aligned bytes, encode's payload): same tensors, same bytes, same memory
+
+
+def _aligned_received(data: bytes, offset: int) -> memoryview:
+    """``data`` inside a read-only bytes object, at a 16-byte aligned ``offset`` from an aligned start when
+    the allocator gives one (as a received message's payload)."""
+    for pad in range(0, 64, 1):
+        blob = b"\0" * pad + b"\0" * offset + data
+        view = memoryview(blob)[pad + offset :]
+        if np.frombuffer(view, dtype=np.uint8).ctypes.data % SHARE_ALIGNMENT == 0:
+            return view
+    raise AssertionError("no aligned placement found")
+
+
+ONE_CALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.int8, torch.uint8, torch.int16, torch.int32,
+                   torch.int64, torch.bool]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [*ONE_CALL_DTYPES, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(), (1,), (3, 5), (1, 4, 2, 3)])
+def test_shared_and_own_buffer_decodes_are_the_tensor_in_place(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    source = (torch.randn(shape) * 10).to(dtype)
+    wire = encode_wire(source, "t")
+    assert wire.payload.nbytes == source.numel() * source.element_size()  # type: ignore[union-attr]
+    assert bytes(wire.payload) == source.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    received = _aligned_received(bytes(wire.payload), 16)
+    shared = decode_wire(wire.head, received, share=True)
+    assert shared.dtype == dtype and tuple(shared.shape) == shape and torch.equal(shared, source)
+    assert shared.data_ptr() == np.frombuffer(received, dtype=np.uint8).ctypes.data  # no copy
+    own = aligned_buffer(len(received))
+    own[:] = received
+    in_place = decode_wire(wire.head, own)  # a writable buffer of our own: in place, writable
+    assert torch.equal(in_place, source) and in_place.data_ptr() == np.frombuffer(own, dtype=np.uint8).ctypes.data
+    copied = decode_wire(wire.head, received, share=False)
+    assert torch.equal(copied, source) and copied.data_ptr() != shared.data_ptr()
+
+
+def test_a_shared_decode_of_bytes_that_disagree_with_the_shape_is_refused() -> None:
+    wire = encode_wire(torch.arange(6, dtype=torch.float32).reshape(2, 3), "t")
+    head = tensor_pb2.Tensor()
+    head.CopyFrom(wire.head)
+    del head.shape[:]
+    head.shape.extend([4, 3])  # 48 bytes claimed, 24 carried (payload_size_bytes still says 24)
+    with pytest.raises(InvalidArgument):
+        decode_wire(head, _aligned_received(bytes(wire.payload), 16), share=True)
+
+
+def test_encode_of_a_non_contiguous_or_empty_tensor_is_its_contiguous_bytes() -> None:
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    for tensor in (base.t(), base[:, 1:3], torch.empty(0, 4), torch.tensor(7.0)):
+        wire = encode_wire(tensor, "t")
+        assert bytes(wire.payload) == tensor.contiguous().numpy().tobytes()
+        assert torch.equal(decode_wire(wire.head, wire.payload), tensor)

@@ -19,6 +19,7 @@ from torch import nn
 from server_node.config import NodeConfig
 from server_node.executor import RequestExecutor
 from server_node.server import RunningNode, start_node
+from splitinfer import tracing
 from splitinfer.codecs import WireTensor, decode_wire, encode_wire
 from splitinfer.program import export_program
 from splitinfer.runtime import PartitionKey, save_partition_artifact
@@ -131,6 +132,12 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return await original(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(RequestExecutor, "run_alone", run_alone)
+    # A node in a process without a tracer provider: tests/unit/test_tracing.py sets one for the whole test
+    # process when it is collected, which sends every request through the traced (general) path. Requests
+    # that carry a trace context still count as traced.
+    monkeypatch.setattr(
+        tracing, "traced", lambda metadata=None: any(key in tracing.TRACE_KEYS for key, _ in metadata or ())
+    )
     return calls
 
 

@@ -528,18 +528,23 @@ MISS_REASONS = {
     "(client, front-end, gRPC, the nodes' decode/encode and hand-offs) costs about 5 ms of CPU on this 2-core box "
     "(see CPU per request in the load section), so no batch size can make it faster; the weight-bound mlp4096 (one "
     "partition on one node, 18.8 ms at batch 1) is where batching pays",
-    "pipeline-interpreter": "the split's bytes alone (compute-free stand-in partitions at the real output "
-    "shapes, `benchmarks/runtimes.py --pipeline`) take 6.6 ms through splitinfer's device and two nodes against "
-    "3.9 ms through a raw gRPC chain: each hop is a grpc.aio unary call each way, a decode copy into an aligned "
-    "input, two compute-thread hand-offs, the step's checks and timing, and an encode, all on the 2 cores the "
-    "partitions compute on; this session's runs read 1.15-1.19x (raw chain 1.05-1.09x)",
+    "pipeline-interpreter": "the nodes compute p1 and p2 as fast as the raw chain's servers (the nodes' StepTiming "
+    "beside the raw servers' own compute in the same run: `splitinfer_steps` in benchmarks/results/pipeline.json), "
+    "so the 3-3.5 ms lost against the raw chain is the request path: about 1.3 ms more CPU per request on the two "
+    "nodes (Python and torch calls that cost 10-20x their warm time here, because every request finds the caches "
+    "cold: decode 0.011 ms warm, 0.12-0.17 ms on the path), 0.4-0.45 ms of compute-thread hand-offs, and the rest "
+    "waiting for wake-ups (grpc.aio hands each incoming message from gRPC's thread to its poller thread to the "
+    "event loop: two wakes where the synchronous raw server has one; three incoming messages on the critical "
+    "path); computing on the event loop would save the hand-offs but stop health checks for 17 ms at a time; the "
+    "raw chain itself reads 1.09-1.10x, so 1.12x leaves under 1 ms for all of that; this session's runs read "
+    "1.157-1.179x (raw chain 1.088-1.099x)",
     "pipeline-resnet50": "the whole model on onnxruntime is 56-61 ms (session options, optimisation levels, "
     "arenas and denormals measured no better); with layout hints at the partition entries the split's partitions "
-    "cost about 1.5 ms over the whole model, and the split's 1.6 MB and 0.8 MB hops alone take 8.8 ms through "
-    "splitinfer's nodes against 6.1 ms raw (`benchmarks/runtimes.py --pipeline`), so the split (67-75 ms) meets "
-    "0.70x only when local eager torch runs at about 97 ms or more; local torch read 90-121 ms across this "
-    "session's runs (the VM's speed drifts: the same warm eager loop read 97 ms and, an hour later, 112-118 ms), "
-    "which is why every path is sampled in the same interleaved rounds",
+    "cost about 1.5 ms over the whole model, plus the two hops' request path (see the interpreter row), so the "
+    "split (64-81 ms across runs) meets 0.70x only when local eager torch runs at about 92-97 ms or more; local "
+    "torch read 90-121 ms across runs (the VM's speed drifts: the same warm eager loop read 97 ms and, an hour "
+    "later, 112-118 ms), which is why every path is sampled in the same interleaved rounds; this session's three "
+    "full runs read 0.682x, 0.678x and 0.704x (local torch 101.6, 98.4 and 90.9 ms)",
     "pipeline-hop": "at 4 KiB a node whose ProcessOnce handler only returns its input already costs about 1.34x "
     "the synchronous echo (the client's header and frames, the stream-cap wrapper, the frame parsing on both "
     "sides), and the request's own work (admission, route check, budget, decode, run, encode, step timing, "

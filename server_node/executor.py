@@ -27,12 +27,12 @@ from server_node.compute import ComputePool
 from server_node.host import PartitionHost
 from server_node.joins import JoinTable
 from splitinfer.codecs import CodecSpec, DecodeLimits, WireTensor, decode_wire, encode_wire
-from splitinfer.codecs.wire import decodes_in_place
+from splitinfer.codecs.wire import decodes_in_place, is_plain_encoding
 from splitinfer.errors import InvalidArgument
 from splitinfer.routing import downstream_planned_s
 from splitinfer.runtime import LoadedPartition, PartitionKey
 from splitinfer.transport.deadline import Deadline
-from splitinfer.v1 import model_server_pb2, route_pb2, tensor_pb2
+from splitinfer.v1 import model_server_pb2, route_pb2
 
 __all__ = ["Delivered", "Forwarder", "RequestExecutor", "key_of"]
 
@@ -81,8 +81,6 @@ def _tiny(partition: LoadedPartition) -> bool:
 
 
 _NO_CODEC = CodecSpec()
-_PLAIN_LOSSY = (tensor_pb2.LOSSY_CODEC_UNSPECIFIED, tensor_pb2.LOSSY_CODEC_NONE)
-_PLAIN_LOSSLESS = (tensor_pb2.LOSSLESS_CODEC_UNSPECIFIED, tensor_pb2.LOSSLESS_CODEC_NONE)
 
 
 def key_of(ref: route_pb2.PartitionRef) -> PartitionKey:
@@ -310,8 +308,7 @@ class RequestExecutor:
 
     async def _decode(self, tensor: WireTensor, share: bool) -> torch.Tensor:
         """``share``: the reader never writes the tensor, so it may be the received bytes (decode_wire)."""
-        encoding = tensor.head.encoding
-        plain = encoding.lossy in _PLAIN_LOSSY and encoding.lossless in _PLAIN_LOSSLESS
+        plain = is_plain_encoding(tensor.head.encoding)
         threshold = OFFLOAD_PLAIN_BYTES if plain else OFFLOAD_BYTES
         if tensor.nbytes >= threshold and not (plain and decodes_in_place(tensor.head, tensor.payload, share)):
             return await self._pool.offload(functools.partial(decode_wire, share=share), tensor.head, tensor.payload,

@@ -30,6 +30,7 @@ __all__ = [
     "encode_tensor",
     "encode_wire",
     "head_of",
+    "is_plain_encoding",
     "tensor_nbytes",
 ]
 
@@ -123,8 +124,7 @@ def _shares(data: bytes | bytearray | memoryview, itemsize: int, share: bool | N
 def decodes_in_place(message: tensor_pb2.Tensor, payload: bytes | bytearray | memoryview, share: bool | None) -> bool:
     """Whether :func:`decode_wire` with this ``share`` makes the tensor of ``payload`` without a copy (no
     codec step, memory suitably aligned), e.g. to decide that decoding is too cheap to hand to a thread."""
-    encoding = message.encoding
-    if encoding.lossy not in _PLAIN_LOSSY or encoding.lossless not in _PLAIN_LOSSLESS:
+    if not is_plain_encoding(message.encoding):
         return False
     try:
         itemsize = dtypes.itemsize(dtypes.to_torch(message.dtype))
@@ -135,6 +135,11 @@ def decodes_in_place(message: tensor_pb2.Tensor, payload: bytes | bytearray | me
 
 _PLAIN_LOSSY = (tensor_pb2.LOSSY_CODEC_UNSPECIFIED, tensor_pb2.LOSSY_CODEC_NONE)
 _PLAIN_LOSSLESS = (tensor_pb2.LOSSLESS_CODEC_UNSPECIFIED, tensor_pb2.LOSSLESS_CODEC_NONE)
+
+
+def is_plain_encoding(encoding: tensor_pb2.Encoding) -> bool:
+    """Whether a tensor's ``encoding`` has no codec step (its payload is the raw bytes)."""
+    return encoding.lossy in _PLAIN_LOSSY and encoding.lossless in _PLAIN_LOSSLESS
 
 
 def _from_bytes(

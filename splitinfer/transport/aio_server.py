@@ -114,12 +114,17 @@ class _Wrapped:
         return wrapped
 
 
+def _malformed(method: str, request: _Malformed) -> str:
+    """The INVALID_ARGUMENT details for a request of ``method`` that did not parse."""
+    return f"malformed {method} request: {request.error}"
+
+
 def _refuse_malformed(method: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
     """The check of :class:`AioMalformedGuard`: INVALID_ARGUMENT for a request that did not parse."""
 
     async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
         if isinstance(request, _Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request: {request.error}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed(method, request))
 
     return check
 
@@ -213,7 +218,6 @@ class StreamLimiter(grpc.aio.ServerInterceptor):
         and the slot given back however the call ends. This runs on every ProcessOnce and InferOnce."""
         behaviour: Any = handler.unary_unary
         acquire, release, refuse = self._acquire, self._release, self._refuse
-        malformed = f"malformed {method} request: "
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             peer = peer_host(context.peer() or "")
@@ -222,7 +226,7 @@ class StreamLimiter(grpc.aio.ServerInterceptor):
                 await refuse(context, refused)
             try:
                 if isinstance(request, _Malformed):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed + request.error)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed(method, request))
                 return await behaviour(request, context)
             finally:
                 release(peer)

@@ -13,7 +13,6 @@ The graph is first constant-folded by onnxruntime so that weights the exporter l
 from __future__ import annotations
 
 import logging
-import platform
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -83,20 +82,6 @@ class _Reader:
         return None if sample is None else dict(sample)
 
 
-def u8s8_may_saturate() -> bool:
-    """Whether onnxruntime's x86 U8S8 kernels may saturate on this CPU: without VNNI they multiply with
-    VPMADDUBSW, whose int16 pair sums overflow for full-range int8 weights (onnxruntime's quantisation docs
-    advise ``reduce_range`` there). Measured: on an AVX2-only EPYC, full-range weights put four zoo models
-    outside the int8 bound against the interpreter. Linux reads /proc/cpuinfo; elsewhere only x86 is asked."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return True  # unknown x86: the safe choice
-    return not ({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
-
-
 def quantize_int8_onnx(model: bytes, calibration: Sequence[Mapping[str, np.ndarray]]) -> tuple[bytes, str]:
     """``model`` with int8 convolutions (static QDQ) and int8 matrix products (dynamic); returns the model
     and a short description of what was quantised (``"static-qdq:conv+dynamic:matmul"``)."""
@@ -106,7 +91,11 @@ def quantize_int8_onnx(model: bytes, calibration: Sequence[Mapping[str, np.ndarr
     folded = _gemm_to_matmul(fold_constants(model))
     ops = {n.op_type for n in onnx.load_from_string(folded).graph.node}
     done: list[str] = []
-    reduce_range = u8s8_may_saturate()  # 7-bit weights where 8-bit ones would saturate
+    # 7-bit weights everywhere: onnxruntime's x86 U8S8 kernels on CPUs without VNNI multiply with VPMADDUBSW,
+    # whose int16 pair sums saturate on full-range int8 weights (its quantisation docs advise reduce_range).
+    # The twin is built once and runs on whichever node or device hosts it, so the builder's CPU cannot decide:
+    # on an AVX2-only EPYC, full-range weights put four zoo models outside the int8 bound against the interpreter.
+    reduce_range = True
     with tempfile.TemporaryDirectory() as tmp:
         current = Path(tmp) / "float.onnx"
         current.write_bytes(folded)
